@@ -9,15 +9,19 @@ the rig made.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import os
 import subprocess
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
-SUBNET = ipaddress.ip_network(os.environ.get("TIDESCALE_RIG_SUBNET", "10.213.0.0/16"))
-BRIDGE = os.environ.get("TIDESCALE_RIG_BRIDGE", "tsrig0")
+# Each running rig takes a slot 1..250: its bridge ``tsb<slot>``, its subnet
+# 10.213.<slot>.0/24, its namespaces ``tsrig-<slot>-<n>``. Slots are claimed by
+# pid files, so two rigs (a developer's and a test run) never touch each other's
+# interfaces, and the leftovers of a killed run are reclaimed by the next one.
+SLOT_DIR = Path(os.environ.get("TIDESCALE_RIG_SLOTS", "/run/tidescale-rig"))
+SUBNET_BASE = ipaddress.ip_network("10.213.0.0/16")
 
 
 class NetworkError(RuntimeError):
@@ -47,15 +51,67 @@ class PodNetwork:
         return ["ip", "netns", "exec", self.namespace]
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim_slot() -> int:
+    SLOT_DIR.mkdir(parents=True, exist_ok=True)
+    for slot in range(1, 251):
+        marker = SLOT_DIR / f"{slot}.pid"
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(marker.read_text().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and _pid_alive(owner):
+                continue
+            _remove_slot_leftovers(slot)
+            marker.unlink(missing_ok=True)
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                continue
+        with os.fdopen(fd, "w") as out:
+            out.write(str(os.getpid()))
+        return slot
+    raise NetworkError(f"no free rig network slot in {SLOT_DIR}: 250 rigs running?")
+
+
+def _remove_slot_leftovers(slot: int) -> None:
+    """What a killed run of this slot left behind: this rig's names only."""
+    _ip_quiet("link", "del", f"tsb{slot}")
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    for line in listing.stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if name.startswith(f"tsrig-{slot}-"):
+            _ip_quiet("netns", "del", name)
+
+
 @dataclass(kw_only=True, slots=True)
 class Network:
     """The bridge and the pod namespaces made on it. ``close`` removes all of it."""
 
-    bridge: str = BRIDGE
-    subnet: ipaddress.IPv4Network | ipaddress.IPv6Network = SUBNET
+    slot: int = 0
     _next_host: int = 2
     _pods: dict[str, PodNetwork] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def bridge(self) -> str:
+        return f"tsb{self.slot}"
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(f"{SUBNET_BASE.network_address + self.slot * 256}/24")
 
     @property
     def node_address(self) -> str:
@@ -65,7 +121,7 @@ class Network:
     def open(self) -> Network:
         if os.geteuid() != 0:
             raise NetworkError("the rig's pod network needs root (ip netns, veth, bridge)")
-        self._remove_leftovers()
+        self.slot = _claim_slot()
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.node_address}/{self.subnet.prefixlen}", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
@@ -78,9 +134,13 @@ class Network:
                 return self._pods[key]
             index = self._next_host
             self._next_host += 1
+        if index > 254:
+            raise NetworkError(f"rig subnet {self.subnet} is full (253 pods)")
         address = str(self.subnet.network_address + index)
-        pod = PodNetwork(namespace=f"tsrig-{index}", address=address, host_veth=f"tsv{index}")
-        peer = f"tsp{index}"
+        pod = PodNetwork(
+            namespace=f"tsrig-{self.slot}-{index}", address=address, host_veth=f"tsv{self.slot}x{index}"
+        )
+        peer = f"tsp{self.slot}x{index}"
         _ip("netns", "add", pod.namespace)
         _ip("link", "add", pod.host_veth, "type", "veth", "peer", "name", peer)
         _ip("link", "set", peer, "netns", pod.namespace)
@@ -106,14 +166,6 @@ class Network:
     def close(self) -> None:
         for key in list(self._pods):
             self.remove_pod(key)
-        _ip_quiet("link", "del", self.bridge)
-
-    def _remove_leftovers(self) -> None:
-        """A run that was killed leaves its bridge and namespaces: this rig's names only."""
-        _ip_quiet("link", "del", self.bridge)
-        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-        for line in listing.stdout.splitlines():
-            name = line.split()[0] if line.strip() else ""
-            if name.startswith("tsrig-"):
-                with contextlib.suppress(Exception):
-                    _ip_quiet("netns", "del", name)
+        if self.slot:
+            _remove_slot_leftovers(self.slot)
+            (SLOT_DIR / f"{self.slot}.pid").unlink(missing_ok=True)

@@ -53,7 +53,13 @@ class Binaries:
             helm=root / f"helm-{VERSIONS['HELM_VERSION']}" / "bin" / "helm",
             kafka_classpath=_read_classpath(root),
         )
-        for path in (found.etcd, found.kube_apiserver, found.kube_controller_manager, found.kubectl, found.helm):
+        for path in (
+            found.etcd,
+            found.kube_apiserver,
+            found.kube_controller_manager,
+            found.kubectl,
+            found.helm,
+        ):
             if not path.is_file():
                 raise RigNotBuilt(f"{path} is missing: run `make rig` (tests/rig/build/build.sh) first")
         return found

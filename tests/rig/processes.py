@@ -90,7 +90,12 @@ class Supervisor:
 
 
 def wait_until(
-    what: str, check: Callable[[], bool], *, timeout: float, process: Managed | None = None, interval: float = 0.1
+    what: str,
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    process: Managed | None = None,
+    interval: float = 0.1,
 ) -> None:
     """Polls ``check`` until true; fails with the process's log tail if it dies or time runs out."""
     deadline = time.monotonic() + timeout
@@ -99,7 +104,9 @@ def wait_until(
             if check():
                 return
         if process is not None and not process.alive():
-            raise RigStartError(f"{process.name} exited ({process.popen.returncode}) before {what}:\n{process.log_tail()}")
+            raise RigStartError(
+                f"{process.name} exited ({process.popen.returncode}) before {what}:\n{process.log_tail()}"
+            )
         if time.monotonic() > deadline:
             tail = f":\n{process.log_tail()}" if process is not None else ""
             raise RigStartError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
