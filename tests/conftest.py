@@ -1,0 +1,57 @@
+"""Shared fixtures. Rig fixtures live in tests/rig/fixtures_*.py, one module per component,
+and start only what a test asks for, once per session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.rig.network import Network
+from tests.rig.paths import new_run_dir
+from tests.rig.processes import Supervisor
+
+pytest_plugins = [
+    "tests.rig.fixtures_controlplane",
+    "tests.rig.fixtures_brokers",
+    "tests.rig.fixtures_podrunner",
+]
+
+_RUN_DIR_KEY = pytest.StashKey[Path]()
+
+
+@pytest.fixture(scope="session")
+def rig_run_dir(request: pytest.FixtureRequest) -> Path:
+    """One folder per test session for every component's logs, certificates and data."""
+    run = new_run_dir()
+    request.config.stash[_RUN_DIR_KEY] = run
+    return run
+
+
+@pytest.fixture(scope="session")
+def rig_supervisor(rig_run_dir: Path) -> Iterator[Supervisor]:
+    """Starts rig processes; at the end of the session stops exactly those, by pid."""
+    supervisor = Supervisor(run_dir=rig_run_dir)
+    yield supervisor
+    supervisor.stop_all()
+
+
+@pytest.fixture(scope="session")
+def rig_network() -> Iterator[Network]:
+    """The bridge and pod namespaces; removed at the end of the session."""
+    network = Network().open()
+    yield network
+    network.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """On a failed rig test, attach the tail of every component log of this run."""
+    report = yield
+    run = item.config.stash.get(_RUN_DIR_KEY, None)
+    if run is not None and getattr(report, "failed", False) and item.get_closest_marker("rig"):
+        for log in sorted((run / "logs").glob("*.log")):
+            lines = log.read_text(errors="replace").splitlines()[-30:]
+            report.sections.append((f"rig log {log.name} (last 30 lines)", "\n".join(lines)))
+    return report
