@@ -1,0 +1,55 @@
+# tidescale: the two commands a fresh machine needs are `make demo` and `make test`.
+# Both install what they need: a virtual environment with the Python packages, and
+# the local cluster rig (built from the package registries, cached by version
+# outside the repository; see tests/rig/README.md).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: help venv rig lint test test-unit test-rig demo bench clean
+
+help:
+	@echo "make demo       bring up the local cluster rig with tidescale and a sample consumer"
+	@echo "make test       every test: lint, types, unit tests, integration tests on the rig"
+	@echo "make test-unit  the fast tests, without the rig"
+	@echo "make rig        build or fetch the rig's pieces (cached in ~/.cache/tidescale-rig)"
+	@echo "make lint       ruff and mypy --strict"
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: '$(PYTHON)' is missing: install Python >= 3.11 (Debian: apt-get install python3 python3-venv)"; exit 2; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "make: $$($(PYTHON) --version) is too old: tidescale needs Python >= 3.11 (set PYTHON=...)"; exit 2; }
+	@$(PYTHON) -m venv $(VENV) || { echo "make: '$(PYTHON) -m venv' failed: install the venv module (Debian: apt-get install python3-venv)"; exit 2; }
+	@$(BIN)/python -m pip install -q --upgrade pip || { echo "make: pip could not reach PyPI: check the network or PIP_INDEX_URL"; exit 2; }
+	@$(BIN)/python -m pip install -q -e '.[dev]' || { echo "make: installing tidescale's Python dependencies failed (see above)"; exit 2; }
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+rig:
+	@tests/rig/build/build.sh all
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test-unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-rig: venv rig
+	$(BIN)/pytest -m rig $(PYTEST_ARGS)
+
+test: venv rig lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: venv rig
+	$(BIN)/python -m tests.rig.demo
+
+bench: venv rig
+	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
