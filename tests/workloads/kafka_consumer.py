@@ -1,0 +1,57 @@
+"""Sample Kafka consumer workload for the rig: consumes a topic in a group, takes
+WORK_SECONDS per message (so lag builds up), commits after each message, and
+appends every consumed message's value (the test's message id) to RECORD_FILE.
+
+Env: KAFKA_BOOTSTRAP, KAFKA_TOPIC, KAFKA_GROUP, WORK_SECONDS (default 0.05),
+RECORD_FILE (optional), POD_NAME (client id, so members are recognisable).
+On SIGTERM it finishes the message in hand, commits, leaves the group and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+
+async def consume() -> int:
+    from aiokafka import AIOKafkaConsumer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    work = float(os.environ.get("WORK_SECONDS", "0.05"))
+    record = os.environ.get("RECORD_FILE")
+    consumer = AIOKafkaConsumer(
+        os.environ["KAFKA_TOPIC"],
+        bootstrap_servers=os.environ["KAFKA_BOOTSTRAP"],
+        group_id=os.environ["KAFKA_GROUP"],
+        client_id=os.environ.get("POD_NAME", "kafka-consumer"),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=1,
+    )
+    await consumer.start()
+    print(f"consuming {os.environ['KAFKA_TOPIC']} as {os.environ['KAFKA_GROUP']}", flush=True)
+    out = open(record, "a", buffering=1) if record else None  # noqa: ASYNC230, SIM115 - opened once, lives as long as the loop
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=200, max_records=1)
+            for _partition, messages in batch.items():
+                for message in messages:
+                    await asyncio.sleep(work)
+                    if out is not None and message.value is not None:
+                        out.write(message.value.decode() + "\n")
+                    await consumer.commit()
+    finally:
+        await consumer.stop()
+        if out is not None:
+            out.close()
+    print("stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(consume()))
