@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,3 +83,33 @@ def new_run_dir() -> Path:
         run = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
     run.mkdir(parents=True)
     return run
+
+
+_MAKE_RIG = "run `make rig` (tests/rig/build/build.sh) first"
+RABBITMQ_SCRIPTS = Path("/usr/lib/rabbitmq/bin")
+
+
+def kafka_classpath() -> str:
+    """The Kafka jars' classpath, with a Java runtime to run them; only what a Kafka test needs."""
+    if shutil.which("java") is None:
+        raise RigNotBuilt(
+            f"java is missing: install Java 17+ (Debian: apt-get install openjdk-17-jre-headless), then {_MAKE_RIG}"
+        )
+    return _read_classpath(cache_dir())
+
+
+def helm_binary() -> Path:
+    path = cache_dir() / f"helm-{VERSIONS['HELM_VERSION']}" / "bin" / "helm"
+    if not path.is_file():
+        raise RigNotBuilt(f"{path} is missing: {_MAKE_RIG}")
+    return path
+
+
+def rabbitmq_scripts() -> Path:
+    """Debian's RabbitMQ scripts folder (rabbitmq-server, rabbitmqctl), run directly, not via su."""
+    for name in ("rabbitmq-server", "rabbitmqctl"):
+        if not (RABBITMQ_SCRIPTS / name).is_file():
+            raise RigNotBuilt(f"{RABBITMQ_SCRIPTS / name} is missing (Debian's rabbitmq-server): {_MAKE_RIG}")
+    if shutil.which("epmd") is None:
+        raise RigNotBuilt(f"epmd is missing (Debian's erlang-base): {_MAKE_RIG}")
+    return RABBITMQ_SCRIPTS
