@@ -1,0 +1,352 @@
+"""Apache Kafka for the rig: one KRaft process that is both broker and controller.
+
+Clients (pods included) reach it on the node address; the controller listener stays
+on loopback because only the broker itself talks to it. Topics are not created on
+first use (``auto.create.topics.enable=false``): a test names the topics it needs,
+so a typo shows up as an unknown topic instead of an empty one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from tests.rig.network import Network
+from tests.rig.paths import kafka_classpath
+from tests.rig.processes import Managed, RigStartError, Supervisor, free_port, port_open, wait_until
+
+T = TypeVar("T")
+
+NODE_ID = 1
+# A small heap and the serial collector: the machine has two cores shared with
+# builds and other tests, and a test broker holds little data.
+BROKER_JVM = ("-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-Djava.awt.headless=true")
+# Tools are short-lived: the C1 compiler alone starts them sooner.
+TOOL_JVM = ("-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
+
+_LOG4J = """\
+log4j.rootLogger={level}, out
+log4j.appender.out=org.apache.log4j.ConsoleAppender
+log4j.appender.out.Target=System.err
+log4j.appender.out.layout=org.apache.log4j.PatternLayout
+log4j.appender.out.layout.ConversionPattern=[%d] %p %m (%c)%n
+"""
+# Kafka 4 also touches log4j2 at start; without a file it prints a configuration error.
+_LOG4J2 = """\
+status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.target = SYSTEM_ERR
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = {level}
+rootLogger.appenderRef.out.ref = out
+"""
+
+
+class KafkaToolError(RuntimeError):
+    """One of Kafka's command-line tools failed; the message carries its output."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GroupRow:
+    """One row of ``kafka-consumer-groups --describe``; ``None`` where the tool prints ``-``."""
+
+    topic: str
+    partition: int
+    current_offset: int | None
+    log_end_offset: int
+    lag: int | None
+    consumer_id: str | None
+    host: str | None  # the member's address, without the leading "/" Java prints
+    client_id: str | None
+
+
+def _kafka_uuid() -> str:
+    # Kafka's Uuid text form: 16 random bytes, URL-safe base64 without padding.
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def _run_in_own_loop(make: Callable[[], Awaitable[T]]) -> T:
+    """Runs a coroutine to completion on a fresh loop in a worker thread.
+
+    The fixtures are synchronous while many tests run inside an event loop already;
+    a thread of its own lets both call the same helpers.
+    """
+
+    async def runner() -> T:
+        return await make()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, runner()).result()
+
+
+def _optional_int(text: str, column: str, line: str) -> int | None:
+    if text == "-":
+        return None
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise KafkaToolError(f"column {column} is {text!r}, expected an integer or '-', in: {line}") from exc
+
+
+def _optional_text(text: str) -> str | None:
+    return None if text == "-" else text
+
+
+def parse_group_table(output: str) -> list[GroupRow]:
+    """Rows of the consumer-group tool's ``--describe`` table (empty if it printed none)."""
+    rows: list[GroupRow] = []
+    header: list[str] | None = None
+    for line in output.splitlines():
+        fields = line.split()
+        if fields[:2] == ["GROUP", "TOPIC"]:
+            header = fields
+            continue
+        if header is None or not fields:
+            continue
+        if len(fields) != len(header):
+            raise KafkaToolError(f"expected {len(header)} columns {header}, got: {line}")
+        cell = dict(zip(header, fields, strict=True))
+        log_end = _optional_int(cell["LOG-END-OFFSET"], "LOG-END-OFFSET", line)
+        if log_end is None:
+            raise KafkaToolError(f"no log-end offset in: {line}")
+        host = _optional_text(cell["HOST"])
+        rows.append(
+            GroupRow(
+                topic=cell["TOPIC"],
+                partition=int(cell["PARTITION"]),
+                current_offset=_optional_int(cell["CURRENT-OFFSET"], "CURRENT-OFFSET", line),
+                log_end_offset=log_end,
+                lag=_optional_int(cell["LAG"], "LAG", line),
+                consumer_id=_optional_text(cell["CONSUMER-ID"]),
+                host=host.lstrip("/") if host is not None else None,
+                client_id=_optional_text(cell["CLIENT-ID"]),
+            )
+        )
+    return rows
+
+
+@dataclass(kw_only=True, slots=True)
+class Kafka:
+    """A running single-node Kafka started by :meth:`start`; stopped with the supervisor."""
+
+    host: str
+    port: int
+    controller_port: int
+    cluster_id: str
+    directory: Path
+    classpath: str
+    process: Managed
+    start_seconds: float  # from launch to a broker that answers metadata requests
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def start(
+        cls, supervisor: Supervisor, network: Network, run_dir: Path, *, timeout: float = 120.0
+    ) -> Kafka:
+        began = time.monotonic()
+        classpath = kafka_classpath()
+        directory = run_dir / "kafka"
+        directory.mkdir(parents=True, exist_ok=True)
+        host = network.node_address
+        port = free_port(host)
+        controller_port = free_port("127.0.0.1")
+        cluster_id = _kafka_uuid()
+        properties = directory / "server.properties"
+        properties.write_text(_server_properties(host, port, controller_port, directory / "data"))
+        for level in ("INFO", "WARN"):
+            (directory / f"log4j-{level}.properties").write_text(_LOG4J.format(level=level))
+            (directory / f"log4j2-{level}.properties").write_text(_LOG4J2.format(level=level.lower()))
+
+        format_log = run_dir / "logs" / "kafka-format.log"
+        format_log.parent.mkdir(parents=True, exist_ok=True)
+        with format_log.open("ab") as out:
+            formatted = subprocess.run(
+                [
+                    *_java(classpath, directory, "WARN", TOOL_JVM),
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--cluster-id",
+                    cluster_id,
+                    "--config",
+                    str(properties),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout,
+                check=False,
+            )
+        if formatted.returncode != 0:
+            tail = "\n".join(format_log.read_text(errors="replace").splitlines()[-20:])
+            raise RigStartError(f"kafka storage format failed ({formatted.returncode}):\n{tail}")
+
+        process = supervisor.start(
+            "kafka",
+            [*_java(classpath, directory, "INFO", BROKER_JVM), "kafka.Kafka", str(properties)],
+            cwd=directory,
+        )
+        kafka = cls(
+            host=host,
+            port=port,
+            controller_port=controller_port,
+            cluster_id=cluster_id,
+            directory=directory,
+            classpath=classpath,
+            process=process,
+            start_seconds=0.0,
+        )
+        remaining = max(1.0, timeout - (time.monotonic() - began))
+        wait_until(
+            f"kafka listening on {kafka.bootstrap}",
+            lambda: port_open(host, port),
+            timeout=remaining,
+            process=process,
+        )
+        remaining = max(1.0, timeout - (time.monotonic() - began))
+        wait_until(
+            "kafka answering metadata requests",
+            kafka._answers_metadata,
+            timeout=remaining,
+            process=process,
+            interval=0.5,
+        )
+        kafka.start_seconds = time.monotonic() - began
+        return kafka
+
+    def _answers_metadata(self) -> bool:
+        async def describe() -> bool:
+            from aiokafka.admin import AIOKafkaAdminClient
+
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+            await admin.start()
+            try:
+                cluster = await admin.describe_cluster()
+            finally:
+                await admin.close()
+            return any(broker["node_id"] == NODE_ID for broker in cluster["brokers"])
+
+        return _run_in_own_loop(describe)
+
+    def run_tool(self, main_class: str, *args: str, timeout: float = 60.0) -> str:
+        """Runs one of Kafka's command-line tools (by main class) and returns its standard output."""
+        try:
+            result = subprocess.run(
+                [*_java(self.classpath, self.directory, "WARN", TOOL_JVM), main_class, *args],
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise KafkaToolError(f"{main_class} {' '.join(args)} did not finish in {timeout:.0f}s") from exc
+        if result.returncode != 0:
+            raise KafkaToolError(
+                f"{main_class} {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
+            )
+        return result.stdout
+
+    def create_topic(self, name: str, partitions: int = 1) -> None:
+        """Creates ``name`` and returns once the broker serves it."""
+
+        async def create() -> None:
+            from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            await admin.start()
+            try:
+                response = await admin.create_topics(
+                    [NewTopic(name=name, num_partitions=partitions, replication_factor=1)]
+                )
+                for topic, code, *_ in response.topic_errors:
+                    if code != 0:
+                        raise KafkaToolError(f"creating topic {topic!r} failed with Kafka error code {code}")
+                # Leaders are elected shortly after creation; wait so the first produce does not bounce.
+                deadline = time.monotonic() + 30
+                while True:
+                    described = await admin.describe_topics([name])
+                    parts = described[0]["partitions"] if described else []
+                    if len(parts) == partitions and all(p["leader"] >= 0 for p in parts):
+                        return
+                    if time.monotonic() > deadline:
+                        raise KafkaToolError(f"topic {name!r} has no leader for every partition after 30s")
+                    await asyncio.sleep(0.1)
+            finally:
+                await admin.close()
+
+        _run_in_own_loop(create)
+
+    def consumer_groups_describe(self, group: str) -> list[GroupRow]:
+        """Kafka's own view of ``group``: its consumer-group tool's ``--describe`` table."""
+        output = self.run_tool(
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            "--bootstrap-server",
+            self.bootstrap,
+            "--describe",
+            "--group",
+            group,
+        )
+        # The tool exits 0 even when it fails (an unknown group, say) and says so on stdout.
+        errors = [line for line in output.splitlines() if line.startswith("Error:")]
+        if errors:
+            raise KafkaToolError(f"describing consumer group {group!r}: {errors[0]}")
+        return parse_group_table(output)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def _java(classpath: str, directory: Path, level: str, jvm: tuple[str, ...]) -> list[str]:
+    return [
+        "java",
+        *jvm,
+        f"-Dlog4j.configuration=file:{directory / f'log4j-{level}.properties'}",
+        f"-Dlog4j2.configurationFile={directory / f'log4j2-{level}.properties'}",
+        "-cp",
+        classpath,
+    ]
+
+
+def _server_properties(host: str, port: int, controller_port: int, data: Path) -> str:
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": str(NODE_ID),
+        # A static quorum of one: no --standalone bootstrap step to get wrong.
+        "controller.quorum.voters": f"{NODE_ID}@127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(data),
+        "auto.create.topics.enable": "false",
+        # One broker: every internal topic has one replica, and few partitions so the
+        # first consumer group does not wait for fifty of them.
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.num.partitions": "1",
+        # Tests join groups one after another; the default 3 s delay would only slow them.
+        "group.initial.rebalance.delay.ms": "0",
+        "num.network.threads": "2",
+        "num.io.threads": "2",
+        "background.threads": "2",
+    }
+    return "".join(f"{key}={value}\n" for key, value in settings.items())
