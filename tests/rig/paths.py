@@ -66,6 +66,31 @@ class Binaries:
         return found
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ControlPlaneBinaries:
+    """Only what the control plane runs: a test of the API server needs neither helm nor Kafka."""
+
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kubectl: Path
+
+    @classmethod
+    def from_cache(cls) -> ControlPlaneBinaries:
+        root = cache_dir()
+        k8s = root / f"kubernetes-{VERSIONS['KUBERNETES_VERSION']}" / "bin"
+        found = cls(
+            etcd=root / f"etcd-{VERSIONS['ETCD_VERSION']}" / "bin" / "etcd",
+            kube_apiserver=k8s / "kube-apiserver",
+            kube_controller_manager=k8s / "kube-controller-manager",
+            kubectl=k8s / "kubectl",
+        )
+        for path in (found.etcd, found.kube_apiserver, found.kube_controller_manager, found.kubectl):
+            if not path.is_file():
+                raise RigNotBuilt(f"{path} is missing: run `make rig` (tests/rig/build/build.sh) first")
+        return found
+
+
 def _read_classpath(root: Path) -> str:
     path = root / f"kafka-{VERSIONS['SCALA_VERSION']}-{VERSIONS['KAFKA_VERSION']}" / "classpath"
     if not path.is_file():
