@@ -1,0 +1,360 @@
+"""The Kafka trigger's settings: parsed from hint strings into a frozen, typed object."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from tidescale._values import (
+    parse_bool,
+    parse_choice,
+    parse_duration,
+    parse_int,
+    parse_list,
+    parse_ranges,
+)
+from tidescale.errors import HintError
+from tidescale.sources._fields import (
+    FieldCollector,
+    FieldDoc,
+    parse_env_name,
+    parse_file_path,
+    parse_regex,
+    parse_secret_name,
+)
+
+__all__ = ["KAFKA_FIELDS", "KafkaSettings", "parse_kafka_settings"]
+
+SaslMechanism = Literal["none", "plain", "scram-sha-256", "scram-sha-512"]
+OffsetResetPolicy = Literal["latest", "earliest"]
+
+_SERVER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):(\d{1,5})")
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KafkaSettings:
+    """One Kafka trigger. Hashable: it keys the per-trigger state of a shared connection."""
+
+    name: str
+    bootstrap_servers: tuple[str, ...]
+    consumer_group: str
+    topics: tuple[str, ...] = ()
+    """Empty: every topic the group has committed offsets for."""
+    lag_threshold: int = 10
+    activation_lag_threshold: int = 0
+    offset_reset_policy: OffsetResetPolicy = "latest"
+    allow_idle_consumers: bool = False
+    exclude_persistent_lag: bool = False
+    scale_to_zero_on_invalid_offset: bool = False
+    limit_to_partitions_with_lag: bool = False
+    partitions: frozenset[int] | None = None
+    """Only these partition numbers (of every named topic); None: all."""
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    sasl: SaslMechanism = "none"
+    sasl_username_env: str | None = None
+    sasl_password_env: str | None = None
+    sasl_password_file: str | None = None
+    credentials_secret: str | None = None
+    member_client_id_pattern: str | None = None
+    """Regex on the group member's client id; None: members are matched by client host == pod IP."""
+    timeout: float = 5.0
+
+    @property
+    def cluster_key(self) -> tuple[object, ...]:
+        """Triggers with equal keys share one connection: same brokers, same identity."""
+        return (
+            "kafka",
+            tuple(sorted(self.bootstrap_servers)),
+            self.tls,
+            self.tls_ca_file,
+            self.tls_cert_file,
+            self.tls_key_file,
+            self.sasl,
+            self.sasl_username_env,
+            self.sasl_password_env,
+            self.sasl_password_file,
+        )
+
+
+def _parse_servers(annotation: str, value: str) -> tuple[str, ...]:
+    servers = parse_list(annotation, value)
+    for server in servers:
+        match = _SERVER.fullmatch(server)
+        if match is None or not 1 <= int(match[3]) <= 65535:
+            raise HintError(
+                annotation, value, 'comma-separated host:port pairs, e.g. "kafka-0:9092,kafka-1:9092"'
+            )
+    return servers
+
+
+def _parse_group(annotation: str, value: str) -> str:
+    text = value.strip()
+    if not text or len(text) > 255 or any(c.isspace() for c in text):
+        raise HintError(annotation, value, "a consumer group id (1 to 255 characters, no blanks)")
+    return text
+
+
+def _parse_topics(annotation: str, value: str) -> tuple[str, ...]:
+    topics = parse_list(annotation, value)
+    for topic in topics:
+        if not _TOPIC.fullmatch(topic) or topic in {".", ".."}:
+            raise HintError(
+                annotation, value, "comma-separated topic names of letters, digits, '.', '_' and '-'"
+            )
+    return topics
+
+
+def _parse_positive(annotation: str, value: str) -> int:
+    return parse_int(annotation, value, minimum=1, maximum=10**12)
+
+
+def _parse_non_negative(annotation: str, value: str) -> int:
+    return parse_int(annotation, value, minimum=0, maximum=10**12)
+
+
+def _parse_policy(annotation: str, value: str) -> OffsetResetPolicy:
+    return "earliest" if parse_choice(annotation, value, ("latest", "earliest")) == "earliest" else "latest"
+
+
+def _parse_sasl(annotation: str, value: str) -> SaslMechanism:
+    choice = parse_choice(annotation, value, ("none", "plain", "scram-sha-256", "scram-sha-512"))
+    mechanisms: dict[str, SaslMechanism] = {
+        "none": "none",
+        "plain": "plain",
+        "scram-sha-256": "scram-sha-256",
+        "scram-sha-512": "scram-sha-512",
+    }
+    return mechanisms[choice]
+
+
+def _parse_timeout(annotation: str, value: str) -> float:
+    return parse_duration(annotation, value, minimum=0.1, maximum=120.0)
+
+
+KAFKA_FIELDS: tuple[FieldDoc, ...] = (
+    FieldDoc(
+        field="bootstrap-servers",
+        type="list of host:port",
+        default=None,
+        meaning="Brokers to bootstrap from (required).",
+        example="kafka-0.kafka:9092,kafka-1.kafka:9092",
+    ),
+    FieldDoc(
+        field="consumer-group",
+        type="string",
+        default=None,
+        meaning="The consumer group whose lag is measured (required).",
+        example="orders-workers",
+    ),
+    FieldDoc(
+        field="topic",
+        type="list of topic names",
+        default=None,
+        meaning="Topics to measure; absent: every topic the group has committed offsets for.",
+        example="orders,refunds",
+    ),
+    FieldDoc(
+        field="lag-threshold",
+        type="whole number > 0",
+        default="10",
+        meaning="Lag one replica is expected to handle: desired replicas = ceil(total lag / this).",
+        example="50",
+    ),
+    FieldDoc(
+        field="activation-lag-threshold",
+        type="whole number >= 0",
+        default="0",
+        meaning="The trigger is active (wakes the workload from zero) when total lag is above this.",
+        example="5",
+    ),
+    FieldDoc(
+        field="offset-reset-policy",
+        type="latest | earliest",
+        default="latest",
+        meaning="What the consumers do on a partition with no committed offset. latest: such a partition "
+        "counts lag 1; earliest: it counts the messages still retained (log-end minus log-start; "
+        "KEDA counts log-end, which includes messages retention already deleted).",
+        example="earliest",
+    ),
+    FieldDoc(
+        field="allow-idle-consumers",
+        type="bool",
+        default="false",
+        meaning="Allow more replicas than partitions (the extra ones sit idle).",
+        example="true",
+    ),
+    FieldDoc(
+        field="exclude-persistent-lag",
+        type="bool",
+        default="false",
+        meaning="A partition whose committed offset did not move since the previous measurement counts 0 "
+        "for scaling (a stuck consumer is not helped by more replicas); activation still sees its lag.",
+        example="true",
+    ),
+    FieldDoc(
+        field="scale-to-zero-on-invalid-offset",
+        type="bool",
+        default="false",
+        meaning="A partition with no committed offset counts lag 0 under either policy.",
+        example="true",
+    ),
+    FieldDoc(
+        field="limit-to-partitions-with-lag",
+        type="bool",
+        default="false",
+        meaning="Cap replicas at the number of partitions with lag rather than all partitions "
+        "(not with allow-idle-consumers).",
+        example="true",
+    ),
+    FieldDoc(
+        field="partitions",
+        type="numbers and ranges",
+        default=None,
+        meaning="Measure only these partition numbers of each topic; absent: all.",
+        example="0,2,10-20",
+    ),
+    FieldDoc(
+        field="tls", type="bool", default="false", meaning="Connect to the brokers over TLS.", example="true"
+    ),
+    FieldDoc(
+        field="tls-ca-file",
+        type="absolute path",
+        default=None,
+        meaning="CA bundle to verify the brokers (needs tls); absent: the system's CAs.",
+        example="/etc/kafka-tls/ca.crt",
+    ),
+    FieldDoc(
+        field="tls-cert-file",
+        type="absolute path",
+        default=None,
+        meaning="Client certificate for mutual TLS (needs tls and tls-key-file).",
+        example="/etc/kafka-tls/tls.crt",
+    ),
+    FieldDoc(
+        field="tls-key-file",
+        type="absolute path",
+        default=None,
+        meaning="Client private key for mutual TLS (needs tls and tls-cert-file).",
+        example="/etc/kafka-tls/tls.key",
+    ),
+    FieldDoc(
+        field="sasl",
+        type="none | plain | scram-sha-256 | scram-sha-512",
+        default="none",
+        meaning="SASL mechanism. Credentials never go in annotations: see the sasl-* fields.",
+        example="scram-sha-512",
+    ),
+    FieldDoc(
+        field="sasl-username-env",
+        type="env var name",
+        default=None,
+        meaning="Environment variable of the agent holding the SASL username.",
+        example="KAFKA_USERNAME",
+    ),
+    FieldDoc(
+        field="sasl-password-env",
+        type="env var name",
+        default=None,
+        meaning="Environment variable of the agent holding the SASL password.",
+        example="KAFKA_PASSWORD",
+    ),
+    FieldDoc(
+        field="sasl-password-file",
+        type="absolute path",
+        default=None,
+        meaning="File in the agent's container holding the SASL password (e.g. a mounted Secret).",
+        example="/etc/kafka-sasl/password",
+    ),
+    FieldDoc(
+        field="credentials-secret",
+        type="Secret name",
+        default=None,
+        meaning="Secret in the Deployment's namespace with keys username and password; read only by the "
+        "cluster-level waker, which cannot see the pod's env or files.",
+        example="kafka-credentials",
+    ),
+    FieldDoc(
+        field="member-client-id-pattern",
+        type="regular expression",
+        default=None,
+        meaning="Which group members are this pod's, by client id (whole match); absent: members whose "
+        "client host is the pod's IP.",
+        example="orders-worker-.*",
+    ),
+    FieldDoc(
+        field="timeout",
+        type="duration",
+        default="5s",
+        meaning="Most time one measurement may take before it counts as failed.",
+        example="3s",
+    ),
+)
+
+
+def parse_kafka_settings(trigger: str, raw: Mapping[str, str]) -> KafkaSettings:
+    """``raw`` maps field names (no prefix) to strings; raises HintsInvalid listing every problem."""
+    fields = FieldCollector(trigger, raw, (doc.field for doc in KAFKA_FIELDS))
+    settings = KafkaSettings(
+        name=trigger,
+        bootstrap_servers=fields.require("bootstrap-servers", _parse_servers, ()),
+        consumer_group=fields.require("consumer-group", _parse_group, ""),
+        topics=fields.get("topic", _parse_topics, ()),
+        lag_threshold=fields.get("lag-threshold", _parse_positive, 10),
+        activation_lag_threshold=fields.get("activation-lag-threshold", _parse_non_negative, 0),
+        offset_reset_policy=fields.get("offset-reset-policy", _parse_policy, "latest"),
+        allow_idle_consumers=fields.get("allow-idle-consumers", parse_bool, False),
+        exclude_persistent_lag=fields.get("exclude-persistent-lag", parse_bool, False),
+        scale_to_zero_on_invalid_offset=fields.get("scale-to-zero-on-invalid-offset", parse_bool, False),
+        limit_to_partitions_with_lag=fields.get("limit-to-partitions-with-lag", parse_bool, False),
+        partitions=fields.get("partitions", parse_ranges, None),
+        tls=fields.get("tls", parse_bool, False),
+        tls_ca_file=fields.get("tls-ca-file", parse_file_path, None),
+        tls_cert_file=fields.get("tls-cert-file", parse_file_path, None),
+        tls_key_file=fields.get("tls-key-file", parse_file_path, None),
+        sasl=fields.get("sasl", _parse_sasl, "none"),
+        sasl_username_env=fields.get("sasl-username-env", parse_env_name, None),
+        sasl_password_env=fields.get("sasl-password-env", parse_env_name, None),
+        sasl_password_file=fields.get("sasl-password-file", parse_file_path, None),
+        credentials_secret=fields.get("credentials-secret", parse_secret_name, None),
+        member_client_id_pattern=fields.get("member-client-id-pattern", parse_regex, None),
+        timeout=fields.get("timeout", _parse_timeout, 5.0),
+    )
+    _check_combinations(fields, settings)
+    fields.finish()
+    return settings
+
+
+def _check_combinations(fields: FieldCollector, s: KafkaSettings) -> None:
+    if s.limit_to_partitions_with_lag and s.allow_idle_consumers:
+        fields.problem(
+            "limit-to-partitions-with-lag", '"false" when allow-idle-consumers is "true" (they contradict)'
+        )
+    for name, value in (("tls-ca-file", s.tls_ca_file), ("tls-cert-file", s.tls_cert_file)):
+        if value is not None and not s.tls:
+            fields.problem(name, 'to be set only together with tls: "true"')
+    if s.tls_key_file is not None and not s.tls:
+        fields.problem("tls-key-file", 'to be set only together with tls: "true"')
+    if (s.tls_cert_file is None) != (s.tls_key_file is None):
+        missing = "tls-key-file" if s.tls_key_file is None else "tls-cert-file"
+        fields.problem(missing, "a value: tls-cert-file and tls-key-file go together")
+    if s.sasl != "none":
+        if s.sasl_username_env is None and s.credentials_secret is None:
+            fields.problem(
+                "sasl-username-env", f"a value when sasl is {s.sasl!r} (or set credentials-secret)"
+            )
+        has_password = s.sasl_password_env or s.sasl_password_file or s.credentials_secret
+        if not has_password:
+            fields.problem(
+                "sasl-password-file",
+                f"a value when sasl is {s.sasl!r} (or set sasl-password-env or credentials-secret)",
+            )
+    elif any(fields.has(f) for f in ("sasl-username-env", "sasl-password-env", "sasl-password-file")):
+        fields.problem(
+            "sasl", "a mechanism (plain, scram-sha-256 or scram-sha-512) when SASL credentials are given"
+        )

@@ -1,0 +1,153 @@
+"""RabbitMQ arithmetic: pure functions of queue statistics and the trigger's settings.
+
+QueueLength counts ``messages`` (ready + unacknowledged) by default, so work in
+flight keeps the workload up; ``messages_ready`` with exclude-unacknowledged, and
+always over AMQP, which sees ready messages only. MessageRate is
+``message_stats.publish_details.rate``. Queues matched by a pattern combine with
+sum, avg or max.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
+
+from tidescale.sources._rabbitmq_settings import RabbitMQSettings
+from tidescale.sources.base import Measurement
+
+__all__ = [
+    "LocalShare",
+    "QueueStats",
+    "RabbitMQSnapshot",
+    "own_channels",
+    "queue_metric",
+    "queue_stats_from_api",
+    "rabbitmq_measurement",
+]
+
+LOCAL_PREFIX = "local:"
+"""Detail keys of this pod's own consumers' share (``local:consumers``, ``local:unacked``,
+``local:deliver-rate``); every other detail key is a queue name."""
+
+
+class RateDetails(TypedDict, total=False):
+    rate: float
+
+
+class MessageStats(TypedDict, total=False):
+    publish_details: RateDetails
+    deliver_get_details: RateDetails
+
+
+class ChannelDetails(TypedDict, total=False):
+    name: str
+    peer_host: str
+    connection_name: str
+
+
+class ConsumerDetails(TypedDict, total=False):
+    channel_details: ChannelDetails
+    consumer_tag: str
+
+
+class QueuePayload(TypedDict, total=False):
+    """The fields read from ``GET /api/queues/{vhost}/{queue}``."""
+
+    name: str
+    messages: int
+    messages_ready: int
+    messages_unacknowledged: int
+    consumers: int
+    message_stats: MessageStats
+    consumer_details: list[ConsumerDetails]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QueueStats:
+    name: str
+    ready: int
+    unacked: int | None
+    """None over AMQP, which cannot see unacknowledged messages."""
+    consumers: int
+    publish_rate: float | None = None
+    """Messages published per second; None when the broker reports no rate (no publishes yet, or AMQP)."""
+
+    @property
+    def messages(self) -> int:
+        return self.ready + (self.unacked or 0)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LocalShare:
+    """What this pod's own consumers hold of a queue."""
+
+    consumers: int
+    unacked: int
+    deliver_rate: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RabbitMQSnapshot:
+    queues: tuple[QueueStats, ...]
+    via: Literal["management", "amqp"]
+    local: LocalShare | None = None
+
+
+def queue_stats_from_api(payload: Mapping[str, Any]) -> QueueStats:
+    """A queue of the management API; fields missing while the queue starts up read as 0."""
+    stats = payload.get("message_stats") or {}
+    publish = stats.get("publish_details") if isinstance(stats, Mapping) else None
+    rate = publish.get("rate") if isinstance(publish, Mapping) else None
+    return QueueStats(
+        name=str(payload.get("name", "")),
+        ready=int(payload.get("messages_ready") or 0),
+        unacked=int(payload.get("messages_unacknowledged") or 0),
+        consumers=int(payload.get("consumers") or 0),
+        publish_rate=float(rate) if isinstance(rate, int | float) else None,
+    )
+
+
+def own_channels(consumer_details: Iterable[Mapping[str, Any]], pod_ip: str) -> list[str]:
+    """Names of the channels whose consumers connect from ``pod_ip`` (one per consumer, so repeats count)."""
+    names: list[str] = []
+    for consumer in consumer_details:
+        channel = consumer.get("channel_details")
+        if isinstance(channel, Mapping) and channel.get("peer_host") == pod_ip:
+            names.append(str(channel.get("name", "")))
+    return names
+
+
+def queue_metric(queue: QueueStats, settings: RabbitMQSettings) -> float:
+    if settings.mode == "message-rate":
+        return queue.publish_rate or 0.0
+    if settings.exclude_unacknowledged or queue.unacked is None:
+        return float(queue.ready)
+    return float(queue.messages)
+
+
+def rabbitmq_measurement(stats: RabbitMQSnapshot, settings: RabbitMQSettings, taken_at: float) -> Measurement:
+    per_queue = {q.name: queue_metric(q, settings) for q in stats.queues}
+    values = list(per_queue.values())
+    if not values:
+        value = 0.0
+    elif settings.operation == "max":
+        value = max(values)
+    elif settings.operation == "avg":
+        value = sum(values) / len(values)
+    else:
+        value = sum(values)
+    detail: dict[str, float] = dict(per_queue)
+    if stats.local is not None:
+        detail[LOCAL_PREFIX + "consumers"] = float(stats.local.consumers)
+        detail[LOCAL_PREFIX + "unacked"] = float(stats.local.unacked)
+        detail[LOCAL_PREFIX + "deliver-rate"] = stats.local.deliver_rate
+    return Measurement(
+        trigger=settings.name,
+        value=value,
+        target=settings.value,
+        active=value > settings.activation_value,
+        replica_cap=None,
+        detail=detail,
+        taken_at=taken_at,
+    )

@@ -1,0 +1,248 @@
+"""The RabbitMQ trigger's settings: parsed from hint strings into a frozen, typed object."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+from tidescale._values import parse_bool, parse_choice, parse_duration, parse_float
+from tidescale.errors import HintError
+from tidescale.sources._fields import (
+    FieldCollector,
+    FieldDoc,
+    parse_env_name,
+    parse_file_path,
+    parse_regex,
+    parse_secret_name,
+    parse_url,
+)
+
+__all__ = ["RABBITMQ_FIELDS", "RabbitMQSettings", "parse_rabbitmq_settings"]
+
+Mode = Literal["queue-length", "message-rate"]
+Operation = Literal["sum", "avg", "max"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RabbitMQSettings:
+    """One RabbitMQ trigger. Hashable: it keys the per-trigger state of a shared connection."""
+
+    name: str
+    management_url: str | None = None
+    amqp_url: str | None = None
+    vhost: str = "/"
+    queue: str | None = None
+    queue_pattern: str | None = None
+    operation: Operation = "sum"
+    mode: Mode = "queue-length"
+    value: float = 20.0
+    activation_value: float = 0.0
+    exclude_unacknowledged: bool = False
+    username_env: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    credentials_secret: str | None = None
+    timeout: float = 5.0
+
+    @property
+    def uses_management(self) -> bool:
+        """The management API is preferred: only it sees unacknowledged messages and rates."""
+        return self.management_url is not None
+
+    @property
+    def cluster_key(self) -> tuple[object, ...]:
+        """Triggers with equal keys share one connection (HTTP client, or AMQP connection per vhost)."""
+        credentials = (self.username_env, self.password_env, self.password_file)
+        if self.management_url is not None:
+            return ("rabbitmq-http", self.management_url.rstrip("/"), *credentials)
+        return ("rabbitmq-amqp", self.amqp_url, self.vhost, *credentials)
+
+
+def _parse_vhost(annotation: str, value: str) -> str:
+    if not value or len(value) > 255:
+        raise HintError(annotation, value, 'a vhost name, e.g. "/" or "orders"')
+    return value
+
+
+def _parse_queue(annotation: str, value: str) -> str:
+    if not value.strip() or len(value.encode()) > 255:
+        raise HintError(annotation, value, "a queue name (1 to 255 bytes)")
+    return value
+
+
+def _parse_operation(annotation: str, value: str) -> Operation:
+    choice = parse_choice(annotation, value, ("sum", "avg", "max"))
+    return "avg" if choice == "avg" else "max" if choice == "max" else "sum"
+
+
+def _parse_mode(annotation: str, value: str) -> Mode:
+    choice = parse_choice(annotation, value, ("queue-length", "message-rate"))
+    return "message-rate" if choice == "message-rate" else "queue-length"
+
+
+def _parse_value(annotation: str, value: str) -> float:
+    return parse_float(annotation, value, minimum=0.0, exclusive_minimum=True)
+
+
+def _parse_activation(annotation: str, value: str) -> float:
+    return parse_float(annotation, value, minimum=0.0)
+
+
+def _parse_timeout(annotation: str, value: str) -> float:
+    return parse_duration(annotation, value, minimum=0.1, maximum=120.0)
+
+
+RABBITMQ_FIELDS: tuple[FieldDoc, ...] = (
+    FieldDoc(
+        field="management-url",
+        type="http(s) URL",
+        default=None,
+        meaning="Base URL of the management API (preferred: it counts unacknowledged messages and rates). "
+        "No password in the URL.",
+        example="http://rabbitmq.messaging:15672",
+    ),
+    FieldDoc(
+        field="amqp-url",
+        type="amqp(s) URL",
+        default=None,
+        meaning="AMQP URL, used when there is no management-url. Over AMQP only READY messages are "
+        "visible: messages being processed (unacknowledged) are not counted, so prefer management-url.",
+        example="amqp://worker@rabbitmq.messaging:5672",
+    ),
+    FieldDoc(
+        field="vhost", type="string", default="/", meaning="The virtual host of the queue.", example="orders"
+    ),
+    FieldDoc(
+        field="queue",
+        type="string",
+        default=None,
+        meaning="The queue to measure (this or queue-pattern is required).",
+        example="orders",
+    ),
+    FieldDoc(
+        field="queue-pattern",
+        type="regular expression",
+        default=None,
+        meaning="Measure every queue of the vhost whose whole name matches, combined by operation "
+        "(needs management-url).",
+        example="orders-.*",
+    ),
+    FieldDoc(
+        field="operation",
+        type="sum | avg | max",
+        default="sum",
+        meaning="How the queues matched by queue-pattern combine.",
+        example="max",
+    ),
+    FieldDoc(
+        field="mode",
+        type="queue-length | message-rate",
+        default="queue-length",
+        meaning="Scale on messages in the queue, or on the publish rate per second (message-rate needs "
+        "management-url).",
+        example="message-rate",
+    ),
+    FieldDoc(
+        field="value",
+        type="number > 0",
+        default="20",
+        meaning="What one replica is expected to handle: desired replicas = ceil(metric / value).",
+        example="100",
+    ),
+    FieldDoc(
+        field="activation-value",
+        type="number >= 0",
+        default="0",
+        meaning="The trigger is active (wakes the workload from zero) when the metric is above this.",
+        example="1",
+    ),
+    FieldDoc(
+        field="exclude-unacknowledged",
+        type="bool",
+        default="false",
+        meaning="Count only ready messages. By default unacknowledged messages count too, so work in "
+        "flight keeps the workload up.",
+        example="true",
+    ),
+    FieldDoc(
+        field="username-env",
+        type="env var name",
+        default=None,
+        meaning="Environment variable of the agent holding the username (else the URL's user).",
+        example="RABBITMQ_USERNAME",
+    ),
+    FieldDoc(
+        field="password-env",
+        type="env var name",
+        default=None,
+        meaning="Environment variable of the agent holding the password.",
+        example="RABBITMQ_PASSWORD",
+    ),
+    FieldDoc(
+        field="password-file",
+        type="absolute path",
+        default=None,
+        meaning="File in the agent's container holding the password (e.g. a mounted Secret).",
+        example="/etc/rabbitmq-credentials/password",
+    ),
+    FieldDoc(
+        field="credentials-secret",
+        type="Secret name",
+        default=None,
+        meaning="Secret in the Deployment's namespace with keys username and password; read only by the "
+        "cluster-level waker.",
+        example="rabbitmq-credentials",
+    ),
+    FieldDoc(
+        field="timeout",
+        type="duration",
+        default="5s",
+        meaning="Most time one measurement may take before it counts as failed.",
+        example="3s",
+    ),
+)
+
+
+def parse_rabbitmq_settings(trigger: str, raw: Mapping[str, str]) -> RabbitMQSettings:
+    """``raw`` maps field names (no prefix) to strings; raises HintsInvalid listing every problem."""
+    fields = FieldCollector(trigger, raw, (doc.field for doc in RABBITMQ_FIELDS))
+    settings = RabbitMQSettings(
+        name=trigger,
+        management_url=fields.get("management-url", partial(parse_url, schemes=("http", "https")), None),
+        amqp_url=fields.get("amqp-url", partial(parse_url, schemes=("amqp", "amqps")), None),
+        vhost=fields.get("vhost", _parse_vhost, "/"),
+        queue=fields.get("queue", _parse_queue, None),
+        queue_pattern=fields.get("queue-pattern", parse_regex, None),
+        operation=fields.get("operation", _parse_operation, "sum"),
+        mode=fields.get("mode", _parse_mode, "queue-length"),
+        value=fields.get("value", _parse_value, 20.0),
+        activation_value=fields.get("activation-value", _parse_activation, 0.0),
+        exclude_unacknowledged=fields.get("exclude-unacknowledged", parse_bool, False),
+        username_env=fields.get("username-env", parse_env_name, None),
+        password_env=fields.get("password-env", parse_env_name, None),
+        password_file=fields.get("password-file", parse_file_path, None),
+        credentials_secret=fields.get("credentials-secret", parse_secret_name, None),
+        timeout=fields.get("timeout", _parse_timeout, 5.0),
+    )
+    _check_combinations(fields, settings)
+    fields.finish()
+    return settings
+
+
+def _check_combinations(fields: FieldCollector, s: RabbitMQSettings) -> None:
+    if not fields.has("management-url") and not fields.has("amqp-url"):
+        fields.problem("management-url", "a value (or amqp-url): where to measure the queue")
+    if fields.has("queue") == fields.has("queue-pattern"):
+        name = "queue-pattern" if fields.has("queue-pattern") else "queue"
+        fields.problem(name, "exactly one of queue and queue-pattern")
+    no_management = not fields.has("management-url")
+    if no_management and fields.has("queue-pattern"):
+        fields.problem("queue-pattern", "management-url to be set too (AMQP cannot list queues)")
+    if no_management and s.mode == "message-rate":
+        fields.problem("mode", "management-url to be set too (AMQP does not report rates)")
+    if fields.has("operation") and not fields.has("queue-pattern"):
+        fields.problem("operation", "to be set only together with queue-pattern")
+    if s.password_env is not None and s.password_file is not None:
+        fields.problem("password-file", "either password-file or password-env, not both")

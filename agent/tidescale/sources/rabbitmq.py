@@ -1,0 +1,338 @@
+"""RabbitMQ queue depth and rates: settings, the pure arithmetic, and the I/O (management API or AMQP).
+
+One :class:`RabbitMQSource` is one connection to one broker (see the pool in
+``registry``): an httpx client for the management API, or an aio-pika connection
+for AMQP passive declares. Clients are imported the first time one opens.
+
+Requests per measurement: management API, one queue: 1 GET (plus 1 GET per own
+channel in LOCAL scope, for its unacknowledged count and deliver rate); a
+pattern: 1 GET per page of 500 queues. AMQP: one passive declare on a fresh
+channel (a failed passive declare closes its channel, so channels are not reused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound, SourceTimeout
+from tidescale.sources._rabbitmq_depth import (
+    LocalShare,
+    QueueStats,
+    RabbitMQSnapshot,
+    own_channels,
+    queue_metric,
+    queue_stats_from_api,
+    rabbitmq_measurement,
+)
+from tidescale.sources._rabbitmq_settings import RABBITMQ_FIELDS, RabbitMQSettings, parse_rabbitmq_settings
+from tidescale.sources.base import Measurement, Scope, TriggerSettings
+
+__all__ = [
+    "RABBITMQ_FIELDS",
+    "LocalShare",
+    "QueueStats",
+    "RabbitMQSettings",
+    "RabbitMQSnapshot",
+    "RabbitMQSource",
+    "own_channels",
+    "parse_rabbitmq_settings",
+    "queue_metric",
+    "queue_stats_from_api",
+    "rabbitmq_measurement",
+]
+
+_PAGE_SIZE = 500
+_PATTERN_COLUMNS = "name,messages_ready,messages_unacknowledged,consumers,message_stats.publish_details.rate"
+
+
+class RabbitMQSource:
+    """A connection to one RabbitMQ broker; measures any trigger naming it."""
+
+    def __init__(self, settings: RabbitMQSettings, *, pod_ip: str | None = None) -> None:
+        self._connection = settings
+        self._pod_ip = pod_ip
+        self._http: Any = None
+        self._amqp: Any = None
+        self._http_user: str | None = None
+        self._open_lock = asyncio.Lock()
+        self._closed = False
+        self.requests = 0
+        """Broker requests sent so far."""
+
+    @property
+    def _where(self) -> str:
+        url = self._connection.management_url or self._connection.amqp_url or ""
+        parts = urlsplit(url)
+        return f"RabbitMQ at {parts.hostname}:{parts.port or _default_port(parts.scheme)}"
+
+    async def measure(self, settings: TriggerSettings, scope: Scope) -> Measurement:
+        if not isinstance(settings, RabbitMQSettings):
+            raise TypeError(f"RabbitMQSource cannot measure {type(settings).__name__}")
+        if self._closed:
+            raise SourceError("the RabbitMQ source is closed", trigger=settings.name)
+        try:
+            async with asyncio.timeout(settings.timeout):
+                snapshot = await self.snapshot(settings, scope)
+        except TimeoutError as exc:
+            raise SourceTimeout(
+                f"{self._where} did not answer within {settings.timeout:g}s for queue "
+                f"{settings.queue or settings.queue_pattern!r}: check the broker's load, or raise timeout",
+                trigger=settings.name,
+            ) from exc
+        except SourceError as exc:
+            if exc.trigger is None:
+                raise type(exc)(str(exc), trigger=settings.name) from exc
+            raise
+        return rabbitmq_measurement(snapshot, settings, time.monotonic())
+
+    def forget(self, settings: TriggerSettings) -> None:
+        """Nothing is kept per trigger."""
+
+    async def close(self) -> None:
+        self._closed = True
+        http, self._http = self._http, None
+        amqp, self._amqp = self._amqp, None
+        if http is not None:
+            await http.aclose()
+        if amqp is not None:
+            await amqp.close()
+
+    async def snapshot(self, settings: RabbitMQSettings, scope: Scope) -> RabbitMQSnapshot:
+        if settings.uses_management:
+            return await self._management_snapshot(settings, scope)
+        return await self._amqp_snapshot(settings)
+
+    # -- management API -------------------------------------------------------------------------
+
+    async def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        import httpx
+
+        client = await self._http_client()
+        self.requests += 1
+        try:
+            response = await client.get(path, params=params)
+        except httpx.TimeoutException as exc:
+            raise SourceTimeout(f"{self._where} (management API) timed out on GET {path}") from exc
+        except httpx.HTTPError as exc:
+            raise BrokerUnreachable(
+                f"cannot reach the management API of {self._where} ({exc or type(exc).__name__}): check "
+                "management-url, that the rabbitmq_management plugin is enabled, and network policies"
+            ) from exc
+        if response.status_code in (401, 403):
+            raise BrokerAuthFailed(
+                f"the management API of {self._where} refused user {self._http_user!r} (HTTP "
+                f"{response.status_code}): check the username/password sources and the user's tags and "
+                "vhost permissions (monitoring is enough)"
+            )
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise SourceError(
+                f"the management API of {self._where} answered HTTP {response.status_code} to {path}"
+            )
+        return response.json()
+
+    async def _http_client(self) -> Any:
+        async with self._open_lock:
+            if self._http is None:
+                import httpx
+
+                settings = self._connection
+                url = settings.management_url or ""
+                parts = urlsplit(url)
+                username = _env(settings.username_env) if settings.username_env else parts.username
+                password = _password(settings)
+                base = urlunsplit((parts.scheme, _netloc_without_user(parts), parts.path.rstrip("/"), "", ""))
+                auth = httpx.BasicAuth(username or "", password or "") if username else None
+                self._http = httpx.AsyncClient(
+                    base_url=base, auth=auth, timeout=settings.timeout, headers={"accept": "application/json"}
+                )
+                self._http_user = username
+            return self._http
+
+    async def _management_snapshot(self, settings: RabbitMQSettings, scope: Scope) -> RabbitMQSnapshot:
+        vhost = quote(settings.vhost, safe="")
+        if settings.queue is not None:
+            payload = await self._get(f"/api/queues/{vhost}/{quote(settings.queue, safe='')}")
+            if payload is None:
+                raise await self._not_found(settings, f"queue {settings.queue!r}")
+            local = None
+            if scope is Scope.LOCAL and self._pod_ip is not None:
+                local = await self._local_share(payload.get("consumer_details") or [])
+            return RabbitMQSnapshot(queues=(queue_stats_from_api(payload),), via="management", local=local)
+        queues = await self._matching_queues(settings)
+        if not queues:
+            raise await self._not_found(settings, f"queue matching {settings.queue_pattern!r}")
+        return RabbitMQSnapshot(queues=tuple(queues), via="management")
+
+    async def _matching_queues(self, settings: RabbitMQSettings) -> list[QueueStats]:
+        import re
+
+        pattern = re.compile(settings.queue_pattern or "")
+        vhost = quote(settings.vhost, safe="")
+        queues: list[QueueStats] = []
+        page = 1
+        while True:
+            params = {
+                "page": str(page),
+                "page_size": str(_PAGE_SIZE),
+                "name": settings.queue_pattern or "",
+                "use_regex": "true",
+                "columns": _PATTERN_COLUMNS,
+            }
+            body = await self._get(f"/api/queues/{vhost}", params)
+            if body is None:
+                raise await self._not_found(settings, f"queue matching {settings.queue_pattern!r}")
+            # The server's regex search is unanchored: keep only whole-name matches, as documented.
+            queues.extend(
+                queue_stats_from_api(item)
+                for item in body.get("items", [])
+                if pattern.fullmatch(str(item.get("name")))
+            )
+            if page >= int(body.get("page_count") or 1):
+                return queues
+            page += 1
+
+    async def _local_share(self, consumers: list[dict[str, Any]]) -> LocalShare:
+        names = own_channels(consumers, self._pod_ip or "")
+        unacked, rate = 0, 0.0
+        for name in sorted(set(names)):
+            channel = await self._get(f"/api/channels/{quote(name, safe='')}")
+            if channel is None:
+                continue  # closed since the queue was read
+            unacked += int(channel.get("messages_unacknowledged") or 0)
+            details = (channel.get("message_stats") or {}).get("deliver_get_details") or {}
+            rate += float(details.get("rate") or 0.0)
+        return LocalShare(consumers=len(names), unacked=unacked, deliver_rate=rate)
+
+    async def _not_found(self, settings: RabbitMQSettings, what: str) -> SourceNotFound:
+        vhost_exists = await self._get(f"/api/vhosts/{quote(settings.vhost, safe='')}") is not None
+        if not vhost_exists:
+            return SourceNotFound(f"{self._where} has no vhost {settings.vhost!r}: check vhost")
+        return SourceNotFound(
+            f"{self._where} has no {what} in vhost {settings.vhost!r}: check the queue name and that "
+            "the consumers declared it"
+        )
+
+    # -- AMQP -----------------------------------------------------------------------------------
+
+    async def _amqp_snapshot(self, settings: RabbitMQSettings) -> RabbitMQSnapshot:
+        import aio_pika.exceptions
+        import aiormq.exceptions
+
+        connection = await self._amqp_connection()
+        self.requests += 1
+        try:
+            channel = await connection.channel()
+            try:
+                declared = await channel.declare_queue(settings.queue, passive=True)
+                result = declared.declaration_result
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            raise SourceNotFound(
+                f"{self._where} has no queue {settings.queue!r} in vhost {settings.vhost!r}: check the queue "
+                "name and that the consumers declared it"
+            ) from exc
+        except (aiormq.exceptions.ConnectionClosed, aio_pika.exceptions.AMQPConnectionError, OSError) as exc:
+            self._amqp = None
+            raise BrokerUnreachable(f"lost the AMQP connection to {self._where}: {exc}") from exc
+        except aiormq.exceptions.AMQPError as exc:
+            raise SourceError(
+                f"{self._where} refused a passive declare of {settings.queue!r}: {exc}"
+            ) from exc
+        stats = QueueStats(
+            name=settings.queue or "",
+            ready=int(result.message_count),
+            unacked=None,
+            consumers=int(result.consumer_count),
+        )
+        return RabbitMQSnapshot(queues=(stats,), via="amqp")
+
+    async def _amqp_connection(self) -> Any:
+        async with self._open_lock:
+            if self._amqp is not None and not self._amqp.is_closed:
+                return self._amqp
+            import aio_pika
+            import aiormq.exceptions
+
+            settings = self._connection
+            parts = urlsplit(settings.amqp_url or "")
+            username = _env(settings.username_env) if settings.username_env else parts.username
+            password = _password(settings)
+            self.requests += 1
+            try:
+                self._amqp = await aio_pika.connect(
+                    host=parts.hostname or "localhost",
+                    port=parts.port or _default_port(parts.scheme),
+                    login=username or "guest",
+                    password=password or "guest",
+                    virtualhost=settings.vhost,
+                    ssl=parts.scheme == "amqps",
+                    timeout=settings.timeout,
+                )
+            except aiormq.exceptions.ProbableAuthenticationError as exc:
+                raise BrokerAuthFailed(
+                    f"{self._where} refused AMQP login for user {username or 'guest'!r} on vhost "
+                    f"{settings.vhost!r}: check the username/password sources and the vhost permissions"
+                ) from exc
+            except aiormq.exceptions.AMQPConnectionError as exc:
+                raise _amqp_connect_error(self._where, settings.vhost, exc) from exc
+            except (OSError, ConnectionError) as exc:
+                raise BrokerUnreachable(
+                    f"cannot reach {self._where} over AMQP ({exc}): check amqp-url, that the broker listens "
+                    "there, and network policies"
+                ) from exc
+            return self._amqp
+
+
+def _amqp_connect_error(where: str, vhost: str, exc: Exception) -> SourceError:
+    text = str(exc)
+    if "NOT_ALLOWED" in text or "vhost" in text.lower():
+        return SourceNotFound(
+            f"{where} refused vhost {vhost!r} ({text}): check vhost and the user's permissions on it"
+        )
+    if "ACCESS_REFUSED" in text or "auth" in text.lower():
+        return BrokerAuthFailed(
+            f"{where} refused the AMQP login ({text}): check the username and password sources"
+        )
+    return BrokerUnreachable(f"cannot open an AMQP connection to {where} ({text}): check amqp-url")
+
+
+def _default_port(scheme: str) -> int:
+    return {"http": 80, "https": 443, "amqp": 5672, "amqps": 5671}.get(scheme, 0)
+
+
+def _netloc_without_user(parts: Any) -> str:
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def _env(name: str) -> str:
+    value = os.environ.get(name)
+    if value is None:
+        raise BrokerAuthFailed(
+            f"the environment variable {name} (named by a *-env hint) is not set in the agent"
+        )
+    return value
+
+
+def _password(settings: RabbitMQSettings) -> str | None:
+    if settings.password_file is not None:
+        try:
+            return Path(settings.password_file).read_text().strip()
+        except OSError as exc:
+            raise BrokerAuthFailed(
+                f"cannot read the password file {settings.password_file}: {exc.strerror}"
+            ) from exc
+    if settings.password_env is not None:
+        return _env(settings.password_env)
+    return None

@@ -1,0 +1,156 @@
+"""From trigger type to source: settings parsers, field docs, and the per-process connection pool.
+
+Importing this module is cheap: it pulls in no broker client (aiokafka, aio-pika,
+httpx); those are imported by the sources the first time a connection opens, so
+a Kafka-only pod never loads aio-pika.
+
+Connection pool
+---------------
+:class:`SourcePool` keeps ONE live :class:`~tidescale.sources.base.Source` per
+broker cluster per process, shared by every trigger that names it. The cluster
+key is the settings' ``cluster_key``: for Kafka the sorted bootstrap servers plus
+TLS and SASL identity; for RabbitMQ the management URL (or the AMQP URL and
+vhost) plus credentials. Each trigger holds one reference::
+
+    pool = SourcePool(pod_ip="10.213.1.7")
+    source = await pool.acquire(settings)        # opens the cluster's connection, or reuses it
+    measurement = await measure_safely(source, settings, Scope.LOCAL)
+    await pool.release(settings)                 # trigger removed: drop its reference and state
+    await pool.close()                           # process exit: close everything
+
+``acquire`` and ``release`` are counted per settings object (equal settings
+count twice); when a cluster's count reaches zero its connection is closed, and
+``release`` also drops the per-trigger state the source keeps (e.g. the previous
+offsets used by exclude-persistent-lag), so removing a trigger leaks nothing.
+Changing a trigger's hints is ``release(old)`` then ``acquire(new)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Final, cast
+
+from tidescale.errors import SourceError
+from tidescale.sources._fields import FieldDoc
+from tidescale.sources._kafka_settings import KAFKA_FIELDS, KafkaSettings, parse_kafka_settings
+from tidescale.sources._rabbitmq_settings import RABBITMQ_FIELDS, RabbitMQSettings, parse_rabbitmq_settings
+from tidescale.sources.base import Measurement, MeasurementFailure, Scope, Source, TriggerSettings
+
+__all__ = [
+    "TRIGGER_TYPES",
+    "FieldDoc",
+    "SourcePool",
+    "field_docs",
+    "measure_safely",
+    "open_source",
+    "settings_parser",
+]
+
+TRIGGER_TYPES: Final[tuple[str, ...]] = ("kafka", "rabbitmq")
+
+SettingsParser = Callable[[str, Mapping[str, str]], TriggerSettings]
+
+_PARSERS: Final[dict[str, SettingsParser]] = {
+    "kafka": parse_kafka_settings,
+    "rabbitmq": parse_rabbitmq_settings,
+}
+_DOCS: Final[dict[str, tuple[FieldDoc, ...]]] = {"kafka": KAFKA_FIELDS, "rabbitmq": RABBITMQ_FIELDS}
+
+
+def settings_parser(type_name: str) -> SettingsParser:
+    """The parser of one trigger type: ``parser(trigger_name, {field: value})`` -> frozen settings.
+
+    Raises :class:`~tidescale.errors.HintsInvalid` listing every bad field. ``KeyError`` for a type
+    not in :data:`TRIGGER_TYPES` (the hints layer checks the type first).
+    """
+    return _PARSERS[type_name]
+
+
+def field_docs(type_name: str) -> list[FieldDoc]:
+    """The fields of one trigger type, in reference order."""
+    return list(_DOCS[type_name])
+
+
+def open_source(settings: TriggerSettings, *, pod_ip: str | None = None) -> Source:
+    """A new, unshared source for the cluster ``settings`` names; the caller closes it.
+
+    Nothing connects yet: the connection opens on the first measurement, so this never fails on I/O.
+    ``pod_ip`` is this pod's address, used to find its own Kafka group members and RabbitMQ consumers.
+    """
+    if isinstance(settings, KafkaSettings):
+        from tidescale.sources.kafka import KafkaSource
+
+        return KafkaSource(settings, pod_ip=pod_ip)
+    if isinstance(settings, RabbitMQSettings):
+        from tidescale.sources.rabbitmq import RabbitMQSource
+
+        return RabbitMQSource(settings, pod_ip=pod_ip)
+    raise TypeError(f"no source for settings of type {type(settings).__name__}")
+
+
+def _cluster_key(settings: TriggerSettings) -> tuple[object, ...]:
+    key = getattr(settings, "cluster_key", None)
+    if not isinstance(key, tuple):
+        raise TypeError(f"settings of type {type(settings).__name__} have no cluster_key")
+    return cast(tuple[object, ...], key)
+
+
+class SourcePool:
+    """One source per broker cluster per process, reference-counted by trigger (see module docs)."""
+
+    def __init__(self, *, pod_ip: str | None = None) -> None:
+        self._pod_ip = pod_ip
+        self._sources: dict[tuple[object, ...], Source] = {}
+        self._refs: dict[tuple[object, ...], int] = {}
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, settings: TriggerSettings) -> Source:
+        """The shared source for ``settings``' cluster; take one reference."""
+        key = _cluster_key(settings)
+        async with self._lock:
+            source = self._sources.get(key)
+            if source is None:
+                source = open_source(settings, pod_ip=self._pod_ip)
+                self._sources[key] = source
+            self._refs[key] = self._refs.get(key, 0) + 1
+            return source
+
+    async def release(self, settings: TriggerSettings) -> None:
+        """Drop one reference and the trigger's state; closes the connection at zero. Idempotent past zero."""
+        key = _cluster_key(settings)
+        async with self._lock:
+            source = self._sources.get(key)
+            if source is None:
+                return
+            forget = getattr(source, "forget", None)
+            if callable(forget):
+                forget(settings)
+            self._refs[key] -= 1
+            if self._refs[key] > 0:
+                return
+            del self._sources[key], self._refs[key]
+        await source.close()
+
+    def open_clusters(self) -> int:
+        """How many clusters have a live source (for tests and the agent's status)."""
+        return len(self._sources)
+
+    async def close(self) -> None:
+        async with self._lock:
+            sources = list(self._sources.values())
+            self._sources.clear()
+            self._refs.clear()
+        for source in sources:
+            await source.close()
+
+
+async def measure_safely(
+    source: Source, settings: TriggerSettings, scope: Scope, *, clock: Callable[[], float] = time.monotonic
+) -> Measurement | MeasurementFailure:
+    """Measure, turning a failure into a :class:`MeasurementFailure` for the policy engine's fallback rule."""
+    try:
+        return await source.measure(settings, scope)
+    except SourceError as error:
+        return MeasurementFailure(trigger=settings.name, error=str(error), taken_at=clock())
