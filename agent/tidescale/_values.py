@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from tidescale.errors import HintError
 
 __all__ = [
+    "format_duration",
     "parse_bool",
     "parse_choice",
     "parse_duration",
@@ -34,7 +35,10 @@ def parse_duration(annotation: str, value: str, *, minimum: float = 0.0, maximum
     """``"30s"``, ``"5m"``, ``"1m30s"``, ``"250ms"`` -> seconds. A bare number is refused:
     ``"30"`` could mean seconds or minutes, and a guess would be wrong half the time."""
     text = value.strip()
-    expected = f'a duration such as "30s", "5m" or "1m30s" between {_fmt(minimum)} and {_fmt(maximum)}'
+    expected = (
+        f'a duration such as "30s", "5m" or "1m30s" from {format_duration(minimum)} '
+        f"to {format_duration(maximum)}"
+    )
     position, total = 0, 0.0
     for match in _DURATION.finditer(text):
         if match.start() != position:
@@ -113,6 +117,18 @@ def parse_ranges(annotation: str, value: str, *, maximum: int = 1_000_000) -> fr
             raise HintError(annotation, value, expected + f" (low <= high <= {maximum})")
         numbers.update(range(low, high + 1))
     return frozenset(numbers)
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds in the hints' own notation: ``15s``, ``5m``, ``1m30s``, ``250ms``, ``24h``."""
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    if seconds >= 60 and seconds == int(seconds):
+        minutes, rest = divmod(int(seconds), 60)
+        if minutes >= 60 and minutes % 60 == 0 and rest == 0:
+            return f"{minutes // 60}h"
+        return f"{minutes}m" + (f"{rest}s" if rest else "")
+    return f"{seconds:g}s"
 
 
 def _fmt(seconds: float) -> str:

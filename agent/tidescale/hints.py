@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tidescale import _values
+from tidescale._values import format_duration
 from tidescale.errors import HintError, HintsInvalid
 from tidescale.sources.base import TriggerSettings
 
@@ -703,18 +704,6 @@ def _suggest(word: str, candidates: Iterable[str]) -> str | None:
 
 
 # ---------------------------------------------------------------- the reference
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds in the hints' own notation: ``15s``, ``5m``, ``1m30s``, ``250ms``."""
-    if seconds < 1 and seconds != 0:
-        return f"{seconds * 1000:g}ms"
-    if seconds >= 60 and seconds == int(seconds):
-        minutes, rest = divmod(int(seconds), 60)
-        if minutes >= 60 and minutes % 60 == 0 and rest == 0:
-            return f"{minutes // 60}h"
-        return f"{minutes}m" + (f"{rest}s" if rest else "")
-    return f"{seconds:g}s"
 
 
 def _cell(text: str | None) -> str:
