@@ -20,16 +20,29 @@ def control_plane_binaries() -> ControlPlaneBinaries:
     try:
         return ControlPlaneBinaries.from_cache()
     except RigNotBuilt as exc:
-        pytest.fail(f"the rig's control plane is not built ({exc}); run `make rig`", pytrace=False)
+        missing = str(exc)
+    # Failing outside the except block keeps the report to this one line, without the chained cause.
+    pytest.fail(f"the rig's control plane is not built: {missing}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
-def control_plane(rig_supervisor: Supervisor, rig_network: Network, rig_run_dir: Path) -> ControlPlane:
+def control_plane_bins() -> ControlPlaneBinaries:
+    """Checked before anything starts, so a missing build fails in one line and leaves nothing behind."""
+    return control_plane_binaries()
+
+
+@pytest.fixture(scope="session")
+def control_plane(
+    control_plane_bins: ControlPlaneBinaries,
+    rig_supervisor: Supervisor,
+    rig_network: Network,
+    rig_run_dir: Path,
+) -> ControlPlane:
     """etcd + kube-apiserver (RBAC, webhooks, service-account tokens) + kube-controller-manager.
 
     Its processes belong to the session's supervisor, which stops them at the end.
     """
-    return ControlPlane.start(rig_supervisor, rig_network, rig_run_dir, binaries=control_plane_binaries())
+    return ControlPlane.start(rig_supervisor, rig_network, rig_run_dir, binaries=control_plane_bins)
 
 
 async def api_client(kubeconfig: Path) -> Any:
