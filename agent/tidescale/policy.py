@@ -43,7 +43,7 @@ __all__ = [
 STALE_INTERVALS = 3
 """A measurement older than this many polling intervals counts as a failure."""
 
-_EPSILON = 1e-9  # so that 1.1 / 0.1 == 11.000000000000002 still asks for 11 replicas
+_EPSILON = 1e-9  # 1.1 / 0.1 == 11.000000000000002 asks for 11 replicas; 440 / 400 is within 0.1 of 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -221,7 +221,7 @@ def _from_measurement(reading: Measurement, *, current: int, tolerance: float) -
         replicas = current
     else:
         replicas = max(0, math.ceil(value / target - _EPSILON))
-        if current > 0 and abs(1.0 - value / (target * current)) <= tolerance:
+        if current > 0 and abs(1.0 - value / (target * current)) <= tolerance + _EPSILON:
             replicas, within = current, True
     capped = None
     if reading.replica_cap is not None and replicas > reading.replica_cap:
@@ -348,7 +348,8 @@ def _from_running(
 
     reason = _reason(driver, hints=hints, current=current, desired=desired, capped_by=capped_by)
     if wants_zero:
-        idle_for = format_duration(round(now - (history.last_active or now), 3))
+        since = now if history.last_active is None else history.last_active
+        idle_for = format_duration(round(now - since, 3))
         reason = (
             f"no trigger active for {idle_for} (cooldown {format_duration(hints.cooldown)}): "
             f"{current} -> 0, handing over to the waker"
