@@ -6,25 +6,34 @@ rig tests never skip.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.rig.kafka import Kafka
 from tests.rig.network import Network
-from tests.rig.paths import RigNotBuilt
+from tests.rig.paths import RigNotBuilt, kafka_classpath, rabbitmq_scripts
 from tests.rig.processes import Supervisor
 from tests.rig.rabbitmq import RabbitMQ
+
+
+def _missing(check: Callable[[], object]) -> str | None:
+    """The one-line reason a piece is missing, or None; checked before anything starts."""
+    try:
+        check()
+    except RigNotBuilt as exc:
+        return str(exc)
+    return None
 
 
 @pytest.fixture(scope="session")
 def kafka(rig_supervisor: Supervisor, rig_network: Network, rig_run_dir: Path) -> Iterator[Kafka]:
     """A single-node KRaft Kafka on the node address (``kafka.bootstrap``)."""
-    try:
-        broker = Kafka.start(rig_supervisor, rig_network, rig_run_dir)
-    except RigNotBuilt as exc:
-        pytest.fail(f"Kafka cannot start: {exc}", pytrace=False)
+    missing = _missing(kafka_classpath)
+    if missing:
+        pytest.fail(f"Kafka cannot start: {missing}", pytrace=False)
+    broker = Kafka.start(rig_supervisor, rig_network, rig_run_dir)
     yield broker
     broker.stop()
 
@@ -32,9 +41,9 @@ def kafka(rig_supervisor: Supervisor, rig_network: Network, rig_run_dir: Path) -
 @pytest.fixture(scope="session")
 def rabbitmq(rig_supervisor: Supervisor, rig_network: Network, rig_run_dir: Path) -> Iterator[RabbitMQ]:
     """A RabbitMQ node of our own with the management API (``amqp_url``, ``management_url``)."""
-    try:
-        broker = RabbitMQ.start(rig_supervisor, rig_network, rig_run_dir)
-    except RigNotBuilt as exc:
-        pytest.fail(f"RabbitMQ cannot start: {exc}", pytrace=False)
+    missing = _missing(rabbitmq_scripts)
+    if missing:
+        pytest.fail(f"RabbitMQ cannot start: {missing}", pytrace=False)
+    broker = RabbitMQ.start(rig_supervisor, rig_network, rig_run_dir)
     yield broker
     broker.stop()
