@@ -148,6 +148,8 @@ def _parse(body: bytes) -> AdmissionRequest | str:
         return "request.operation missing"
     if operation in ("CREATE", "UPDATE") and not isinstance(request.get("object"), dict):
         return f"request.object missing for {operation}"
+    if request.get("oldObject") is not None and not isinstance(request.get("oldObject"), dict):
+        return "request.oldObject is not an object"
     namespace = request.get("namespace", "")
     if not isinstance(namespace, str):
         return "request.namespace is not a string"
@@ -204,10 +206,12 @@ def _hints(annotations: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def _annotations(obj: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+def _annotations(obj: object) -> Mapping[str, Any] | None:
     """The object's annotations; None when they are not a map of strings."""
     if obj is None:
         return {}
+    if not isinstance(obj, Mapping):
+        return None
     metadata = obj.get("metadata") or {}
     if not isinstance(metadata, Mapping):
         return None
@@ -230,6 +234,23 @@ def validate(body: bytes, config: InjectorConfig, validator: HintValidator = val
     if isinstance(request, str):
         return _reject(request)
     uid = request["uid"]
+    try:
+        return _validate(request, config, validator)
+    except Exception:
+        _log.exception("validating review %s failed; letting the Deployment through", uid)
+        return _answer(
+            {
+                "uid": uid,
+                "allowed": True,
+                "warnings": ["tidescale could not check these hints (internal error)"],
+            },
+            "error",
+            "internal",
+        )
+
+
+def _validate(request: AdmissionRequest, config: InjectorConfig, validator: HintValidator) -> Outcome:
+    uid = request["uid"]
     if not _is(request, "apps", "v1", "Deployment") or request.get("subResource"):
         return _answer({"uid": uid, "allowed": True}, "skipped", "not-a-deployment")
     if request["operation"] not in ("CREATE", "UPDATE"):
@@ -242,24 +263,12 @@ def validate(body: bytes, config: InjectorConfig, validator: HintValidator = val
     hints = _hints(annotations)
     if not hints:
         return _answer({"uid": uid, "allowed": True}, "allowed")
-    try:
-        problems = validator(hints)
-        warnings = [str(p) for p in problems]
-        if not _template_labelled(obj):
-            warnings.append(
-                f'tidescale hints are set but the pod template lacks the label {INJECT_LABEL}: "true", '
-                "so no agent will be injected and nothing will scale"
-            )
-    except Exception:
-        _log.exception("validating review %s failed; letting the Deployment through", uid)
-        return _answer(
-            {
-                "uid": uid,
-                "allowed": True,
-                "warnings": ["tidescale could not check these hints (internal error)"],
-            },
-            "error",
-            "internal",
+    problems = validator(hints)
+    warnings = [str(p) for p in problems]
+    if not _template_labelled(obj):
+        warnings.append(
+            f'tidescale hints are set but the pod template lacks the label {INJECT_LABEL}: "true", '
+            "so no agent will be injected and nothing will scale"
         )
     # Strict mode refuses new or changed bad hints, never an unrelated update (a rollout,
     # the agent's status annotation) of a Deployment whose hints were already there.
