@@ -307,14 +307,11 @@ class ControlPlane:
             )
         return result
 
-    def service_account_kubeconfig(
-        self, namespace: str, name: str, *, expiration_seconds: int = 3600
-    ) -> Path:
-        """A kubeconfig acting as ServiceAccount ``namespace/name`` (made if absent).
+    def service_account_token(self, namespace: str, name: str, *, expiration_seconds: int = 3600) -> str:
+        """A token for ServiceAccount ``namespace/name`` from the TokenRequest API (account made if absent).
 
-        The token comes from the TokenRequest API, as a projected token would; the
-        API server refuses ``expiration_seconds`` below 600. The account has only the
-        permissions RBAC grants it.
+        The namespace is made too if absent. The API server refuses ``expiration_seconds``
+        below 600. The account has only the permissions RBAC grants it.
         """
         self._api("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}}, ok=(409,))
         self._api(
@@ -329,7 +326,13 @@ class ControlPlane:
             "spec": {"expirationSeconds": expiration_seconds},
         }
         answer = self._api("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", request)
-        token = str(answer["status"]["token"])
+        return str(answer["status"]["token"])
+
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, *, expiration_seconds: int = 3600
+    ) -> Path:
+        """A kubeconfig acting as ServiceAccount ``namespace/name``: see :meth:`service_account_token`."""
+        token = self.service_account_token(namespace, name, expiration_seconds=expiration_seconds)
         return _kubeconfig(
             self.directory / "kubeconfigs" / f"{namespace}.{name}.kubeconfig",
             server=self.server,
