@@ -149,6 +149,13 @@ install_rabbitmq() {
   say "rabbitmq-server installed"
 }
 
+# One build at a time per cache: two sessions (or a test and `make demo`) starting
+# together would otherwise wreck each other's half-built pieces.
+exec 9>"$cache/.build.lock"
+if command -v flock >/dev/null 2>&1; then
+  flock -w 7200 9 || die "another build has held $cache/.build.lock for two hours"
+fi
+
 case "${1:-all}" in
   all) install_rabbitmq; install_kafka; build_etcd; build_helm; build_kubernetes ;;
   kubernetes) build_kubernetes ;;
