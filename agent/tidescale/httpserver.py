@@ -8,10 +8,12 @@ idle, and how many connections are open. Garbage gets a 4xx and a closed
 connection; a handler that raises gets a 500; the server itself never stops
 because of what a client sent.
 
-TLS is optional. The handshake happens per connection with whatever
-:attr:`HttpServer.ssl_context` holds at that moment, so a caller reloading its
-certificate assigns a new context and every new connection uses it, without a
-restart and without touching open connections.
+TLS is optional and chosen at construction. Every handshake switches to whatever
+:attr:`HttpServer.ssl_context` holds at that moment (from the listener's SNI callback,
+which OpenSSL calls with or without SNI), so a caller reloading its certificate assigns
+a new context and every new connection uses it, without a restart, without a moment
+of not listening, and without touching open connections. (Upgrading plain streams
+with ``start_tls`` instead races the client's hello into the stream buffer under uvloop.)
 """
 
 from __future__ import annotations
@@ -109,10 +111,25 @@ class HttpServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
+        listener_context = None
+        if self.ssl_context is not None:
+            listener_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            listener_context.minimum_version = ssl.TLSVersion.TLSv1_2
+            listener_context.sni_callback = self._switch_context
         # The stream limit doubles as the header limit: readuntil() refuses to buffer past it.
         self._server = await asyncio.start_server(
-            self._accept, self._host, self._port, limit=self.limits.max_header_bytes, reuse_address=True
+            self._accept,
+            self._host,
+            self._port,
+            limit=self.limits.max_header_bytes,
+            reuse_address=True,
+            ssl=listener_context,
+            ssl_handshake_timeout=self.limits.handshake_timeout if listener_context else None,
         )
+
+    def _switch_context(self, connection: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        if self.ssl_context is not None:
+            connection.context = self.ssl_context
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop listening, close idle connections, give requests in flight ``grace`` seconds."""
@@ -140,8 +157,10 @@ class HttpServer:
         self._connections.add(task)
         try:
             await self._serve_connection(reader, writer, task)
-        except (asyncio.CancelledError, ConnectionError, TimeoutError, ssl.SSLError, OSError):
+        except asyncio.CancelledError:
             pass
+        except (ConnectionError, TimeoutError, ssl.SSLError, OSError) as exc:
+            _log.debug("connection ended: %r", exc)
         except Exception:
             _log.exception("http connection failed")
         finally:
@@ -153,9 +172,6 @@ class HttpServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, task: asyncio.Task[None]
     ) -> None:
         limits = self.limits
-        context = self.ssl_context
-        if context is not None:
-            await writer.start_tls(context, ssl_handshake_timeout=limits.handshake_timeout)
         for served in range(limits.max_requests_per_connection):
             # An idle connection waits for the first byte of its next request under the
             # keep-alive timeout; from that byte on, the whole request is under request_timeout.
