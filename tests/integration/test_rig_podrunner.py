@@ -333,7 +333,14 @@ def test_native_sidecars_start_in_order_before_the_containers_and_stop_after_the
                 },
             ],
             "containers": [
-                {"name": "main", "image": ECHO, "args": [*record, "--name", "main"], "volumeMounts": mount}
+                {
+                    "name": "main",
+                    "image": ECHO,
+                    "args": [*record, "--name", "main"],
+                    "volumeMounts": mount,
+                    # Without a readiness probe a container is Ready as soon as it runs, before it listens.
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1},
+                }
             ],
         },
     }
