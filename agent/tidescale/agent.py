@@ -1,0 +1,770 @@
+"""The sidecar agent: runs beside every opted-in pod (``tidescale agent``).
+
+Every agent of a Deployment:
+
+* watches its Deployment and parses the hints on every change; a broken hint set is
+  reported and the last good one stays in force;
+* serves ``/healthz``, ``/readyz`` (both answer whenever the process serves: the agent
+  never un-readies its workload), ``/metrics`` and ``/v1/lag`` (its own pod's lag,
+  measured on demand and cached for one polling interval, so a follower that nobody
+  asks costs no broker request and no wake-up);
+* takes part in the Deployment's Lease election, watching the Lease rather than
+  polling it.
+
+The leader, every polling interval: measures every trigger group-wide from the broker
+(one query per trigger per interval, whatever the replica count, exact even while the
+group rebalances), runs the policy engine, and when the count changes makes a fenced
+PATCH of ``deployments/{name}/scale`` (only while the Lease is provably held, and only
+if the Deployment is unchanged since it was read), emits an Event (old -> new, why) and
+updates the ``tidescale.io/status`` annotation. Every 15 s it also gathers the peers'
+``/v1/lag`` (bounded concurrency, short timeouts) so the status shows each pod's share.
+Idle past the cooldown with min-replicas 0, it hands the Deployment to the waker
+through the protocol in :mod:`tidescale.parking`.
+
+A failure here never harms the workload: broker and API server outages are retried
+with backoff and reported; missing RBAC is reported once (log + Event) while the agent
+keeps serving its probes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+
+from tidescale._metrics import Metrics
+from tidescale.election import LeaseElector, LeaseTiming, Term, lease_name
+from tidescale.errors import HintsInvalid, KubeConflict, KubeError, LeadershipLost, TidescaleError
+from tidescale.hints import Hints, parse_hints
+from tidescale.httpserver import HttpServer, Request, Response
+from tidescale.kube import Deployment, KubeClient, KubeConfig, ObjectReference, Pod
+from tidescale.parking import PARK_RECORD_ANNOTATION, DeploymentSnapshot, leader_step, parse_ack_timeout
+from tidescale.policy import Decision, History, decide
+from tidescale.rbac import describe_missing, missing_permissions
+from tidescale.sources.base import Measurement, MeasurementFailure, Scope, Source, TriggerSettings
+from tidescale.sources.registry import SourcePool, measure_safely
+
+__all__ = ["STATUS_ANNOTATION", "Agent", "AgentEnv", "main", "status_annotation"]
+
+_log = logging.getLogger("tidescale.agent")
+
+STATUS_ANNOTATION = "tidescale.io/status"
+HINT_PREFIX = "tidescale.io/"
+DEFAULT_PORT = 9464
+PEER_REFRESH_SECONDS = 15.0
+STATUS_MIN_INTERVAL = 10.0
+_BACKOFF_MAX = 30.0
+
+Reading = Measurement | MeasurementFailure
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AgentEnv:
+    """What the injector tells the agent through its environment."""
+
+    pod_name: str
+    namespace: str
+    pod_ip: str
+    deployment: str
+    port: int = DEFAULT_PORT
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> AgentEnv:
+        names = {
+            "pod_name": "POD_NAME",
+            "namespace": "POD_NAMESPACE",
+            "pod_ip": "POD_IP",
+            "deployment": "TIDESCALE_DEPLOYMENT",
+        }
+        missing = [env for env in names.values() if not environ.get(env)]
+        if missing:
+            raise TidescaleError(
+                f"the agent's environment lacks {', '.join(missing)}: the sidecar injector sets them "
+                "(POD_* from the downward API, TIDESCALE_DEPLOYMENT from the owning ReplicaSet)"
+            )
+        port_text = environ.get("TIDESCALE_PORT", str(DEFAULT_PORT))
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise TidescaleError(f"TIDESCALE_PORT is {port_text!r}: expected a port number from 1 to 65535")
+        return cls(**{field: environ[env] for field, env in names.items()}, port=int(port_text))
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _reading_json(reading: Reading) -> dict[str, Any]:
+    if isinstance(reading, MeasurementFailure):
+        return {"trigger": reading.trigger, "error": reading.error}
+    return {
+        "trigger": reading.trigger,
+        "value": reading.value,
+        "target": reading.target,
+        "active": reading.active,
+        "replicaCap": reading.replica_cap,
+        "detail": dict(reading.detail),
+    }
+
+
+def status_annotation(
+    *,
+    leader: str,
+    term: int,
+    current: int,
+    desired: int,
+    readings: Sequence[Reading],
+    last_change: Mapping[str, Any] | None,
+    pods: Mapping[str, float | None],
+    dry_run: bool,
+) -> dict[str, Any]:
+    """The JSON the leader keeps in ``tidescale.io/status`` (shown by ``kubectl describe``). Pure."""
+    triggers: dict[str, Any] = {}
+    for reading in readings:
+        if isinstance(reading, MeasurementFailure):
+            triggers[reading.trigger] = {"error": reading.error}
+        else:
+            triggers[reading.trigger] = {
+                "value": reading.value,
+                "target": reading.target,
+                "active": reading.active,
+            }
+    status: dict[str, Any] = {
+        "leader": leader,
+        "leaseTransitions": term,
+        "replicas": {"current": current, "desired": desired},
+        "triggers": triggers,
+        "pods": dict(sorted(pods.items())),
+    }
+    if dry_run:
+        status["dryRun"] = True
+    if last_change:
+        status["lastChange"] = dict(last_change)
+    return status
+
+
+def _selector_of(deployment: Deployment) -> str | None:
+    """The Deployment's ``matchLabels`` as a label selector (None without one)."""
+    labels = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items())) or None
+
+
+def _pod_ready_address(pod: Pod) -> str | None:
+    status = pod.get("status") or {}
+    if status.get("phase") != "Running" or (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return None
+    return status.get("podIP") or None
+
+
+class Agent:
+    """One agent: its Deployment's hints, its sources, its place in the election."""
+
+    def __init__(
+        self,
+        env: AgentEnv,
+        client: KubeClient,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        peer_timeout: float = 1.0,
+        peer_concurrency: int = 16,
+    ) -> None:
+        self.env = env
+        self._client = client
+        self._clock = clock
+        self._peer_timeout = peer_timeout
+        self._peer_limit = asyncio.Semaphore(peer_concurrency)
+        self.hints: Hints | None = None
+        """The last good hints (None until the first good set)."""
+        self.hints_problem: str | None = None
+        """What is wrong with the Deployment's current hints, while something is."""
+        self.deployment: Deployment | None = None
+        self._seen_hints: dict[str, str] | None = None
+        self._pool = SourcePool(pod_ip=env.pod_ip)
+        self._sources: dict[str, tuple[TriggerSettings, Source]] = {}
+        self._local: tuple[Reading, ...] = ()
+        self._local_at = -math.inf
+        self._local_lock = asyncio.Lock()
+        self._hints_ready = asyncio.Event()
+        self._peers: dict[str, str] = {}
+        self._peer_lag: dict[str, float | None] = {}
+        self._elector: LeaseElector | None = None
+        self._reported_problem: str | None = None
+        self.metrics = Metrics(
+            [
+                ("tidescale_leader", "gauge", "1 while this agent leads its Deployment"),
+                ("tidescale_hints_valid", "gauge", "1 while the Deployment's hints parse"),
+                ("tidescale_trigger_value", "gauge", "Last measured value of a trigger (lag, queue length)"),
+                ("tidescale_trigger_target", "gauge", "Per-replica target of a trigger"),
+                ("tidescale_trigger_active", "gauge", "1 while a trigger is above its activation threshold"),
+                ("tidescale_local_value", "gauge", "This pod's own share of a trigger's value"),
+                ("tidescale_desired_replicas", "gauge", "Replicas the leader's last decision asked for"),
+                ("tidescale_current_replicas", "gauge", "spec.replicas when the leader last decided"),
+                ("tidescale_decisions_total", "counter", "Leader decisions, by what they did"),
+                ("tidescale_scale_writes_total", "counter", "Scale writes, by result"),
+                ("tidescale_measurement_failures_total", "counter", "Failed measurements, by trigger"),
+                ("tidescale_peer_requests_total", "counter", "Requests to peers' /v1/lag, by result"),
+            ]
+        )
+        self.metrics.set("tidescale_leader", 0)
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Serves, watches, campaigns and (when elected) leads until cancelled."""
+        server = HttpServer(
+            {
+                "/healthz": {"GET": self._ok},
+                "/readyz": {"GET": self._ok},
+                "/metrics": {"GET": self._metrics},
+                "/v1/lag": {"GET": self._lag},
+            },
+            host="0.0.0.0",  # noqa: S104 - the pod's address: peers and Prometheus reach it there
+            port=self.env.port,
+        )
+        await server.start()
+        _log.info("serving /healthz /readyz /metrics /v1/lag on port %d", server.port)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._check_permissions(), name="rbac-check")
+                tasks.create_task(self._watch_deployment(), name="deployment-watch")
+                tasks.create_task(self._campaign(), name="election")
+        finally:
+            await server.stop(grace=2.0)
+            await self._pool.close()
+
+    async def _ok(self, _: Request) -> Response:
+        return Response(body=b"ok\n")
+
+    async def _metrics(self, _: Request) -> Response:
+        return Response(body=self.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def _lag(self, _: Request) -> Response:
+        readings = await self.local_readings()
+        body = {
+            "pod": self.env.pod_name,
+            "takenAt": _iso(_utc_now()),
+            "triggers": [_reading_json(r) for r in readings],
+        }
+        return Response(body=orjson.dumps(body), content_type="application/json")
+
+    # ------------------------------------------------------------------ RBAC
+
+    async def _check_permissions(self) -> None:
+        """Once at start: anything missing is said once, in a log line and an Event; the agent stays up."""
+        delay = 1.0
+        while True:
+            try:
+                missing = await missing_permissions(self._client, self.env.namespace)
+                break
+            except KubeError as error:
+                _log.warning("cannot review my permissions yet: %s", error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+        if not missing:
+            _log.info("RBAC: every permission the agent needs is granted")
+            return
+        try:
+            account = (await self._client.who_am_i()).removeprefix("system:serviceaccount:")
+        except KubeError:
+            account = "(this pod's ServiceAccount)"
+        message = describe_missing(missing, namespace=self.env.namespace, service_account=account)
+        _log.error("%s", message)
+        await self._event("MissingPermissions", message, "Warning")
+
+    # ------------------------------------------------------------------ hints
+
+    async def _watch_deployment(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                async for kind, deployment in self._client.watch_deployment(
+                    self.env.namespace, self.env.deployment
+                ):
+                    delay = 1.0
+                    if kind == "DELETED":
+                        _log.info("deployment %s was deleted", self.env.deployment)
+                        continue
+                    await self.apply_deployment(deployment)
+            except KubeError as error:
+                _log.warning(
+                    "watching deployment %s failed, retrying in %.0fs: %s", self.env.deployment, delay, error
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+
+    async def apply_deployment(self, deployment: Deployment) -> None:
+        """Takes in a new state of the Deployment: re-parses the hints when they changed."""
+        self.deployment = deployment
+        annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+        hints_now = {key: value for key, value in annotations.items() if key.startswith(HINT_PREFIX)}
+        hints_now.pop(STATUS_ANNOTATION, None)
+        if hints_now == self._seen_hints:
+            return
+        self._seen_hints = hints_now
+        try:
+            hints = parse_hints(annotations)
+        except HintsInvalid as invalid:
+            kept = (
+                "keeping the last good hints"
+                if self.hints is not None
+                else "not scaling until they are fixed"
+            )
+            self.hints_problem = f"{invalid}\n({kept})"
+            self.metrics.set("tidescale_hints_valid", 0)
+            _log.error("invalid hints on deployment %s: %s", self.env.deployment, self.hints_problem)
+            return
+        await self._swap_sources(hints)
+        self.hints, self.hints_problem = hints, None
+        self.metrics.set("tidescale_hints_valid", 1)
+        self._local_at = -math.inf
+        self._hints_ready.set()
+        names = ", ".join(f"{t.name} ({hints.type_of(t.name)})" for t in hints.triggers) or "none"
+        _log.info("hints applied: min %d, max %d, triggers %s", hints.min_replicas, hints.max_replicas, names)
+
+    async def _swap_sources(self, hints: Hints) -> None:
+        """Acquire the new triggers' sources before releasing the old ones, so shared connections stay."""
+        wanted = {settings.name: settings for settings in hints.triggers}
+        kept: dict[str, tuple[TriggerSettings, Source]] = {}
+        for name, settings in wanted.items():
+            held = self._sources.get(name)
+            if held is not None and held[0] == settings:
+                kept[name] = held
+            else:
+                kept[name] = (settings, await self._pool.acquire(settings))
+        for name, (settings, _) in self._sources.items():
+            if kept.get(name, (None,))[0] is not settings:
+                await self._pool.release(settings)
+                for family in (
+                    "tidescale_trigger_value",
+                    "tidescale_trigger_target",
+                    "tidescale_trigger_active",
+                ):
+                    self.metrics.clear(family)
+        self._sources = kept
+
+    # ------------------------------------------------------------------ measuring
+
+    async def _measure(self, scope: Scope) -> tuple[Reading, ...]:
+        if not self._sources:
+            return ()
+        return tuple(
+            await asyncio.gather(*(self._measure_one(held, scope) for held in self._sources.values()))
+        )
+
+    async def _measure_one(self, held: tuple[TriggerSettings, Source], scope: Scope) -> Reading:
+        settings, source = held
+        # The source bounds its own calls; this bounds the whole measurement, so that a stuck
+        # broker never stalls the leader's loop.
+        budget = float(getattr(settings, "timeout", 5.0)) * 2 + 1.0
+        try:
+            async with asyncio.timeout(budget):
+                reading = await measure_safely(source, settings, scope, clock=self._clock)
+        except TimeoutError:
+            reading = MeasurementFailure(
+                trigger=settings.name,
+                error=f"measurement took longer than {budget:g}s",
+                taken_at=self._clock(),
+            )
+        if isinstance(reading, MeasurementFailure):
+            self.metrics.inc("tidescale_measurement_failures_total", {"trigger": settings.name})
+            _log.warning("measuring %s (%s) failed: %s", settings.name, scope.value, reading.error)
+        return reading
+
+    async def local_readings(self) -> tuple[Reading, ...]:
+        """This pod's own lag, measured at most once per polling interval."""
+        interval = self.hints.polling_interval if self.hints else 1.0
+        async with self._local_lock:
+            if self._clock() - self._local_at >= interval:
+                self._local = await self._measure(Scope.LOCAL)
+                self._local_at = self._clock()
+                for reading in self._local:
+                    if isinstance(reading, Measurement):
+                        self.metrics.set("tidescale_local_value", reading.value, {"trigger": reading.trigger})
+        return self._local
+
+    # ------------------------------------------------------------------ election
+
+    async def _campaign(self) -> None:
+        await self._hints_ready.wait()
+        assert self.hints is not None
+        timing = self.hints.lease
+        self._elector = LeaseElector(
+            self._client,
+            namespace=self.env.namespace,
+            name=lease_name(self.env.deployment),
+            identity=self.env.pod_name,
+            timing=LeaseTiming(
+                duration=timing.duration,
+                renew_deadline=timing.renew_deadline,
+                retry_period=timing.retry_period,
+            ),
+        )
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._run_elector(self._elector), name="lease")
+            tasks.create_task(self._lead_whenever_elected(self._elector), name="leader")
+
+    async def _run_elector(self, elector: LeaseElector) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await elector.run()
+            except KubeError as error:
+                _log.warning("leader election failed, retrying in %.0fs: %s", delay, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+
+    async def _lead_whenever_elected(self, elector: LeaseElector) -> None:
+        while True:
+            term = await elector.wait_leading()
+            _log.info("leading deployment %s (lease transitions %d)", self.env.deployment, term.transitions)
+            self.metrics.set("tidescale_leader", 1)
+            try:
+                await _Leadership(self, elector, term).run()
+            finally:
+                self.metrics.set("tidescale_leader", 0)
+                _log.info("no longer leading deployment %s", self.env.deployment)
+
+    # ------------------------------------------------------------------ reporting
+
+    def _involved(self) -> ObjectReference:
+        reference: ObjectReference = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "namespace": self.env.namespace,
+            "name": self.env.deployment,
+        }
+        uid = ((self.deployment or {}).get("metadata") or {}).get("uid")
+        if uid:
+            reference["uid"] = uid
+        return reference
+
+    async def _event(self, reason: str, message: str, kind: Literal["Normal", "Warning"] = "Normal") -> None:
+        try:
+            await self._client.create_event(
+                self._involved(),
+                reason=reason,
+                message=message,
+                event_type=kind,
+                reporting_instance=self.env.pod_name,
+            )
+        except KubeError as error:
+            _log.warning("could not emit event %s (%s): %s", reason, message, error)
+
+
+class _Leadership:
+    """One term of leadership: the decide-and-act loop, the peers, the handoff to the waker."""
+
+    def __init__(self, agent: Agent, elector: LeaseElector, term: Term) -> None:
+        self.agent = agent
+        self.elector = elector
+        self.term = term
+        self.history = History()
+        self.park_epoch: int | None = None
+        self.last_change: dict[str, Any] | None = None
+        self._last_status: dict[str, Any] | None = None
+        self._last_status_at = -math.inf
+        self._last_peers_at = -math.inf
+        self._reported_problem: str | None = None
+        self._dry_run_said: int | None = None
+
+    async def run(self) -> None:
+        agent = self.agent
+        peers = asyncio.create_task(self._watch_peers(), name="peers")
+        try:
+            while self.elector.term() == self.term:
+                hints = agent.hints
+                await self._report_hint_problem()
+                if hints is not None and hints.triggers and agent.deployment is not None:
+                    try:
+                        await self.tick(hints, agent.deployment)
+                    except KubeError as error:
+                        _log.warning("leader tick failed: %s", error)
+                await asyncio.sleep(hints.polling_interval if hints else 1.0)
+        finally:
+            peers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await peers
+
+    async def _report_hint_problem(self) -> None:
+        problem = self.agent.hints_problem
+        if problem and problem != self._reported_problem:
+            await self.agent._event("InvalidHints", problem, "Warning")
+        self._reported_problem = problem
+
+    async def tick(self, hints: Hints, deployment: Deployment) -> None:
+        agent = self.agent
+        readings = await agent._measure(Scope.GROUP)
+        current = int((deployment.get("spec") or {}).get("replicas", 1))
+        decision = decide(readings, current=current, hints=hints, now=agent._clock(), history=self.history)
+        self._record(readings, decision, current)
+        if current == 0:
+            # The waker's: agents exist at zero only while pods still shut down after a park.
+            self.history = decision.history_unapplied
+            return
+        annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+        if hints.min_replicas == 0 and (
+            self.park_epoch is not None
+            or PARK_RECORD_ANNOTATION in annotations
+            or (decision.wants_zero and decision.desired == current)
+        ):
+            self.history = decision.history
+            await self._park_step(hints, readings, idle=decision.wants_zero)
+        elif decision.desired != current:
+            await self._scale(hints, deployment, decision, current)
+        else:
+            self.history = decision.history
+            self._dry_run_said = None
+        await self._maybe_refresh_peers()
+        await self._maybe_write_status(hints, readings, current, decision.desired)
+
+    def _record(self, readings: Sequence[Reading], decision: Decision, current: int) -> None:
+        metrics = self.agent.metrics
+        for reading in readings:
+            if isinstance(reading, Measurement):
+                labels = {"trigger": reading.trigger}
+                metrics.set("tidescale_trigger_value", reading.value, labels)
+                metrics.set("tidescale_trigger_target", reading.target, labels)
+                metrics.set("tidescale_trigger_active", 1 if reading.active else 0, labels)
+        metrics.set("tidescale_desired_replicas", decision.desired)
+        metrics.set("tidescale_current_replicas", current)
+        direction = "up" if decision.desired > current else "down" if decision.desired < current else "none"
+        metrics.inc("tidescale_decisions_total", {"direction": direction})
+
+    async def _scale(self, hints: Hints, deployment: Deployment, decision: Decision, current: int) -> None:
+        agent, env = self.agent, self.agent.env
+        if hints.dry_run:
+            self.history = decision.history_unapplied
+            if self._dry_run_said != decision.desired:
+                self._dry_run_said = decision.desired
+                await agent._event(
+                    "DryRun", f"would scale {current} -> {decision.desired}: {decision.reason}"
+                )
+            return
+        version = (deployment.get("metadata") or {}).get("resourceVersion")
+        try:
+            await self.elector.fenced(
+                lambda: agent._client.patch_scale(
+                    env.namespace, env.deployment, decision.desired, resource_version=version
+                ),
+                term=self.term,
+            )
+        except KubeConflict:
+            # The Deployment changed since it was read (a rollout, a hand edit): decide again next tick.
+            agent.metrics.inc("tidescale_scale_writes_total", {"result": "conflict"})
+            self.history = decision.history_unapplied
+            return
+        except (LeadershipLost, KubeError) as error:
+            agent.metrics.inc("tidescale_scale_writes_total", {"result": "failed"})
+            self.history = decision.history_unapplied
+            _log.warning("scale write %d -> %d not made: %s", current, decision.desired, error)
+            return
+        agent.metrics.inc("tidescale_scale_writes_total", {"result": "ok"})
+        self.history = decision.history
+        self.last_change = {
+            "at": _iso(_utc_now()),
+            "from": current,
+            "to": decision.desired,
+            "reason": decision.reason,
+        }
+        _log.info("scaled %s: %s", env.deployment, decision.reason)
+        await agent._event("Scaled", decision.reason)
+
+    async def _park_step(self, hints: Hints, readings: Sequence[Reading], *, idle: bool) -> None:
+        agent, env = self.agent, self.agent.env
+        deployment = await agent._client.get_deployment(env.namespace, env.deployment)
+        annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+        step = leader_step(
+            DeploymentSnapshot.from_object(deployment),
+            me=env.pod_name,
+            lease_transitions=self.term.transitions,
+            my_epoch=self.park_epoch,
+            idle=idle,
+            now=_utc_now(),
+            ack_timeout=parse_ack_timeout(annotations),
+            triggers=tuple(settings.name for settings in hints.triggers),
+            last_offsets=_log_end_offsets(readings),
+        )
+        if step.why:
+            _log.info("park: %s", step.why)
+        if step.write is not None:
+            body = step.write
+            try:
+                if step.fenced:
+                    await self.elector.fenced(
+                        lambda: agent._client.patch_deployment(env.namespace, env.deployment, body),
+                        term=self.term,
+                    )
+                else:
+                    await agent._client.patch_deployment(env.namespace, env.deployment, body)
+            except KubeConflict:
+                return  # someone (the waker) wrote first: read again and decide again next tick
+            except (LeadershipLost, KubeError) as error:
+                _log.warning("park write (%s) not made: %s", step.action.value, error)
+                return
+        self.park_epoch = step.epoch
+        if step.event is not None:
+            await agent._event(
+                step.event.reason, step.event.message, "Warning" if step.event.type == "Warning" else "Normal"
+            )
+
+    # ------------------------------------------------------------------ peers
+
+    async def _watch_peers(self) -> None:
+        agent = self.agent
+        delay = 1.0
+        while True:
+            selector = _selector_of(agent.deployment) if agent.deployment else None
+            if selector is None:
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                async for kind, pod in agent._client.watch_pods(agent.env.namespace, selector):
+                    delay = 1.0
+                    name = (pod.get("metadata") or {}).get("name", "")
+                    address = None if kind == "DELETED" else _pod_ready_address(pod)
+                    if address is None:
+                        agent._peers.pop(name, None)
+                        agent._peer_lag.pop(name, None)
+                    else:
+                        agent._peers[name] = address
+            except KubeError as error:
+                _log.warning("watching peers failed, retrying in %.0fs: %s", delay, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX)
+
+    async def _maybe_refresh_peers(self) -> None:
+        agent = self.agent
+        if agent._clock() - self._last_peers_at < PEER_REFRESH_SECONDS:
+            return
+        self._last_peers_at = agent._clock()
+        import httpx  # already loaded by the API client; imported here to keep the module's face small
+
+        async with httpx.AsyncClient(timeout=agent._peer_timeout) as http:
+            names = list(agent._peers.items())
+            results = await asyncio.gather(
+                *(self._peer_total(http, name, address) for name, address in names)
+            )
+        agent._peer_lag = dict(zip([name for name, _ in names], results, strict=True))
+
+    async def _peer_total(self, http: Any, name: str, address: str) -> float | None:
+        agent = self.agent
+        if name == agent.env.pod_name:
+            readings = await agent.local_readings()
+            return sum(r.value for r in readings if isinstance(r, Measurement)) if readings else None
+        async with agent._peer_limit:
+            try:
+                response = await http.get(f"http://{address}:{agent.env.port}/v1/lag")
+                response.raise_for_status()
+                body = orjson.loads(response.content)
+            except Exception as error:  # a peer's failure is only a gap in the status
+                agent.metrics.inc("tidescale_peer_requests_total", {"result": "failed"})
+                _log.debug("peer %s (%s) did not report: %r", name, address, error)
+                return None
+        agent.metrics.inc("tidescale_peer_requests_total", {"result": "ok"})
+        values = [t.get("value") for t in body.get("triggers", []) if isinstance(t.get("value"), int | float)]
+        return float(sum(values)) if values else None
+
+    # ------------------------------------------------------------------ status
+
+    async def _maybe_write_status(
+        self, hints: Hints, readings: Sequence[Reading], current: int, desired: int
+    ) -> None:
+        agent, env = self.agent, self.agent.env
+        status = status_annotation(
+            leader=env.pod_name,
+            term=self.term.transitions,
+            current=current,
+            desired=desired,
+            readings=readings,
+            last_change=self.last_change,
+            pods=agent._peer_lag,
+            dry_run=hints.dry_run,
+        )
+        changed_count = self._last_status is None or self._last_status.get("replicas") != status["replicas"]
+        if status == self._last_status or (
+            not changed_count and agent._clock() - self._last_status_at < STATUS_MIN_INTERVAL
+        ):
+            return
+        try:
+            await self.elector.fenced(
+                lambda: agent._client.patch_deployment_annotations(
+                    env.namespace, env.deployment, {STATUS_ANNOTATION: orjson.dumps(status).decode()}
+                ),
+                term=self.term,
+            )
+        except (LeadershipLost, KubeError) as error:
+            _log.warning("status annotation not written: %s", error)
+            return
+        self._last_status, self._last_status_at = status, agent._clock()
+
+
+def _log_end_offsets(readings: Sequence[Reading]) -> dict[str, dict[str, int]]:
+    """Per trigger, the per-unit values at the moment of a park request (diagnostics for the waker)."""
+    return {
+        reading.trigger: {unit: int(value) for unit, value in reading.detail.items()}
+        for reading in readings
+        if isinstance(reading, Measurement)
+    }
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S%z",
+        stream=sys.stderr,
+    )
+    logging.Formatter.converter = time.gmtime
+
+
+async def _serve(env: AgentEnv, config: KubeConfig) -> None:
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, main_task.cancel)
+    async with KubeClient(config) as client:
+        try:
+            await Agent(env, client).run()
+        except asyncio.CancelledError:
+            _log.info("stopping: lease released, connections closed")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tidescale agent", description="The tidescale sidecar agent.")
+    parser.add_argument("--kubeconfig", help="a kubeconfig for running outside a pod (default: in-cluster)")
+    parser.add_argument("--log-level", default=os.environ.get("TIDESCALE_LOG_LEVEL", "info"))
+    args = parser.parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        env = AgentEnv.from_environ(os.environ)
+        if args.kubeconfig:
+            from pathlib import Path
+
+            config = KubeConfig.from_kubeconfig(Path(args.kubeconfig))
+        else:
+            config = KubeConfig.from_environment()
+    except TidescaleError as error:
+        print(f"tidescale agent: {error}", file=sys.stderr)
+        return 2
+    import uvloop
+
+    uvloop.run(_serve(env, config))
+    return 0
