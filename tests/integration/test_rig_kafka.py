@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.rig.kafka import GroupRow, Kafka, KafkaToolError, parse_group_table
+from tests.rig.network import Network
+from tests.rig.processes import Supervisor
 
 PARTITIONS = 3
 PRODUCED = {0: 4, 1: 3, 2: 3}  # messages sent to each partition
@@ -167,3 +170,20 @@ def test_the_group_table_parser_reads_dashes_as_missing_values() -> None:
             client_id=None,
         ),
     ]
+
+
+@pytest.mark.rig
+def test_a_second_broker_runs_beside_the_first_and_stopping_it_leaves_no_listener(
+    kafka: Kafka, rig_network: Network, rig_run_dir: Path
+) -> None:
+    supervisor = Supervisor(run_dir=rig_run_dir / "second-kafka")
+    try:
+        second = Kafka.start(supervisor, rig_network, supervisor.run_dir)
+        assert second.bootstrap != kafka.bootstrap
+        second.create_topic(_name("rig-second"), 1)
+        second.stop()
+        assert second.open_listeners() == []
+        assert not second.process.alive()
+    finally:
+        supervisor.stop_all()
+    assert kafka.open_listeners() == [kafka.bootstrap, f"127.0.0.1:{kafka.controller_port}"]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 from typing import TypedDict
 
 import aio_pika
 import httpx
 import pytest
 
+from tests.rig.network import Network
+from tests.rig.processes import Supervisor
 from tests.rig.rabbitmq import RabbitMQ
 
 
@@ -157,3 +160,21 @@ def test_the_management_api_refuses_requests_without_credentials(rabbitmq: Rabbi
     response = httpx.get(f"{rabbitmq.management_url}/api/queues", timeout=10)
 
     assert response.status_code == 401
+
+
+@pytest.mark.rig
+def test_a_second_node_runs_beside_the_first_and_stopping_it_ends_its_epmd_too(
+    rabbitmq: RabbitMQ, rig_network: Network, rig_run_dir: Path
+) -> None:
+    supervisor = Supervisor(run_dir=rig_run_dir / "second-rabbitmq")
+    try:
+        second = RabbitMQ.start(supervisor, rig_network, supervisor.run_dir)
+        assert second.node != rabbitmq.node
+        assert "tidescale" in second.rabbitmqctl("-q", "--no-table-headers", "list_users")
+        second.stop()
+        assert second.open_listeners() == []
+        assert not second.process.alive()
+        assert not second.epmd.alive()
+    finally:
+        supervisor.stop_all()
+    assert len(rabbitmq.open_listeners()) == 4

@@ -305,6 +305,11 @@ class Kafka:
             raise KafkaToolError(f"describing consumer group {group!r}: {errors[0]}")
         return parse_group_table(output)
 
+    def open_listeners(self) -> list[str]:
+        """The broker's listeners ("host:port") that still accept connections: none after stop."""
+        ends = ((self.host, self.port), ("127.0.0.1", self.controller_port))
+        return [f"{host}:{port}" for host, port in ends if port_open(host, port)]
+
     def stop(self) -> None:
         self.process.stop()
 
