@@ -195,8 +195,47 @@ class ControlPlane:
             process=etcd,
         )
 
+    @property
+    def audit_log(self) -> Path:
+        """JSON lines, one per audited request: writes to Deployments, their scale, and Leases."""
+        return self.directory / "audit.log"
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every audit event so far (stage ResponseComplete), oldest first."""
+        if not self.audit_log.is_file():
+            return []
+        events = []
+        for line in self.audit_log.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                events.append(json.loads(line))
+        return events
+
+    def _write_audit_policy(self) -> Path:
+        # Only what tests attribute to their authors (a bound service-account token carries
+        # the pod's name in user.extra): who wrote a Deployment, its scale, or a Lease, when.
+        policy = {
+            "apiVersion": "audit.k8s.io/v1",
+            "kind": "Policy",
+            "omitStages": ["RequestReceived", "ResponseStarted"],
+            "rules": [
+                {
+                    "level": "Metadata",
+                    "verbs": ["create", "update", "patch"],
+                    "resources": [
+                        {"group": "apps", "resources": ["deployments", "deployments/scale"]},
+                        {"group": "coordination.k8s.io", "resources": ["leases"]},
+                    ],
+                },
+                {"level": "None"},
+            ],
+        }
+        path = self.directory / "audit-policy.json"
+        path.write_text(json.dumps(policy))
+        return path
+
     def _start_apiserver(self, supervisor: Supervisor) -> None:
         pki = self.pki
+        audit_policy = self._write_audit_policy()
         apiserver = supervisor.start(
             "kube-apiserver",
             [
@@ -219,6 +258,10 @@ class ControlPlane:
                 # there is no kube-proxy to make a ClusterIP reachable.
                 "--enable-aggregator-routing=true",
                 "--profiling=false",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
             ],
         )
         self.processes.append(apiserver)
