@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -389,3 +390,126 @@ def test_an_image_without_a_local_command_leaves_the_pod_waiting_with_a_pull_err
     assert "nginx" in state["message"]
     assert "tests/rig/images.py" in state["message"]
     assert get_json(control_plane, "pod", "nowhere", "-n", namespace)["status"]["phase"] == "Pending"
+
+
+def test_a_crashing_container_is_restarted_with_back_off_and_its_last_exit_reported(
+    control_plane: ControlPlane, pod_runner: PodRunner, namespace: str
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "crasher"},
+        "spec": {
+            "containers": [{"name": "c", "image": ECHO, "command": ["sh", "-c", "echo crashing; exit 3"]}]
+        },
+    }
+    apply(control_plane, namespace, pod)
+
+    def restarted() -> dict[str, Any] | None:
+        statuses = get_json(control_plane, "pod", "crasher", "-n", namespace)["status"].get(
+            "containerStatuses"
+        )
+        return statuses[0] if statuses and statuses[0]["restartCount"] >= 2 else None
+
+    status = eventually("the crasher to restart twice", restarted)
+    assert status["lastState"]["terminated"]["exitCode"] == 3
+    assert status["ready"] is False
+    assert pod_runner.log_path(namespace, "crasher", "c").read_text().count("crashing") >= 2
+
+
+def test_config_maps_and_secrets_reach_a_container_as_env_and_as_read_only_files(
+    control_plane: ControlPlane, pod_runner: PodRunner, namespace: str
+) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "settings"},
+        "data": {"MODE": "fast"},
+    }
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "creds"},
+        "stringData": {"password": "s3cret", "user": "alice"},
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "configured", "labels": {"app": "configured"}},
+        "spec": {
+            "automountServiceAccountToken": False,
+            "volumes": [
+                {"name": "creds", "secret": {"secretName": "creds", "items": [{"key": "user", "path": "u"}]}}
+            ],
+            "containers": [
+                {
+                    "name": "echo",
+                    "image": ECHO,
+                    "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}],
+                    "env": [
+                        {
+                            "name": "PASSWORD",
+                            "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}},
+                        },
+                        {
+                            "name": "MODE",
+                            "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "MODE"}},
+                        },
+                    ],
+                    "volumeMounts": [{"name": "creds", "mountPath": "/etc/creds", "readOnly": True}],
+                    "readinessProbe": {"exec": {"command": ["cat", "/etc/creds/u"]}, "periodSeconds": 1},
+                }
+            ],
+        },
+    }
+    apply(control_plane, namespace, config, secret, pod)
+    (ready,) = eventually(
+        "the configured pod Ready", lambda: ready_pods(control_plane, namespace, "app=configured", 1)
+    )
+    base = f"http://{ready['status']['podIP']}:8080"
+    env = json.loads(http_get(f"{base}/env")[1])
+    assert env["CFG_MODE"] == "fast"
+    assert env["MODE"] == "fast"
+    assert env["PASSWORD"] == "s3cret"
+    assert http_get(f"{base}/file?path=/etc/creds/u")[1] == b"alice"
+    # automountServiceAccountToken: false -> no token where in-cluster clients look for one.
+    token = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    with pytest.raises(urllib.error.HTTPError):
+        http_get(f"{base}/file?path={token}")
+    # The mount is private to the container: this machine sees no /etc/creds/u.
+    assert not os.path.exists("/etc/creds/u")
+
+
+def test_stopping_a_runner_ends_its_pod_processes_and_removes_their_namespaces(
+    control_plane: ControlPlane, pod_runner: PodRunner, namespace: str
+) -> None:
+    second = PodRunner(
+        kubeconfig=control_plane.admin_kubeconfig,
+        server=control_plane.server,
+        network=pod_runner.network,
+        run_dir=pod_runner.run_dir,
+        node_name="rig-node-2",
+        bind_pending=False,
+    ).start()
+    try:
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "second", "labels": {"app": "second"}},
+            "spec": {"nodeName": "rig-node-2", "containers": [{"name": "echo", "image": ECHO}]},
+        }
+        apply(control_plane, namespace, pod)
+        eventually("the second pod Ready", lambda: ready_pods(control_plane, namespace, "app=second", 1))
+        pids = second.pod_pids()[f"{namespace}/second"]
+        netns = second.pod_netns()[f"{namespace}/second"]
+    finally:
+        second.stop()
+    assert pids
+    assert not any(alive(pid) for pid in pids)
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert netns not in listing.split()
+    assert not second.pods
+    control_plane.kubectl(
+        "delete", "pod", "second", "-n", namespace, "--grace-period=0", "--force", check=False
+    )
+    control_plane.kubectl("delete", "node", "rig-node-2", check=False)

@@ -556,6 +556,7 @@ class PodRunner:
         run_dir: Path,
         node_name: str = NODE_NAME,
         stop_grace: float = 10.0,
+        bind_pending: bool = True,
     ) -> None:
         url = urllib.parse.urlsplit(server)
         self.kubeconfig = kubeconfig
@@ -566,6 +567,9 @@ class PodRunner:
         self.run_dir = run_dir
         self.node_name = node_name
         self.stop_grace = stop_grace
+        # Only one runner per API server may play the scheduler; a second one runs only
+        # the pods that name its node.
+        self.bind_pending = bind_pending
         self.pods: dict[str, _Pod] = {}
         self.api: Api
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -783,7 +787,7 @@ class PodRunner:
         deleting = meta.get("deletionTimestamp") is not None
         if not spec.get("nodeName"):
             ours = spec.get("schedulerName", "default-scheduler") == "default-scheduler"
-            if not deleting and ours and uid not in self._binding:
+            if self.bind_pending and not deleting and ours and uid not in self._binding:
                 self._binding.add(uid)
                 asyncio.get_running_loop().create_task(self._bind(pod))
             return
