@@ -1,0 +1,478 @@
+"""The cluster-level waker (``tidescale waker``): owns every Deployment parked at zero.
+
+It watches only Deployments carrying the ``tidescale.io/park`` label, measures their
+triggers group-wide every interval through one shared connection per broker cluster
+(:class:`~tidescale.sources.registry.SourcePool`), and applies the waker's side of the
+handoff protocol (:func:`tidescale.parking.waker_step`, docs/scale-to-zero.md): ack a
+request once its sources are measured, wake on activation, release what was scaled by
+hand. Nothing it keeps in memory matters: a restarted waker lists, watches and carries on.
+
+It runs with two replicas and one Lease; only the holder measures and writes, the other
+keeps its watch cache warm so that a takeover starts polling at once. Every write is a
+merge patch conditioned on the resourceVersion it was decided on, so even two wakers that
+both believe they lead cannot undo each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+from tidescale.errors import (
+    BrokerAuthFailed,
+    HintError,
+    HintsInvalid,
+    KubeConflict,
+    KubeError,
+    KubeForbidden,
+    KubeNotFound,
+    LeadershipLost,
+    SourceError,
+    TidescaleError,
+)
+from tidescale.hints import parse_hints
+from tidescale.kube import Deployment, KubeClient, KubeConfig, ObjectReference, WatchEvent
+from tidescale.parking import PARK_LABEL, DeploymentSnapshot, Probe, WakerAction, WakerDecision, waker_step
+from tidescale.sources.base import Measurement, Scope, TriggerSettings
+from tidescale.sources.registry import SourcePool, measure_safely
+
+__all__ = ["Waker", "WakerClient", "main"]
+
+_log = logging.getLogger("tidescale.waker")
+
+DEFAULT_INTERVAL = 1.0
+DEFAULT_LEASE = "tidescale-waker"
+_MEASURE_CONCURRENCY = 256
+"""Measurements in flight at once; they share a few connections, so this bounds memory, not sockets."""
+_MERGE_PATCH = "application/merge-patch+json"
+
+
+class WakerClient(KubeClient):
+    """The agent's thin client plus the three cluster-wide calls only the waker makes.
+
+    (They belong in ``tidescale.kube``; they live here until that module takes them.)"""
+
+    def watch_parked(self) -> AsyncGenerator[WatchEvent[Deployment], None]:
+        """Every Deployment in the cluster with the park label: list, then watch."""
+        path, params = "/apis/apps/v1/deployments", {"labelSelector": PARK_LABEL}
+        what = f"watch deployments labelled {PARK_LABEL}"
+        return self._watch(path, params, what=what, initial=lambda: self._collection(path, params, what))
+
+    async def patch_deployment(self, namespace: str, name: str, body: Mapping[str, Any]) -> Deployment:
+        """A JSON merge patch of the Deployment (the protocol's bodies carry their resourceVersion)."""
+        path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+        what = f"patch deployment {namespace}/{name}"
+        result = await self._request("PATCH", path, what=what, body=dict(body), content_type=_MERGE_PATCH)
+        return cast(Deployment, result)
+
+    async def get_secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        """The decoded ``data`` of a Secret."""
+        path = f"/api/v1/namespaces/{namespace}/secrets/{name}"
+        secret = await self._request("GET", path, what=f"get secret {namespace}/{name}")
+        data = secret.get("data") or {}
+        return {key: base64.b64decode(value).decode() for key, value in data.items()}
+
+
+@dataclass(slots=True)
+class _Tracked:
+    """One labelled Deployment as the waker knows it."""
+
+    snapshot: DeploymentSnapshot
+    raw_triggers: tuple[TriggerSettings, ...] = ()
+    """The triggers as the hints give them (before credentials are resolved)."""
+    triggers: tuple[TriggerSettings, ...] = ()
+    """What is measured: credentials-secret resolved into process-private variables."""
+    wake_replicas: int = 1
+    problem: str | None = None
+    """Why its triggers cannot be measured (bad hints, a Secret we may not read); logged once."""
+    probe: Probe | None = None
+
+
+class Waker:
+    """The waker's loop. ``leading`` tells whether this replica may measure and write."""
+
+    def __init__(
+        self,
+        client: WakerClient,
+        *,
+        identity: str,
+        interval: float = DEFAULT_INTERVAL,
+        secret_namespaces: Iterable[str] = (),
+        leading: Callable[[], bool] = lambda: True,
+        fence: Callable[[Callable[[], Any]], Any] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._client = client
+        self.identity = identity
+        self.interval = interval
+        self._secret_namespaces = frozenset(secret_namespaces)
+        self._leading = leading
+        self._fence = fence
+        self._clock = clock
+        self._pool = SourcePool()
+        self._tracked: dict[tuple[str, str], _Tracked] = {}
+        self._poke = asyncio.Event()
+        self._synced = asyncio.Event()
+        self.rounds = 0
+        """Completed poll rounds (tests and the benchmark read it)."""
+        self.last_round_seconds = 0.0
+
+    @property
+    def tracked(self) -> int:
+        return len(self._tracked)
+
+    async def run(self) -> None:
+        """Watches and polls until cancelled; closes every broker connection on the way out."""
+        watch = asyncio.create_task(self._watch(), name="waker-watch")
+        try:
+            await self._poll_forever()
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
+            await self._pool.close()
+
+    # -- the watch ----------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        async with contextlib.aclosing(self._client.watch_parked()) as events:
+            async for kind, obj in events:
+                snapshot = DeploymentSnapshot.from_object(cast(Mapping[str, Any], obj))
+                if kind == "DELETED":
+                    await self._untrack(snapshot.key)
+                else:
+                    await self._observe(snapshot)
+                self._synced.set()
+                self._poke.set()
+
+    async def _observe(self, snapshot: DeploymentSnapshot) -> None:
+        tracked = self._tracked.get(snapshot.key)
+        if tracked is None:
+            tracked = self._tracked[snapshot.key] = _Tracked(snapshot=snapshot)
+        else:
+            tracked.snapshot = snapshot
+        # Hints are re-read on every event: a Deployment whose hints change while parked is
+        # measured with the new ones from the next round on.
+        problem: str | None = None
+        raw: tuple[TriggerSettings, ...] = ()
+        wake_replicas = 1
+        try:
+            hints = parse_hints(snapshot.annotations)
+            raw, wake_replicas = hints.triggers, hints.wake_replicas
+        except (HintsInvalid, HintError) as exc:
+            problem = f"hints do not parse: {exc}"
+        tracked.wake_replicas = wake_replicas
+        if raw != tracked.raw_triggers or (problem is not None and problem != tracked.problem):
+            await self._release(tracked)
+            tracked.raw_triggers = raw
+            tracked.probe = None
+            try:
+                resolved: list[TriggerSettings] = []
+                for settings in raw:
+                    resolved.append(await self._with_credentials(settings, snapshot.namespace))
+                tracked.triggers = tuple(resolved)
+                for settings in tracked.triggers:
+                    await self._pool.acquire(settings)
+            except TidescaleError as exc:
+                await self._release(tracked)
+                problem = problem or f"cannot prepare its triggers: {exc}"
+        if problem != tracked.problem and problem is not None:
+            _log.warning("%s/%s: %s", snapshot.namespace, snapshot.name, problem)
+        tracked.problem = problem
+
+    async def _untrack(self, key: tuple[str, str]) -> None:
+        tracked = self._tracked.pop(key, None)
+        if tracked is not None:
+            await self._release(tracked)
+
+    async def _release(self, tracked: _Tracked) -> None:
+        for settings in tracked.triggers:
+            await self._pool.release(settings)
+        tracked.triggers = ()
+
+    async def _with_credentials(self, settings: TriggerSettings, namespace: str) -> TriggerSettings:
+        """``credentials-secret`` -> the source's own ``*-env`` fields, via process-private variables.
+
+        Only Secrets in allowed namespaces are read, and only the ones hints name."""
+        secret = getattr(settings, "credentials_secret", None)
+        if not secret:
+            return settings
+        if namespace not in self._secret_namespaces:
+            raise BrokerAuthFailed(
+                f"credentials-secret {secret!r} is in namespace {namespace}, where the waker may not read "
+                "Secrets: add the namespace to the chart's waker.secretNamespaces",
+                trigger=settings.name,
+            )
+        try:
+            data = await self._client.get_secret_data(namespace, secret)
+        except (KubeNotFound, KubeForbidden) as exc:
+            raise BrokerAuthFailed(
+                f"credentials-secret {namespace}/{secret}: {exc}", trigger=settings.name
+            ) from exc
+        tag = hashlib.sha256(f"{namespace}/{secret}".encode()).hexdigest()[:12].upper()
+        names = {key: f"TIDESCALE_WAKER_{tag}_{key.upper()}" for key in ("username", "password")}
+        for key, variable in names.items():
+            if key not in data:
+                raise BrokerAuthFailed(
+                    f"credentials-secret {namespace}/{secret} has no key {key!r}", trigger=settings.name
+                )
+            os.environ[variable] = data[key]
+        fields = {f.name for f in dataclasses.fields(cast(Any, settings))}
+        changes: dict[str, str | None]
+        if "sasl_username_env" in fields:  # Kafka
+            changes = {"sasl_username_env": names["username"], "sasl_password_env": names["password"]}
+            changes["sasl_password_file"] = None
+        else:  # RabbitMQ
+            changes = {"username_env": names["username"], "password_env": names["password"]}
+            changes["password_file"] = None
+        return cast(TriggerSettings, dataclasses.replace(cast(Any, settings), **changes))
+
+    # -- the polls ----------------------------------------------------------------------------
+
+    async def wait_synced(self) -> None:
+        """Returns once the first list has been seen (tests and the benchmark wait for it)."""
+        await self._synced.wait()
+
+    async def _poll_forever(self) -> None:
+        while True:
+            started = time.monotonic()
+            if self._leading():
+                await self.poll_once()
+                self.last_round_seconds = time.monotonic() - started
+                self.rounds += 1
+            # A watch event (a new request) starts the next round at once: acks come fast.
+            self._poke.clear()
+            remaining = self.interval - (time.monotonic() - started)
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._poke.wait()
+
+    async def poll_once(self) -> None:
+        """Measure every tracked Deployment's triggers, then decide and write for each."""
+        items = [t for t in self._tracked.values() if t.triggers and t.problem is None]
+        gate = asyncio.Semaphore(_MEASURE_CONCURRENCY)
+
+        async def probe(tracked: _Tracked) -> tuple[_Tracked, Probe | None]:
+            record = tracked.snapshot.record
+            epoch = record.epoch if record is not None else 0
+            async with gate:
+                results = await asyncio.gather(*(self._measure(s) for s in tracked.triggers))
+            failures = [r for r in results if not isinstance(r, Measurement)]
+            measurements = [r for r in results if isinstance(r, Measurement)]
+            if any(m.active for m in measurements):
+                # One active trigger is enough to wake, even if another failed.
+                summary = "; ".join(_describe(m) for m in measurements if m.active)
+                return tracked, Probe(epoch=epoch, active=True, summary=summary)
+            if failures:
+                _log.info("%s: %s", _name(tracked), "; ".join(str(f) for f in failures))
+                return tracked, None
+            return tracked, Probe(epoch=epoch, active=False)
+
+        probes = await asyncio.gather(*(probe(t) for t in items))
+        await asyncio.gather(*(self._act(tracked, p) for tracked, p in probes))
+
+    async def _measure(self, settings: TriggerSettings) -> object:
+        try:
+            source = await self._pool.acquire(settings)
+        except SourceError as exc:
+            return exc
+        try:
+            result = await measure_safely(source, settings, Scope.GROUP)
+        finally:
+            await self._pool.release(settings)
+        return result if isinstance(result, Measurement) else result.error
+
+    async def _act(self, tracked: _Tracked, probe: Probe | None) -> None:
+        tracked.probe = probe
+        # One re-read and re-decision after a 409 (the brief: re-read, re-decide); anything
+        # later is the next round's business.
+        for _attempt in range(2):
+            decision = waker_step(
+                tracked.snapshot,
+                waker=self.identity,
+                probe=probe,
+                wake_replicas=tracked.wake_replicas,
+                now=self._clock(),
+            )
+            if decision.write is None:
+                return
+            try:
+                written = await self._write(tracked.snapshot, decision)
+            except KubeConflict:
+                try:
+                    fresh = await self._client.get_deployment(*tracked.snapshot.key)
+                except KubeNotFound:
+                    await self._untrack(tracked.snapshot.key)
+                    return
+                tracked.snapshot = DeploymentSnapshot.from_object(cast(Mapping[str, Any], fresh))
+                continue
+            except (LeadershipLost, KubeError) as exc:
+                _log.warning("%s: %s not written: %s", _name(tracked), decision.action.value, exc)
+                return
+            tracked.snapshot = DeploymentSnapshot.from_object(cast(Mapping[str, Any], written))
+            _log.info("%s: %s (%s)", _name(tracked), decision.action.value, decision.why)
+            await self._emit(tracked.snapshot, decision, cast(Mapping[str, Any], written))
+            return
+
+    async def _write(self, snapshot: DeploymentSnapshot, decision: WakerDecision) -> Deployment:
+        assert decision.write is not None
+
+        def write() -> Any:
+            return self._client.patch_deployment(snapshot.namespace, snapshot.name, decision.write or {})
+
+        if self._fence is None:
+            return cast(Deployment, await write())
+        return cast(Deployment, await self._fence(write))
+
+    async def _emit(
+        self, snapshot: DeploymentSnapshot, decision: WakerDecision, obj: Mapping[str, Any]
+    ) -> None:
+        if decision.event is None:
+            return
+        involved: ObjectReference = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "namespace": snapshot.namespace,
+            "name": snapshot.name,
+        }
+        uid = (obj.get("metadata") or {}).get("uid")
+        if uid:
+            involved["uid"] = str(uid)
+        event = decision.event
+        try:
+            await self._client.create_event(
+                involved,
+                reason=event.reason,
+                message=event.message,
+                event_type="Warning" if event.type == "Warning" else "Normal",
+                reporting_instance=self.identity,
+            )
+        except KubeError as exc:
+            # The write is what matters; a lost Event is only a lost note.
+            _log.warning("%s: event %s not recorded: %s", _name_of(snapshot), event.reason, exc)
+        if decision.action is WakerAction.WAKE:
+            _log.info("%s: %s", _name_of(snapshot), event.message)
+
+
+def _describe(measurement: Measurement) -> str:
+    return f"{measurement.trigger}: {measurement.value:g} (activation above threshold)"
+
+
+def _name(tracked: _Tracked) -> str:
+    return _name_of(tracked.snapshot)
+
+
+def _name_of(snapshot: DeploymentSnapshot) -> str:
+    return f"{snapshot.namespace}/{snapshot.name}"
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def _arguments(argv: list[str]) -> argparse.Namespace:
+    env = os.environ
+    parser = argparse.ArgumentParser(prog="tidescale waker", description="Run the cluster-level waker.")
+    parser.add_argument("--kubeconfig", type=Path, default=None, help="default: in-cluster, else $KUBECONFIG")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=float(env.get("TIDESCALE_WAKER_INTERVAL", DEFAULT_INTERVAL)),
+        help="seconds between polls of the parked sources (default 1)",
+    )
+    parser.add_argument(
+        "--secret-namespaces",
+        default=env.get("TIDESCALE_WAKER_SECRET_NAMESPACES", ""),
+        help="comma-separated namespaces whose credentials-secret Secrets the waker may read",
+    )
+    parser.add_argument("--lease-name", default=env.get("TIDESCALE_WAKER_LEASE", DEFAULT_LEASE))
+    parser.add_argument(
+        "--lease-namespace", default=env.get("POD_NAMESPACE"), help="default: the pod's namespace"
+    )
+    parser.add_argument(
+        "--identity", default=env.get("POD_NAME") or socket.gethostname(), help="default: the pod name"
+    )
+    parser.add_argument("--no-election", action="store_true", help="act without a Lease (one replica only)")
+    parser.add_argument("--log-level", default=env.get("TIDESCALE_LOG_LEVEL", "INFO"))
+    return parser.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from tidescale.election import LeaseElector
+
+    config = KubeConfig.from_kubeconfig(args.kubeconfig) if args.kubeconfig else KubeConfig.from_environment()
+    namespaces = [n.strip() for n in args.secret_namespaces.split(",") if n.strip()]
+    client = WakerClient(config)
+    try:
+        if args.no_election:
+            waker = Waker(
+                client, identity=args.identity, interval=args.interval, secret_namespaces=namespaces
+            )
+            await waker.run()
+            return
+        elector = LeaseElector(
+            client,
+            namespace=args.lease_namespace or config.namespace,
+            name=args.lease_name,
+            identity=args.identity,
+        )
+        waker = Waker(
+            client,
+            identity=args.identity,
+            interval=args.interval,
+            secret_namespaces=namespaces,
+            leading=elector.is_leader,
+            fence=elector.fenced,
+        )
+        election = asyncio.create_task(elector.run(), name="waker-election")
+        try:
+            await waker.run()
+        finally:
+            election.cancel()
+            await asyncio.gather(election, return_exceptions=True)
+    finally:
+        await client.aclose()
+
+
+def main(argv: list[str]) -> int:
+    """``tidescale waker [options]``: runs until SIGTERM or SIGINT; 0 on a clean stop."""
+    args = _arguments(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+    async def run() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await _serve(args)
+
+    try:
+        import uvloop
+
+        uvloop.run(run())
+    except ImportError:
+        asyncio.run(run())
+    except TidescaleError as exc:
+        print(f"tidescale waker: {exc}", file=sys.stderr)
+        return 1
+    return 0
