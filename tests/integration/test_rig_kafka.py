@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -45,10 +46,11 @@ async def _consume_and_commit(kafka: Kafka, topic: str, group: str, wanted: int)
     await consumer.start()
     read: dict[int, int] = {}
     try:
-        while sum(read.values()) < wanted:
-            batch = await consumer.getmany(timeout_ms=2000, max_records=wanted - sum(read.values()))
-            for tp, records in batch.items():
-                read[tp.partition] = read.get(tp.partition, 0) + len(records)
+        async with asyncio.timeout(60):  # a broken broker fails the test instead of hanging it
+            while sum(read.values()) < wanted:
+                batch = await consumer.getmany(timeout_ms=2000, max_records=wanted - sum(read.values()))
+                for tp, records in batch.items():
+                    read[tp.partition] = read.get(tp.partition, 0) + len(records)
         await consumer.commit()
     finally:
         await consumer.stop()

@@ -102,7 +102,7 @@ async def test_published_messages_are_consumed_in_order(rabbitmq: RabbitMQ) -> N
         await _publish(channel, queue_name, bodies)
 
         received: list[bytes] = []
-        async with queue.iterator() as messages:
+        async with asyncio.timeout(30), queue.iterator() as messages:
             async for message in messages:
                 async with message.process():
                     received.append(message.body)
