@@ -242,6 +242,18 @@ class _Pod:
 
     # --- running ------------------------------------------------------------
 
+    def view(self) -> Json:
+        """The pod with the addresses the runner gave it, before any status report comes back:
+        the downward API must see them in the container's very first env."""
+        assert self.net is not None
+        addresses = {
+            "podIP": self.net.address,
+            "podIPs": [{"ip": self.net.address}],
+            "hostIP": self.runner.node_address,
+            "hostIPs": [{"ip": self.runner.node_address}],
+        }
+        return {**self.pod, "status": {**(self.pod.get("status") or {}), **addresses}}
+
     async def fetch(self, kind: str, name: str) -> Json | None:
         try:
             return await self.runner.api.request("GET", f"/api/v1/namespaces/{self.namespace}/{kind}/{name}")
@@ -272,7 +284,7 @@ class _Pod:
         while True:
             try:
                 self.mounts = await materialize(
-                    self.pod, self.folder / "volumes", fetch=self.fetch, request_token=self.request_token
+                    self.view(), self.folder / "volumes", fetch=self.fetch, request_token=self.request_token
                 )
                 break
             except (VolumeError, ApiError, OSError) as error:
@@ -320,7 +332,7 @@ class _Pod:
         assert self.net is not None
         try:
             c.env = await container_env(
-                self.pod,
+                self.view(),
                 spec,
                 fetch=self.fetch,
                 service_host=self.runner.api_host,
