@@ -16,6 +16,7 @@ from tests.rig.kafka import GroupRow, Kafka
 from tidescale.errors import BrokerUnreachable, SourceNotFound, SourceTimeout
 from tidescale.sources.base import Measurement, Scope
 from tidescale.sources.kafka import KafkaSettings, KafkaSource, parse_kafka_settings
+from tidescale.sources.registry import SourcePool, measure_safely
 
 pytestmark = pytest.mark.rig
 
@@ -225,6 +226,33 @@ async def test_steady_state_costs_two_requests_for_a_single_broker(kafka: Kafka)
         assert source.requests - before == 2  # OffsetFetch + one ListOffsets
     finally:
         await source.close()
+
+
+async def test_the_pool_shares_one_connection_per_cluster_and_closes_it_with_the_last_trigger(
+    kafka: Kafka,
+) -> None:
+    topic = await _topic_with_messages(kafka)
+    first, second = _name("pool-a"), _name("pool-b")
+    await _commit(kafka, first, {TopicPartition(topic, 0): 1})
+    await _commit(kafka, second, {TopicPartition(topic, 0): 2})
+    a = _settings(kafka, first, topic=topic, partitions="0")
+    b = parse_kafka_settings(
+        "other", {"bootstrap-servers": kafka.bootstrap, "consumer-group": second, "topic": topic}
+    )
+    pool = SourcePool()
+    source = await pool.acquire(a)
+    assert source is await pool.acquire(b)
+    assert isinstance(source, KafkaSource)
+    m_a, m_b = await asyncio.gather(source.measure(a, Scope.GROUP), source.measure(b, Scope.GROUP))
+    assert (m_a.detail[f"{topic}/0"], m_b.detail[f"{topic}/0"]) == (8.0, 7.0)
+    client = source._client
+    await pool.release(a)
+    assert source._client is client  # still in use by the other trigger
+    await pool.release(b)
+    assert source._client is None
+    assert pool.open_clusters() == 0
+    failure = await measure_safely(source, a, Scope.GROUP)
+    assert "closed" in getattr(failure, "error", "")
 
 
 async def test_an_unknown_topic_is_source_not_found_naming_it(kafka: Kafka) -> None:

@@ -355,6 +355,8 @@ class KafkaSource:
     async def _layout(self, topics: Iterable[str]) -> dict[str, int]:
         """Partition counts of ``topics``; refreshes the cached metadata when stale or incomplete."""
         wanted = frozenset(topics)
+        if not wanted:
+            return {}  # a pod whose members own nothing yet: no metadata to ask for
         fresh = time.monotonic() - self._metadata_at < _METADATA_MAX_AGE
         if self._metadata is None or not fresh or not wanted <= self._metadata_topics:
             await self._refresh_metadata(wanted | (self._metadata_topics if fresh else frozenset()))
