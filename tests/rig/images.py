@@ -36,6 +36,8 @@ def _script(name: str) -> Image:
 IMAGES: dict[str, Image] = {
     "tidescale": Image(entrypoint=(str(VENV_BIN / "tidescale"),)),
     "tidescale-test/echo": _script("echo.py"),
+    "tidescale-test/kafka-consumer": _script("kafka_consumer.py"),
+    "tidescale-test/rabbitmq-consumer": _script("rabbitmq_consumer.py"),
 }
 
 

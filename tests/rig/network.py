@@ -102,6 +102,8 @@ class Network:
 
     slot: int = 0
     _next_host: int = 2
+    _free_hosts: list[int] = field(default_factory=list)
+    """Host indexes of removed pods, handed out again so a long session never runs out."""
     _pods: dict[str, PodNetwork] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -132,8 +134,11 @@ class Network:
         with self._lock:
             if key in self._pods:
                 return self._pods[key]
-            index = self._next_host
-            self._next_host += 1
+            if self._free_hosts:
+                index = self._free_hosts.pop(0)
+            else:
+                index = self._next_host
+                self._next_host += 1
         if index > 254:
             raise NetworkError(f"rig subnet {self.subnet} is full (253 pods)")
         address = str(self.subnet.network_address + index)
@@ -162,6 +167,8 @@ class Network:
         if pod is not None:
             _ip_quiet("link", "del", pod.host_veth)
             _ip_quiet("netns", "del", pod.namespace)
+            with self._lock:
+                self._free_hosts.append(int(pod.address.rsplit(".", 1)[1]))
 
     def close(self) -> None:
         for key in list(self._pods):

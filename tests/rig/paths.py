@@ -118,7 +118,8 @@ def kafka_classpath() -> str:
     """The Kafka jars' classpath, with a Java runtime to run them; only what a Kafka test needs."""
     if shutil.which("java") is None:
         raise RigNotBuilt(
-            f"java is missing: install Java 17+ (Debian: apt-get install openjdk-17-jre-headless), then {_MAKE_RIG}"
+            "java is missing: install Java 17+ (Debian: apt-get install openjdk-17-jre-headless), "
+            f"then {_MAKE_RIG}"
         )
     return _read_classpath(cache_dir())
 

@@ -1,0 +1,128 @@
+"""Small synchronous helpers for integration tests: apply manifests, read objects, wait.
+
+They go through the rig's kubectl with the admin kubeconfig, so what a test does is
+what a person would type.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tests.rig.controlplane import ControlPlane
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+AGENT_RBAC = REPO_ROOT / "deploy" / "agent-rbac.yaml"
+AGENT_PORT = 9464
+
+T = TypeVar("T")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def apply(plane: ControlPlane, *objects: Mapping[str, Any], namespace: str | None = None) -> str:
+    document = {"apiVersion": "v1", "kind": "List", "items": list(objects)}
+    args = ["apply", "-f", "-"] + (["-n", namespace] if namespace else [])
+    return plane.kubectl(*args, input=json.dumps(document)).stdout
+
+
+def get(plane: ControlPlane, kind: str, name: str, namespace: str) -> dict[str, Any]:
+    return dict(json.loads(plane.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout))
+
+
+def items(
+    plane: ControlPlane, kind: str, namespace: str, selector: str | None = None
+) -> list[dict[str, Any]]:
+    args = ["get", kind, "-n", namespace, "-o", "json"] + (["-l", selector] if selector else [])
+    return list(json.loads(plane.kubectl(*args).stdout)["items"])
+
+
+def wait_for(what: str, check: Callable[[], T | None], *, timeout: float, interval: float = 0.25) -> T:
+    """Polls ``check`` until it returns something truthy; fails naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last seen: {last!r})")
+
+
+def namespace_with_agent_rbac(
+    plane: ControlPlane,
+    namespace: str,
+    *,
+    service_account: str = "workload",
+    without: Iterable[str] = (),
+) -> None:
+    """A namespace, a ServiceAccount, and the agent Role from deploy/agent-rbac.yaml bound to it;
+    ``without`` drops the rules on those resources (to test missing permissions)."""
+    role, binding = list(yaml.safe_load_all(AGENT_RBAC.read_text()))
+    dropped = set(without)
+    role["rules"] = [rule for rule in role["rules"] if not dropped & set(rule["resources"])]
+    binding["subjects"] = [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}]
+    apply(plane, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    apply(
+        plane,
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": service_account}},
+        role,
+        binding,
+        namespace=namespace,
+    )
+
+
+def agent_container(deployment: str, *, log_level: str = "info") -> dict[str, Any]:
+    """The agent as the injector adds it, written out by hand (tests of the agent alone)."""
+
+    def field(path: str) -> dict[str, Any]:
+        return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+    return {
+        "name": "tidescale-agent",
+        "image": "tidescale:test",
+        "args": ["agent"],
+        "env": [
+            {"name": "POD_NAME", **field("metadata.name")},
+            {"name": "POD_NAMESPACE", **field("metadata.namespace")},
+            {"name": "POD_IP", **field("status.podIP")},
+            {"name": "TIDESCALE_DEPLOYMENT", "value": deployment},
+            {"name": "TIDESCALE_PORT", "value": str(AGENT_PORT)},
+            {"name": "TIDESCALE_LOG_LEVEL", "value": log_level},
+        ],
+        "ports": [{"name": "tidescale", "containerPort": AGENT_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": AGENT_PORT}, "periodSeconds": 2},
+    }
+
+
+def audit_writes(plane: ControlPlane, namespace: str) -> list[dict[str, Any]]:
+    """Successful writes in ``namespace`` from the audit log: when, by which pod, to what."""
+    writes = []
+    for event in plane.audit_events():
+        ref = event.get("objectRef") or {}
+        if ref.get("namespace") != namespace or (event.get("responseStatus") or {}).get("code") not in (
+            200,
+            201,
+        ):
+            continue
+        extra = (event.get("user") or {}).get("extra") or {}
+        pod = (extra.get("authentication.kubernetes.io/pod-name") or [None])[0]
+        writes.append(
+            {
+                "at": event["stageTimestamp"],
+                "pod": pod,
+                "verb": event["verb"],
+                "resource": ref.get("resource")
+                + ("/" + ref["subresource"] if ref.get("subresource") else ""),
+                "name": ref.get("name"),
+            }
+        )
+    return sorted(writes, key=lambda w: w["at"])
