@@ -238,7 +238,7 @@ class KubeConfig:
         """The chosen (or current) context of a kubeconfig file."""
         import base64
 
-        import yaml  # type: ignore[import-untyped]  # only local runs and tests read kubeconfigs: keep it out of the pod
+        import yaml  # only local runs and tests read kubeconfigs: keep it out of the pod
 
         try:
             document = yaml.safe_load(path.read_text())
@@ -584,6 +584,14 @@ class KubeClient:
         body = {"metadata": {"annotations": dict(annotations)}}
         what = f"patch annotations of deployment {namespace}/{name}"
         result = await self._request("PATCH", path, what=what, body=body, content_type=_MERGE_PATCH)
+        return cast(Deployment, result)
+
+    async def patch_deployment(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Deployment:
+        """A JSON merge patch of the Deployment; a ``metadata.resourceVersion`` in it makes the
+        write conditional (409 ``KubeConflict`` if the Deployment changed since)."""
+        path = f"{_DEPLOYMENTS.format(ns=namespace)}/{name}"
+        what = f"patch deployment {namespace}/{name}"
+        result = await self._request("PATCH", path, what=what, body=dict(patch), content_type=_MERGE_PATCH)
         return cast(Deployment, result)
 
     async def get_scale(self, namespace: str, name: str) -> Scale:
