@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -269,3 +270,27 @@ def test_the_reference_lists_every_knob_and_every_trigger_field() -> None:
     for source_type in TRIGGER_TYPES:
         for doc in field_docs(source_type):
             assert f"`tidescale.io/{source_type}.{doc.field}`" in text
+
+
+def _keda_mapping_names() -> set[str]:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "keda-mapping.md").read_text(encoding="utf-8")
+    return set(re.findall(r"tidescale\.io/[a-z0-9<>.-]+", text))
+
+
+def test_every_annotation_in_the_keda_mapping_exists() -> None:
+    from tidescale.sources.registry import TRIGGER_TYPES, field_docs
+
+    known = {knob.annotation for knob in KNOBS} | {P + "inject"}
+    known |= {f"{P}{name}.{field}" for name in ("<trigger>", "orders") for field in ("type", "<field>")}
+    for source_type in TRIGGER_TYPES:
+        known |= {f"{P}{source_type}.{doc.field}" for doc in field_docs(source_type)}
+    assert _keda_mapping_names() - known == set()
+
+
+def test_the_keda_mapping_covers_every_knob_and_trigger_field() -> None:
+    from tidescale.sources.registry import TRIGGER_TYPES, field_docs
+
+    wanted = {knob.annotation for knob in KNOBS}
+    for source_type in TRIGGER_TYPES:
+        wanted |= {f"{P}{source_type}.{doc.field}" for doc in field_docs(source_type)}
+    assert wanted - _keda_mapping_names() == set()
