@@ -122,13 +122,18 @@ def parse_ranges(annotation: str, value: str, *, maximum: int = 1_000_000) -> fr
 def format_duration(seconds: float) -> str:
     """Seconds in the hints' own notation: ``15s``, ``5m``, ``1m30s``, ``250ms``, ``24h``."""
     if 0 < seconds < 1:
-        return f"{seconds * 1000:g}ms"
+        return f"{_plain(seconds * 1000)}ms"
     if seconds >= 60 and seconds == int(seconds):
         minutes, rest = divmod(int(seconds), 60)
         if minutes >= 60 and minutes % 60 == 0 and rest == 0:
             return f"{minutes // 60}h"
         return f"{minutes}m" + (f"{rest}s" if rest else "")
-    return f"{seconds:g}s"
+    return f"{_plain(seconds)}s"
+
+
+def _plain(number: float) -> str:
+    """A number as people write it: no exponent, no trailing zeros (``1000.125``, ``15``)."""
+    return f"{number:.6f}".rstrip("0").rstrip(".")
 
 
 def _fmt(seconds: float) -> str:
