@@ -299,9 +299,9 @@ class Waker:
 
     async def _act(self, tracked: _Tracked, probe: Probe | None) -> None:
         tracked.probe = probe
-        # One re-read and re-decision after a 409 (the brief: re-read, re-decide); anything
-        # later is the next round's business.
-        for _attempt in range(2):
+        # After a 409, re-read and decide again. 409s are routine: the Deployment controller's
+        # status updates move the resourceVersion as well. Past a few, the next round retries.
+        for _attempt in range(4):
             decision = waker_step(
                 tracked.snapshot,
                 waker=self.identity,
