@@ -548,8 +548,8 @@ def _assemble(
 
 
 def _registry() -> Any:
-    # Imported on use: the registry reaches the source modules, and a module that only
-    # needs the knob table (the reference renderer's knob half, tests) should not pay for it.
+    # Imported on use: sources sit after hints in the one-way flow (hints -> sources ->
+    # policy), and the contract reaches them only through the registry, by type name.
     from tidescale.sources import registry
 
     return registry
