@@ -59,11 +59,10 @@ DEFAULT_INTERVAL = 1.0
 DEFAULT_LEASE = "tidescale-waker"
 _MEASURE_CONCURRENCY = 256
 """Measurements in flight at once; they share a few connections, so this bounds memory, not sockets."""
-_MERGE_PATCH = "application/merge-patch+json"
 
 
 class WakerClient(KubeClient):
-    """The agent's thin client plus the three cluster-wide calls only the waker makes.
+    """The agent's thin client plus the two calls only the waker makes.
 
     (They belong in ``tidescale.kube``; they live here until that module takes them.)"""
 
@@ -72,13 +71,6 @@ class WakerClient(KubeClient):
         path, params = "/apis/apps/v1/deployments", {"labelSelector": PARK_LABEL}
         what = f"watch deployments labelled {PARK_LABEL}"
         return self._watch(path, params, what=what, initial=lambda: self._collection(path, params, what))
-
-    async def patch_deployment(self, namespace: str, name: str, body: Mapping[str, Any]) -> Deployment:
-        """A JSON merge patch of the Deployment (the protocol's bodies carry their resourceVersion)."""
-        path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
-        what = f"patch deployment {namespace}/{name}"
-        result = await self._request("PATCH", path, what=what, body=dict(body), content_type=_MERGE_PATCH)
-        return cast(Deployment, result)
 
     async def get_secret_data(self, namespace: str, name: str) -> dict[str, str]:
         """The decoded ``data`` of a Secret."""
