@@ -100,6 +100,7 @@ class HttpServer:
         self.ssl_context = ssl_context
         self.limits = limits or Limits()
         self._server: asyncio.Server | None = None
+        self.connections_accepted = 0
         self._connections: set[asyncio.Task[None]] = set()
         self._busy: set[asyncio.Task[None]] = set()
 
@@ -155,6 +156,7 @@ class HttpServer:
             writer.transport.abort()
             return
         self._connections.add(task)
+        self.connections_accepted += 1
         try:
             await self._serve_connection(reader, writer, task)
         except asyncio.CancelledError:
@@ -284,8 +286,8 @@ class HttpServer:
         lines.extend(f"{name}: {value}" for name, value in response.headers.items())
         if not keep_alive:
             lines.append("Connection: close")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        if not head:
-            writer.write(response.body)
+        # One write, so a small response leaves in one TLS record and one segment.
+        header = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        writer.write(header if head else header + response.body)
         async with asyncio.timeout(self.limits.write_timeout):
             await writer.drain()

@@ -66,7 +66,7 @@ class Metrics:
         counts[-1] += 1
         self._sums[webhook] = self._sums.get(webhook, 0.0) + seconds
 
-    def render(self) -> bytes:
+    def render(self, connections: int = 0) -> bytes:
         out: list[str] = []
 
         def family(name: str, kind: str, help_text: str) -> None:
@@ -95,6 +95,10 @@ class Metrics:
             "tidescale_injector_certificate_reloads_total", "counter", "Certificate pairs loaded after start."
         )
         out.append(f"tidescale_injector_certificate_reloads_total {self.cert_reloads}")
+        family(
+            "tidescale_injector_connections_total", "counter", "Connections accepted (a TLS handshake each)."
+        )
+        out.append(f"tidescale_injector_connections_total {connections}")
         family("tidescale_injector_admission_duration_seconds", "histogram", "Time to answer one review.")
         for webhook, counts in sorted(self._buckets.items()):
             for bound, n in zip(_BUCKETS, counts, strict=False):
@@ -271,7 +275,7 @@ class Injector:
         return Response(body=b"ok\n") if self._ready else Response(status=503, body=b"not ready\n")
 
     async def _metrics(self, request: Request) -> Response:
-        return Response(body=self.metrics.render(), content_type=_TEXT)
+        return Response(body=self.metrics.render(self.http.connections_accepted), content_type=_TEXT)
 
 
 async def _serve(settings: ServerSettings, config: InjectorConfig) -> int:
