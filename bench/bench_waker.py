@@ -73,6 +73,7 @@ async def _commit_at_start(bootstrap: str, topic: str, partitions: int, group: s
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
+        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
         await consumer.commit({TopicPartition(topic, p): 0 for p in range(partitions)})
     finally:
         await consumer.stop()
@@ -152,14 +153,14 @@ def _memory_kib(pid: int) -> dict[str, int]:
     return values
 
 
-async def _wait_replicas(client: WakerClient, name: str, timeout: float = 60.0) -> float:
+async def _wait_replicas(client: WakerClient, name: str, limit: float = 60.0) -> float:
     began = time.monotonic()
-    while time.monotonic() - began < timeout:
+    while time.monotonic() - began < limit:
         deployment = await client.get_deployment(NAMESPACE, name)
         if int(deployment.get("spec", {}).get("replicas") or 0) >= 1:
             return time.monotonic()
         await asyncio.sleep(0.01)
-    raise RuntimeError(f"{name} was not woken within {timeout:g}s")
+    raise RuntimeError(f"{name} was not woken within {limit:g}s")
 
 
 async def _probe_setup(admin: AIOKafkaAdminClient, bootstrap: str) -> tuple[str, str, str]:
@@ -209,12 +210,14 @@ async def _scenario(
             ]
             _apply(kubectl, kubeconfig, manifests)
         if parked == 1:
-            for _ in range(SAMPLES):
+            cpu_window = 0.0
+            for sample in range(SAMPLES):
                 name, topic, group = await _probe_setup(admin, bootstrap)
                 _apply(kubectl, kubeconfig, [_parked_manifest(name, bootstrap, topic, group)])
                 await asyncio.sleep(1.5)  # the watch event arrives and a round or two pass
+                if sample == 0:
+                    cpu_window = await _idle_cpu(waker_pid, seconds=10.0)
                 latencies.append(await _wake_one(client, producer, name, topic))
-            cpu_window = await _idle_cpu(waker_pid, seconds=10.0)
         else:
             probes = [await _probe_setup(admin, bootstrap) for _ in range(SAMPLES)]
             _apply(kubectl, kubeconfig, [_parked_manifest(n, bootstrap, t, g) for n, t, g in probes])
@@ -251,7 +254,8 @@ def _machine() -> str:
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    return f"{model}, {os.cpu_count()} cores (shared with other jobs), Linux {platform.release()}, Python {platform.python_version()}"
+    system = f"Linux {platform.release()}, Python {platform.python_version()}"
+    return f"{model}, {os.cpu_count()} cores (shared with other jobs), {system}"
 
 
 def _report(rows: list[dict[str, Any]], started: datetime.datetime) -> str:
@@ -266,29 +270,23 @@ def _report(rows: list[dict[str, Any]], started: datetime.datetime) -> str:
         "Deployment showing spec.replicas >= 1 (polled every 10 ms). CPU is the waker's average over an "
         "idle window with every Deployment parked; RSS is VmRSS after the run, HWM its peak.",
         "",
-        "| parked Deployments | samples | p50 s | p95 s | max s | waker CPU (millicores, idle) | RSS MiB | peak RSS MiB |",
+        "| parked Deployments | samples | p50 s | p95 s | max s | waker CPU (millicores, idle) "
+        "| RSS MiB | peak RSS MiB |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['parked']:,} | {row['samples']} | {row['p50']:.2f} | {row['p95']:.2f} | {row['max']:.2f} | "
-            f"{row['cpu_millicores']:.0f} | {row['rss_mib']:.0f} | {row['hwm_mib']:.0f} |"
+            f"| {row['parked']:,} | {row['samples']} | {row['p50']:.2f} | {row['p95']:.2f} "
+            f"| {row['max']:.2f} | {row['cpu_millicores']:.0f} | {row['rss_mib']:.0f} "
+            f"| {row['hwm_mib']:.0f} |"
         )
     lines += ["", "Targets: p95 <= 1.5 s with 1 parked, <= 2 s with 1,000.", ""]
     return "\n".join(lines)
 
 
 async def _run(
-    args: argparse.Namespace, kubeconfig: Path, kubectl: Path, bootstrap: str
+    args: argparse.Namespace, kubeconfig: Path, kubectl: Path, bootstrap: str, waker_pid: int
 ) -> list[dict[str, Any]]:
-    _kubectl(kubectl, kubeconfig, "create", "namespace", NAMESPACE)
-    log = open(args.waker_log, "ab")  # noqa: SIM115, ASYNC230 -- handed to the child process
-    waker = subprocess.Popen(
-        [sys.executable, "-m", "tidescale.cli", "waker", "--no-election", "--kubeconfig", str(kubeconfig)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(REPO / "agent"), "TIDESCALE_LOG_LEVEL": "WARNING"},
-    )
     client = WakerClient(KubeConfig.from_kubeconfig(kubeconfig))
     rows = []
     try:
@@ -299,16 +297,13 @@ async def _run(
                 bootstrap=bootstrap,
                 kubectl=kubectl,
                 kubeconfig=kubeconfig,
-                waker_pid=waker.pid,
+                waker_pid=waker_pid,
             )
             print(json.dumps(row), flush=True)
             rows.append(row)
             _kubectl(kubectl, kubeconfig, "delete", "deployments", "--all", "-n", NAMESPACE, "--wait=false")
             await asyncio.sleep(3.0)
     finally:
-        waker.terminate()
-        waker.wait(timeout=20)
-        log.close()
         await client.aclose()
     return rows
 
@@ -317,7 +312,6 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 1000])
     parser.add_argument("--write", type=Path, default=None, help="write the markdown report here")
-    parser.add_argument("--waker-log", type=Path, default=Path("/tmp/bench-waker.log"))
     args = parser.parse_args()
 
     from tests.rig.controlplane import ControlPlane
@@ -334,7 +328,20 @@ def main() -> int:
         binaries = ControlPlaneBinaries.from_cache()
         plane = ControlPlane.start(supervisor, network, run_dir, binaries=binaries)
         kafka = Kafka.start(supervisor, network, run_dir)
-        rows = asyncio.run(_run(args, plane.admin_kubeconfig, binaries.kubectl, kafka.bootstrap))
+        kubeconfig = plane.admin_kubeconfig
+        _kubectl(binaries.kubectl, kubeconfig, "create", "namespace", NAMESPACE)
+        argv = [
+            sys.executable,
+            "-m",
+            "tidescale.cli",
+            "waker",
+            "--no-election",
+            "--kubeconfig",
+            str(kubeconfig),
+        ]
+        env = {**os.environ, "PYTHONPATH": str(REPO / "agent"), "TIDESCALE_LOG_LEVEL": "WARNING"}
+        waker = supervisor.start("bench-waker", argv, env=env)
+        rows = asyncio.run(_run(args, kubeconfig, binaries.kubectl, kafka.bootstrap, waker.pid))
     finally:
         supervisor.stop_all()
         network.close()
