@@ -235,7 +235,8 @@ class LeaseElector:
     """Takes part in the election for one Lease until :meth:`run` is cancelled.
 
     ``on_started_leading`` and ``on_stopped_leading`` are called (synchronously, on the
-    event loop) with the term that starts or ends.
+    event loop) with the term that starts or ends. ``release_on_cancel=False`` leaves the
+    Lease to expire, as a crashed agent would (tests use it).
     """
 
     def __init__(
@@ -248,6 +249,7 @@ class LeaseElector:
         timing: LeaseTiming | None = None,
         on_started_leading: Callable[[Term], object] | None = None,
         on_stopped_leading: Callable[[Term], object] | None = None,
+        release_on_cancel: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
@@ -257,6 +259,7 @@ class LeaseElector:
         self.timing = timing or LeaseTiming()
         self._on_started = on_started_leading
         self._on_stopped = on_stopped_leading
+        self._release_on_cancel = release_on_cancel
         self._clock = clock
         self._record: LeaseRecord | None = None
         self._known = False
@@ -463,9 +466,9 @@ class LeaseElector:
 
     async def _release(self) -> None:
         """Stops leading first (no fenced write can start after), then frees the Lease."""
-        self._stop_leading("released")
+        self._stop_leading("released" if self._release_on_cancel else "stopped")
         record = self._record
-        if record is None or record.holder != self.identity:
+        if not self._release_on_cancel or record is None or record.holder != self.identity:
             return
         try:
             async with asyncio.timeout(self.timing.renew_deadline):

@@ -463,10 +463,12 @@ class KubeClient:
                         yield "DELETED", known[name]
                     known = fresh
                 seconds = random.randint(_WATCH_MIN_SECONDS, 2 * _WATCH_MIN_SECONDS)  # noqa: S311
-                query = {**params, "watch": "true", "allowWatchBookmarks": "true"}
-                query["timeoutSeconds"] = str(seconds)
+                query = {**params, "watch": "true", "timeoutSeconds": str(seconds)}
                 if resource_version:
                     query["resourceVersion"] = resource_version
+                    # Only with a resourceVersion: asked for bookmarks without one, the API server
+                    # (1.37) sends its initial-events-end bookmark and then nothing at all.
+                    query["allowWatchBookmarks"] = "true"
                 gone = False
                 async for kind, item in self._stream(path, query, what=what, read_timeout=seconds + 30.0):
                     delay = _BACKOFF_FIRST
