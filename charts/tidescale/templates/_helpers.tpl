@@ -64,16 +64,107 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
-{{/* The ServiceAccount the injector and the waker run as. */}}
-{{- define "tidescale.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create }}
-{{- default (include "tidescale.fullname" .) .Values.serviceAccount.name }}
-{{- else }}
-{{- default "default" .Values.serviceAccount.name }}
-{{- end }}
-{{- end }}
-
 {{/* The image reference, "repository:tag", the tag defaulting to the chart's appVersion. */}}
 {{- define "tidescale.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+The ServiceAccount one component (injector, waker) runs as: pass
+  (dict "root" $ "component" "waker")
+Each component has its own, so the waker's permissions are never the injector's.
+*/}}
+{{- define "tidescale.componentServiceAccountName" -}}
+{{- $sa := index .root.Values .component "serviceAccount" }}
+{{- if $sa.create }}
+{{- default (printf "%s-%s" (include "tidescale.fullname" .root) .component | trunc 63 | trimSuffix "-") $sa.name }}
+{{- else }}
+{{- default "default" $sa.name }}
+{{- end }}
+{{- end }}
+
+{{/* The injector's name: its Deployment, Service and webhook configurations carry it. */}}
+{{- define "tidescale.injector.fullname" -}}
+{{- printf "%s-injector" (include "tidescale.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "tidescale.waker.fullname" -}}
+{{- printf "%s-waker" (include "tidescale.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The Secret holding the webhooks' serving certificate (tls.crt, tls.key, ca.crt). */}}
+{{- define "tidescale.injector.tlsSecretName" -}}
+{{- if eq .Values.certificates.mode "secret" }}
+{{- required "certificates.existingSecret is required with certificates.mode=secret" .Values.certificates.existingSecret }}
+{{- else }}
+{{- printf "%s-tls" (include "tidescale.injector.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* The names the API server may use for the webhook Service; the certificate must carry all of them. */}}
+{{- define "tidescale.injector.dnsNames" -}}
+{{- $svc := include "tidescale.injector.fullname" . }}
+{{- $ns := .Release.Namespace }}
+{{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) | toJson }}
+{{- end }}
+
+{{/* The agent image: agent.image, each part defaulting to the chart's image. */}}
+{{- define "tidescale.agent.image" -}}
+{{- $repository := .Values.agent.image.repository | default .Values.image.repository }}
+{{- $tag := .Values.agent.image.tag | default .Values.image.tag | default .Chart.AppVersion }}
+{{- printf "%s:%s" $repository $tag }}
+{{- end }}
+
+{{/* The restricted Pod Security Standard, for the pods and containers the chart runs. */}}
+{{- define "tidescale.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "tidescale.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/*
+Pod scheduling of one component: nodeSelector, tolerations, and affinity (the values' own, or a
+preferred anti-affinity that spreads the replicas over nodes). Pass (dict "root" $ "component" "waker").
+*/}}
+{{- define "tidescale.scheduling" -}}
+{{- with .root.Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .root.Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+affinity:
+{{- if .root.Values.affinity }}
+  {{- toYaml .root.Values.affinity | nindent 2 }}
+{{- else }}
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- include "tidescale.componentSelectorLabels" . | nindent 14 }}
+{{- end }}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ if kindIs "string" . }}{{ . }}{{ else }}{{ .name }}{{ end }}
+  {{- end }}
+{{- end }}
 {{- end }}
