@@ -87,11 +87,15 @@ class _Tracked:
     snapshot: DeploymentSnapshot
     raw_triggers: tuple[TriggerSettings, ...] = ()
     """The triggers as the hints give them (before credentials are resolved)."""
+    hint_problem: str | None = None
+    """Why the hints give nothing to measure (they do not parse, or name no trigger)."""
+    prepared: tuple[TriggerSettings, ...] | None = None
+    """The raw triggers that ``triggers`` were prepared from (None: not prepared yet)."""
     triggers: tuple[TriggerSettings, ...] = ()
     """What is measured: credentials-secret resolved into process-private variables."""
+    prepare_problem: str | None = None
+    """Why the triggers could not be prepared (a Secret we may not read); retried every round."""
     wake_replicas: int = 1
-    problem: str | None = None
-    """Why its triggers cannot be measured (bad hints, a Secret we may not read); logged once."""
     probe: Probe | None = None
 
 
@@ -141,15 +145,24 @@ class Waker:
     # -- the watch ----------------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        async with contextlib.aclosing(self._client.watch_parked()) as events:
-            async for kind, obj in events:
-                snapshot = DeploymentSnapshot.from_object(cast(Mapping[str, Any], obj))
-                if kind == "DELETED":
-                    await self._untrack(snapshot.key)
-                else:
-                    await self._observe(snapshot)
-                self._synced.set()
-                self._poke.set()
+        while True:
+            try:
+                async with contextlib.aclosing(self._client.watch_parked()) as events:
+                    async for kind, obj in events:
+                        snapshot = DeploymentSnapshot.from_object(cast(Mapping[str, Any], obj))
+                        if kind == "DELETED":  # deleted, or no longer labelled
+                            await self._untrack(snapshot.key)
+                        else:
+                            await self._observe(snapshot)
+                        self._synced.set()
+                        self._poke.set()
+            except KubeError as exc:
+                # The watch itself rides out API server restarts; this is RBAC or a bad request.
+                # Start again from a fresh list, forgetting everything (nothing in memory matters).
+                _log.error("watching labelled Deployments failed: %s; listing again in 5s", exc)
+                for key in list(self._tracked):
+                    await self._untrack(key)
+                await asyncio.sleep(5.0)
 
     async def _observe(self, snapshot: DeploymentSnapshot) -> None:
         tracked = self._tracked.get(snapshot.key)
@@ -161,30 +174,43 @@ class Waker:
         # measured with the new ones from the next round on.
         problem: str | None = None
         raw: tuple[TriggerSettings, ...] = ()
-        wake_replicas = 1
         try:
             hints = parse_hints(snapshot.annotations)
-            raw, wake_replicas = hints.triggers, hints.wake_replicas
+            raw, tracked.wake_replicas = hints.triggers, hints.wake_replicas
+            if not raw:
+                problem = "its hints name no trigger"
         except (HintsInvalid, HintError) as exc:
-            problem = f"hints do not parse: {exc}"
-        tracked.wake_replicas = wake_replicas
-        if raw != tracked.raw_triggers or (problem is not None and problem != tracked.problem):
+            problem = f"its hints do not parse: {exc}"
+        if problem is not None and problem != tracked.hint_problem:
+            _log.warning("%s: %s", _name_of(snapshot), problem)
+        tracked.hint_problem = problem
+        if raw != tracked.raw_triggers:
             await self._release(tracked)
-            tracked.raw_triggers = raw
-            tracked.probe = None
-            try:
-                resolved: list[TriggerSettings] = []
-                for settings in raw:
-                    resolved.append(await self._with_credentials(settings, snapshot.namespace))
-                tracked.triggers = tuple(resolved)
-                for settings in tracked.triggers:
-                    await self._pool.acquire(settings)
-            except TidescaleError as exc:
-                await self._release(tracked)
-                problem = problem or f"cannot prepare its triggers: {exc}"
-        if problem != tracked.problem and problem is not None:
-            _log.warning("%s/%s: %s", snapshot.namespace, snapshot.name, problem)
-        tracked.problem = problem
+            tracked.raw_triggers, tracked.prepared, tracked.probe = raw, None, None
+
+    async def _prepare(self, tracked: _Tracked) -> None:
+        """Resolve credentials and take pool references for the current triggers (retried each
+        round while it fails: a Secret created or a namespace allowed later is picked up)."""
+        if tracked.prepared == tracked.raw_triggers and tracked.prepare_problem is None:
+            return
+        await self._release(tracked)
+        try:
+            resolved: list[TriggerSettings] = []
+            for settings in tracked.raw_triggers:
+                resolved.append(await self._with_credentials(settings, tracked.snapshot.namespace))
+        except TidescaleError as exc:
+            problem = f"cannot prepare its triggers: {exc}"
+            if problem != tracked.prepare_problem:
+                _log.warning("%s: %s", _name(tracked), problem)
+            tracked.prepare_problem = problem
+            return
+        for settings in resolved:
+            await self._pool.acquire(settings)
+        tracked.triggers, tracked.prepared, tracked.prepare_problem = (
+            tuple(resolved),
+            tracked.raw_triggers,
+            None,
+        )
 
     async def _untrack(self, key: tuple[str, str]) -> None:
         tracked = self._tracked.pop(key, None)
@@ -256,12 +282,20 @@ class Waker:
 
     async def poll_once(self) -> None:
         """Measure every tracked Deployment's triggers, then decide and write for each."""
-        items = [t for t in self._tracked.values() if t.triggers and t.problem is None]
+        for tracked in list(self._tracked.values()):
+            if tracked.hint_problem is None:
+                await self._prepare(tracked)
+        items = [t for t in self._tracked.values() if t.hint_problem is not None or t.prepare_problem is None]
         gate = asyncio.Semaphore(_MEASURE_CONCURRENCY)
 
         async def probe(tracked: _Tracked) -> tuple[_Tracked, Probe | None]:
             record = tracked.snapshot.record
             epoch = record.epoch if record is not None else 0
+            if tracked.hint_problem is not None:
+                # Hints that give nothing to measure can never wake it: a Deployment left at zero
+                # for good is the one outcome worse than an extra pod. Its agents report the hints.
+                why = f"{tracked.hint_problem}; woken so that its agents report it"
+                return tracked, Probe(epoch=epoch, active=True, summary=why)
             async with gate:
                 results = await asyncio.gather(*(self._measure(s) for s in tracked.triggers))
             failures = [r for r in results if not isinstance(r, Measurement)]

@@ -372,3 +372,52 @@ async def test_a_parked_rabbitmq_deployment_is_woken_by_a_published_message_with
         print(f"rabbitmq wake latency: {seconds:.2f}s")
     finally:
         await connection.close()
+
+
+async def test_hints_changed_while_parked_are_used_for_the_next_poll(
+    control_plane: ControlPlane,
+    kafka: Kafka,
+    namespace: str,
+    admin: WakerClient,
+    start_waker: Callable[[], Managed],
+) -> None:
+    old_topic, group = await idle_kafka_group(kafka)
+    new_topic, new_group = await idle_kafka_group(kafka)
+    name = _name("rehint-web")
+    create_deployment(control_plane, namespace, name, kafka_hints(kafka, old_topic, group))
+    start_waker()
+    await park(admin, namespace, name, await request(admin, namespace, name))
+
+    control_plane.kubectl(
+        "annotate", "--overwrite", "deployment", name, "-n", namespace,
+        f"tidescale.io/kafka.topic={new_topic}", f"tidescale.io/kafka.consumer-group={new_group}",
+    )  # fmt: skip
+    await asyncio.sleep(2.0)
+    assert (await snapshot(admin, namespace, name)).replicas == 0
+    await produce(kafka, new_topic)
+    await eventually("the wake through the new hints", lambda: woken(admin, namespace, name, 1), timeout=20.0)
+
+
+async def test_a_parked_deployment_whose_hints_stop_parsing_is_woken_rather_than_left_at_zero(
+    control_plane: ControlPlane,
+    kafka: Kafka,
+    namespace: str,
+    admin: WakerClient,
+    start_waker: Callable[[], Managed],
+) -> None:
+    topic, group = await idle_kafka_group(kafka)
+    name = _name("badhint-web")
+    create_deployment(control_plane, namespace, name, kafka_hints(kafka, topic, group))
+    start_waker()
+    await park(admin, namespace, name, await request(admin, namespace, name))
+
+    control_plane.kubectl(
+        "annotate",
+        "--overwrite",
+        "deployment",
+        name,
+        "-n",
+        namespace,
+        "tidescale.io/kafka.lag-threshold=lots",
+    )
+    await eventually("the wake", lambda: woken(admin, namespace, name, 1), timeout=20.0)
