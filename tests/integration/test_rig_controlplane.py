@@ -64,7 +64,12 @@ def _deployment(name: str, replicas: int) -> dict[str, Any]:
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "main", "image": "example.invalid/sleeper:1"}]},
+                # A scheduler nobody runs: the pod runner, when the session has one, leaves
+                # these pods alone, so they show the control plane's work and nothing else.
+                "spec": {
+                    "schedulerName": "nobody-schedules-this",
+                    "containers": [{"name": "main", "image": "example.invalid/sleeper:1"}],
+                },
             },
         },
     }
@@ -156,7 +161,7 @@ async def test_a_deployment_yields_a_replica_set_and_pending_unscheduled_pods(
         return pods if len(pods) == 2 else []
 
     pods = await _eventually("two Pods from the ReplicaSet", two_pods)
-    # No scheduler and no kubelet: the pod runner is what binds and runs them.
+    # No scheduler and no kubelet: only the pod runner binds and runs pods, and not these.
     assert {pod.status.phase for pod in pods} == {"Pending"}
     assert {pod.spec.node_name for pod in pods} == {None}
     # The ServiceAccount admission plugin and the token controller worked: pods get a token volume.
