@@ -6,6 +6,7 @@ what a person would type.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from tests.rig.controlplane import ControlPlane
+from tests.rig.kafka import Kafka
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AGENT_RBAC = REPO_ROOT / "deploy" / "agent-rbac.yaml"
@@ -126,3 +128,80 @@ def audit_writes(plane: ControlPlane, namespace: str) -> list[dict[str, Any]]:
             }
         )
     return sorted(writes, key=lambda w: w["at"])
+
+
+def consumer_deployment(
+    name: str,
+    *,
+    kafka: Kafka,
+    topic: str,
+    group: str,
+    annotations: dict[str, str],
+    record_file: Path,
+    replicas: int = 1,
+    work_seconds: float = 0.1,
+    service_account: str = "workload",
+) -> dict[str, Any]:
+    def field(path: str) -> dict[str, Any]:
+        return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "serviceAccountName": service_account,
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [
+                        {
+                            "name": "consumer",
+                            "image": "tidescale-test/kafka-consumer",
+                            "env": [
+                                {"name": "KAFKA_BOOTSTRAP", "value": kafka.bootstrap},
+                                {"name": "KAFKA_TOPIC", "value": topic},
+                                {"name": "KAFKA_GROUP", "value": group},
+                                {"name": "WORK_SECONDS", "value": str(work_seconds)},
+                                {"name": "RECORD_FILE", "value": str(record_file)},
+                                {"name": "POD_NAME", **field("metadata.name")},
+                            ],
+                        },
+                        agent_container(name),
+                    ],
+                },
+            },
+        },
+    }
+
+
+def kafka_hints(kafka: Kafka, topic: str, group: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The hints for one Kafka trigger; ``extra`` maps annotation names without the prefix to values."""
+    hints = {
+        "tidescale.io/kafka.bootstrap-servers": kafka.bootstrap,
+        "tidescale.io/kafka.consumer-group": group,
+        "tidescale.io/kafka.topic": topic,
+        "tidescale.io/polling-interval": "1s",
+    }
+    hints.update({f"tidescale.io/{key}": value for key, value in (extra or {}).items()})
+    return hints
+
+
+async def _produce(bootstrap: str, topic: str, ids: list[str]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for message_id in ids:
+            await producer.send(topic, message_id.encode(), key=message_id.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def produce(kafka: Kafka, topic: str, ids: list[str]) -> None:
+    asyncio.run(_produce(kafka.bootstrap, topic, ids))

@@ -4,7 +4,6 @@ would add it)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -16,12 +15,14 @@ from typing import Any
 import pytest
 
 from tests.integration.rigkube import (
-    agent_container,
     apply,
     audit_writes,
+    consumer_deployment,
     get,
     items,
+    kafka_hints,
     namespace_with_agent_rbac,
+    produce,
     unique,
     wait_for,
 )
@@ -35,83 +36,6 @@ from tidescale.sources.base import Measurement
 pytestmark = pytest.mark.rig
 
 PARTITIONS = 8
-
-
-def consumer_deployment(
-    name: str,
-    *,
-    kafka: Kafka,
-    topic: str,
-    group: str,
-    annotations: dict[str, str],
-    record_file: Path,
-    replicas: int = 1,
-    work_seconds: float = 0.1,
-    service_account: str = "workload",
-) -> dict[str, Any]:
-    def field(path: str) -> dict[str, Any]:
-        return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
-
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "serviceAccountName": service_account,
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [
-                        {
-                            "name": "consumer",
-                            "image": "tidescale-test/kafka-consumer",
-                            "env": [
-                                {"name": "KAFKA_BOOTSTRAP", "value": kafka.bootstrap},
-                                {"name": "KAFKA_TOPIC", "value": topic},
-                                {"name": "KAFKA_GROUP", "value": group},
-                                {"name": "WORK_SECONDS", "value": str(work_seconds)},
-                                {"name": "RECORD_FILE", "value": str(record_file)},
-                                {"name": "POD_NAME", **field("metadata.name")},
-                            ],
-                        },
-                        agent_container(name),
-                    ],
-                },
-            },
-        },
-    }
-
-
-def kafka_hints(kafka: Kafka, topic: str, group: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The hints for one Kafka trigger; ``extra`` maps annotation names without the prefix to values."""
-    hints = {
-        "tidescale.io/kafka.bootstrap-servers": kafka.bootstrap,
-        "tidescale.io/kafka.consumer-group": group,
-        "tidescale.io/kafka.topic": topic,
-        "tidescale.io/polling-interval": "1s",
-    }
-    hints.update({f"tidescale.io/{key}": value for key, value in (extra or {}).items()})
-    return hints
-
-
-async def _produce(bootstrap: str, topic: str, ids: list[str]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        for message_id in ids:
-            await producer.send(topic, message_id.encode(), key=message_id.encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-def produce(kafka: Kafka, topic: str, ids: list[str]) -> None:
-    asyncio.run(_produce(kafka.bootstrap, topic, ids))
 
 
 def replicas_of(plane: ControlPlane, namespace: str, name: str) -> int:
