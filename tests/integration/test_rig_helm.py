@@ -24,7 +24,8 @@ metadata:
     {{- include "tidescale.componentLabels" (dict "root" $ "component" "probe") | nindent 4 }}
 data:
   image: {{ include "tidescale.image" . | quote }}
-  serviceAccount: {{ include "tidescale.serviceAccountName" . | quote }}
+  {{- $injector := dict "root" $ "component" "injector" }}
+  serviceAccount: {{ include "tidescale.componentServiceAccountName" $injector | quote }}
   selector: {{ include "tidescale.componentSelectorLabels" (dict "root" $ "component" "probe") | quote }}
 """
 
@@ -57,8 +58,8 @@ def test_the_chart_renders_with_its_default_values(helm: Path) -> None:
     result = _run(helm, "template", "demo", str(CHART), "--namespace", "tidescale-system")
 
     assert result.returncode == 0, result.stderr
-    # Whatever it renders is YAML that parses (the skeleton may render nothing yet).
-    list(yaml.safe_load_all(result.stdout))
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc}
+    assert {"Deployment", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"} <= kinds
 
 
 @pytest.mark.rig
@@ -86,7 +87,7 @@ def test_the_helpers_give_every_resource_the_recommended_labels(helm: Path, tmp_
     result = _run(helm, "template", "demo", str(chart), "--set", "commonLabels.team=payments")
 
     assert result.returncode == 0, result.stderr
-    (probe,) = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    (probe,) = [doc for doc in yaml.safe_load_all(result.stdout) if doc and doc["kind"] == "ConfigMap"]
     chart_meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert probe["metadata"]["name"] == "demo-tidescale-probe"
     assert probe["metadata"]["labels"] == {
@@ -100,7 +101,7 @@ def test_the_helpers_give_every_resource_the_recommended_labels(helm: Path, tmp_
         "team": "payments",
     }
     assert probe["data"]["image"] == f"ghcr.io/tidescale/tidescale:{chart_meta['appVersion']}"
-    assert probe["data"]["serviceAccount"] == "demo-tidescale"
+    assert probe["data"]["serviceAccount"] == "demo-tidescale-injector"
     # Selector labels leave out what changes on upgrade (version, chart): selectors are immutable.
     assert yaml.safe_load(probe["data"]["selector"]) == {
         "app.kubernetes.io/name": "tidescale",
