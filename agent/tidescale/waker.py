@@ -288,14 +288,14 @@ class Waker:
         items = [t for t in self._tracked.values() if t.hint_problem is not None or t.prepare_problem is None]
         gate = asyncio.Semaphore(_MEASURE_CONCURRENCY)
 
-        async def probe(tracked: _Tracked) -> tuple[_Tracked, Probe | None]:
+        async def probe(tracked: _Tracked) -> Probe | None:
             record = tracked.snapshot.record
             epoch = record.epoch if record is not None else 0
             if tracked.hint_problem is not None:
                 # Hints that give nothing to measure can never wake it: a Deployment left at zero
                 # for good is the one outcome worse than an extra pod. Its agents report the hints.
                 why = f"{tracked.hint_problem}; woken so that its agents report it"
-                return tracked, Probe(epoch=epoch, active=True, summary=why)
+                return Probe(epoch=epoch, active=True, summary=why)
             async with gate:
                 results = await asyncio.gather(*(self._measure(s) for s in tracked.triggers))
             failures = [r for r in results if not isinstance(r, Measurement)]
@@ -303,14 +303,18 @@ class Waker:
             if any(m.active for m in measurements):
                 # One active trigger is enough to wake, even if another failed.
                 summary = "; ".join(_describe(m) for m in measurements if m.active)
-                return tracked, Probe(epoch=epoch, active=True, summary=summary)
+                return Probe(epoch=epoch, active=True, summary=summary)
             if failures:
                 _log.info("%s: %s", _name(tracked), "; ".join(str(f) for f in failures))
-                return tracked, None
-            return tracked, Probe(epoch=epoch, active=False)
+                return None
+            return Probe(epoch=epoch, active=False)
 
-        probes = await asyncio.gather(*(probe(t) for t in items))
-        await asyncio.gather(*(self._act(tracked, p) for tracked, p in probes))
+        async def probe_and_act(tracked: _Tracked) -> None:
+            # Each Deployment is decided as soon as its own measurement is in: an active one
+            # does not wait for the rest of a round of a thousand.
+            await self._act(tracked, await probe(tracked))
+
+        await asyncio.gather(*(probe_and_act(t) for t in items))
 
     async def _measure(self, settings: TriggerSettings) -> object:
         try:
