@@ -1,0 +1,193 @@
+"""``make demo``: the local cluster rig with tidescale inside it and a sample consumer
+scaling with its lag.
+
+Brings up the rig (API server, controller manager, Kafka, the pod runner), deploys a
+Kafka consumer whose pods carry the tidescale agent, then produces a burst of
+messages every so often and prints what tidescale does about it, as it happens.
+Ctrl-C stops everything it started; ``DEMO_SECONDS=N`` stops after N seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from tests.integration.rigkube import (
+    apply,
+    consumer_deployment,
+    get,
+    items,
+    kafka_hints,
+    namespace_with_agent_rbac,
+    produce,
+    wait_for,
+)
+from tests.rig.controlplane import ControlPlane
+from tests.rig.kafka import Kafka
+from tests.rig.network import Network
+from tests.rig.paths import RigNotBuilt, new_run_dir
+from tests.rig.podrunner import PodRunner
+from tests.rig.processes import Supervisor
+
+NAMESPACE = "demo"
+DEPLOYMENT = "orders-consumer"
+TOPIC = "orders"
+PARTITIONS = 8
+BURST = 400
+BURST_EVERY = 60.0
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _timed(what: str, start: Any) -> Any:
+    began = time.monotonic()
+    print(f"  {what:<38}", end="", flush=True)
+    result = start()
+    say(f"ready in {time.monotonic() - began:4.1f}s")
+    return result
+
+
+def _replicas(plane: ControlPlane) -> int:
+    return int(get(plane, "deployment", DEPLOYMENT, NAMESPACE)["spec"]["replicas"])
+
+
+def _new_events(plane: ControlPlane, seen: set[str]) -> list[dict[str, Any]]:
+    fresh = []
+    for event in items(plane, "events", NAMESPACE):
+        uid = event["metadata"]["uid"]
+        if uid not in seen and event.get("source", {}).get("component") == "tidescale-agent":
+            seen.add(uid)
+            fresh.append(event)
+    return sorted(fresh, key=lambda e: e.get("lastTimestamp") or "")
+
+
+def run(seconds: float | None) -> None:
+    run_dir = new_run_dir()
+    supervisor = Supervisor(run_dir=run_dir)
+    network = Network().open()
+    runner: PodRunner | None = None
+    try:
+        say("tidescale demo: bringing up the local cluster rig")
+        plane = _timed(
+            "etcd + kube-apiserver + controllers", lambda: ControlPlane.start(supervisor, network, run_dir)
+        )
+        kafka = _timed("Kafka (KRaft, single node)", lambda: Kafka.start(supervisor, network, run_dir))
+        runner = _timed(
+            "pod runner (the kubelet stand-in)",
+            lambda: PodRunner(
+                kubeconfig=plane.admin_kubeconfig, server=plane.server, network=network, run_dir=run_dir
+            ).start(),
+        )
+        say()
+        say(f"  API server   {plane.server}  (Kubernetes {plane.version})")
+        say(f"  Kafka        {kafka.bootstrap}")
+        say(f"  logs         {run_dir}/logs/")
+        say(f"  kubectl      KUBECONFIG={plane.admin_kubeconfig} kubectl get deploy,pods -n {NAMESPACE} -w")
+        say()
+        kafka.create_topic(TOPIC, PARTITIONS)
+        namespace_with_agent_rbac(plane, NAMESPACE)
+        annotations = kafka_hints(
+            kafka,
+            TOPIC,
+            "orders",
+            {
+                "min-replicas": "1",
+                "max-replicas": "6",
+                "kafka.lag-threshold": "50",
+                "scale-down-stabilization": "15s",
+            },
+        )
+        apply(
+            plane,
+            consumer_deployment(
+                DEPLOYMENT,
+                kafka=kafka,
+                topic=TOPIC,
+                group="orders",
+                annotations=annotations,
+                record_file=run_dir / "consumed.txt",
+                work_seconds=0.2,
+            ),
+            namespace=NAMESPACE,
+        )
+        say(f"deployment {NAMESPACE}/{DEPLOYMENT}: a Kafka consumer (0.2 s a message), the agent beside it")
+        say(
+            "hints: "
+            + ", ".join(f"{k.removeprefix('tidescale.io/')}={v}" for k, v in sorted(annotations.items()))
+        )
+        wait_for(
+            "the consumer's first pod", lambda: _replicas(plane) >= 1 and _lease_holder(plane), timeout=120
+        )
+        say(f"agent leading: {_lease_holder(plane)}")
+        say()
+        _watch(plane, kafka, seconds)
+    finally:
+        say("\nstopping: pods, pod runner, Kafka, control plane")
+        if runner is not None:
+            runner.stop()
+        supervisor.stop_all()
+        network.close()
+        say(f"stopped. Logs stay in {run_dir}")
+
+
+def _lease_holder(plane: ControlPlane) -> str | None:
+    with contextlib.suppress(Exception):
+        lease = get(plane, "lease", f"tidescale-{DEPLOYMENT}", NAMESPACE)
+        holder = lease["spec"].get("holderIdentity")
+        return str(holder) if holder else None
+    return None
+
+
+def _watch(plane: ControlPlane, kafka: Kafka, seconds: float | None) -> None:
+    began = time.monotonic()
+    next_burst = began
+    burst_number = 0
+    seen: set[str] = set()
+    last = _replicas(plane)
+    say(f"[{0:6.1f}s] replicas {last}")
+    while seconds is None or time.monotonic() - began < seconds:
+        now = time.monotonic()
+        if now >= next_burst:
+            burst_number += 1
+            ids = [f"b{burst_number}-{i}" for i in range(BURST)]
+            produce(kafka, TOPIC, ids)
+            say(f"[{now - began:6.1f}s] produced a burst of {BURST} messages to {TOPIC}")
+            next_burst = now + BURST_EVERY
+        replicas = _replicas(plane)
+        for event in _new_events(plane, seen):
+            say(f"[{time.monotonic() - began:6.1f}s] Event {event['reason']}: {event['message']}")
+        if replicas != last:
+            say(f"[{time.monotonic() - began:6.1f}s] replicas {last} -> {replicas}")
+            last = replicas
+        time.sleep(0.5)
+
+
+def main() -> int:
+    seconds = float(os.environ["DEMO_SECONDS"]) if os.environ.get("DEMO_SECONDS") else None
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        run(seconds)
+    except RigNotBuilt as missing:
+        print(f"demo: {missing}", file=sys.stderr)
+        return 2
+    except (_Stop, KeyboardInterrupt):
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
