@@ -134,6 +134,8 @@ class Pod(TypedDict, total=False):
 
 
 class ObjectReference(TypedDict):
+    """The object an Event is about. Give the uid: ``kubectl describe`` matches events by it."""
+
     apiVersion: str
     kind: str
     namespace: str

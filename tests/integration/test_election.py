@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -84,7 +85,7 @@ async def campaign(clients: list[KubeClient], lease: str, *, release: bool) -> A
                 identity=identity,
                 timing=TIMING,
                 release_on_cancel=release,
-                on_started_leading=lambda term, who=identity: found.started_leading(who, term),
+                on_started_leading=functools.partial(found.started_leading, identity),
             )
         )
     sampler = asyncio.create_task(found.sample())
@@ -110,7 +111,7 @@ async def test_one_leader_and_a_release_hands_over_within_a_retry_period(clients
         renewed = parse_time(lease["spec"]["renewTime"])
         assert renewed is not None
         assert renewed.utcoffset() is not None
-        assert lease["spec"]["renewTime"].endswith("Z")
+        assert str(lease["spec"]["renewTime"]).endswith("Z")
 
         run.tasks[first].cancel()
         await asyncio.gather(run.tasks[first], return_exceptions=True)

@@ -15,6 +15,7 @@ docstring of tidescale.election shows why anything under 20 % is safe with 15 s 
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 from collections.abc import Callable
@@ -108,7 +109,7 @@ class Simulation:
         t = 0.0
         for step in steps:
             t += step.gap
-            self.at(t, lambda now, s=step: self.step(s, now))
+            self.at(t, functools.partial(self.step, step))
         while self.queue:
             now, _, action = heapq.heappop(self.queue)
             action(now)
@@ -178,7 +179,12 @@ class Simulation:
         if record is None or record.holder != elector.name:
             return
         spec = released_spec(record, now=EPOCH + timedelta(seconds=elector.local(now)))
-        self.at(now + send, lambda _t: self.store.write(spec, record.resource_version))
+        expected = record.resource_version
+
+        def arrive(_at: float) -> None:
+            self.store.write(spec, expected)
+
+        self.at(now + send, arrive)
 
 
 def overlaps(electors: list[Elector]) -> list[tuple[str, str, list[float], list[float]]]:

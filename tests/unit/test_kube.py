@@ -3,6 +3,7 @@ are tested against the rig's API server in tests/integration/test_kube_client.py
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -14,6 +15,7 @@ import pytest
 
 from tidescale.errors import KubeConflict, KubeError, KubeForbidden, KubeUnavailable
 from tidescale.kube import (
+    KubeClient,
     KubeConfig,
     _BearerToken,
     _error_of,
@@ -159,3 +161,42 @@ def test_a_non_status_body_still_gives_the_right_error_class() -> None:
     error = _error_of(503, b"<html>busy</html>", "x")
     assert isinstance(error, KubeUnavailable)
     assert "busy" in str(error)
+
+
+async def _refusing_server() -> tuple[asyncio.Server, list[int]]:
+    """A local port that accepts TCP and hangs up at once: an API server that is not there."""
+    connections: list[int] = []
+
+    async def hang_up(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    return server, connections
+
+
+async def test_a_call_to_an_absent_api_server_is_kube_unavailable() -> None:
+    server, _ = await _refusing_server()
+    port = server.sockets[0].getsockname()[1]
+    async with server, KubeClient(KubeConfig(server=f"https://127.0.0.1:{port}", token="t")) as client:
+        with pytest.raises(KubeUnavailable, match="get lease ns/l"):
+            await client.get_lease("ns", "l")
+
+
+async def test_a_watch_retries_with_backoff_while_the_api_server_is_away_and_ends_on_cancel() -> None:
+    server, connections = await _refusing_server()
+    port = server.sockets[0].getsockname()[1]
+    async with server, KubeClient(KubeConfig(server=f"https://127.0.0.1:{port}", token="t")) as client:
+
+        async def consume() -> None:
+            async for _ in client.watch_pods("ns", "app=x"):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(2.0)
+        assert not task.done()  # no error escaped: it keeps trying
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    # Backoff 0.5 s, 1 s, 2 s...: a few attempts in 2 s, not a hot loop.
+    assert 2 <= len(connections) <= 5

@@ -14,7 +14,7 @@ MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "agent-rbac.yaml"
 def _role_rules() -> set[tuple[str, str, str, str]]:
     documents = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
     (role,) = [d for d in documents if d["kind"] == "Role"]
-    granted = set()
+    granted: set[tuple[str, str, str, str]] = set()
     for rule in role["rules"]:
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
