@@ -122,7 +122,7 @@ def audit_writes(plane: ControlPlane, namespace: str) -> list[dict[str, Any]]:
                 "at": event["stageTimestamp"],
                 "pod": pod,
                 "verb": event["verb"],
-                "resource": ref.get("resource")
+                "resource": str(ref.get("resource", ""))
                 + ("/" + ref["subresource"] if ref.get("subresource") else ""),
                 "name": ref.get("name"),
             }
