@@ -339,7 +339,7 @@ def main() -> int:
             "--kubeconfig",
             str(kubeconfig),
         ]
-        env = {**os.environ, "PYTHONPATH": str(REPO / "agent"), "TIDESCALE_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "PYTHONPATH": str(REPO / "agent"), "TIDESCALE_LOG_LEVEL": "INFO"}
         waker = supervisor.start("bench-waker", argv, env=env)
         rows = asyncio.run(_run(args, kubeconfig, binaries.kubectl, kafka.bootstrap, waker.pid))
     finally:

@@ -272,6 +272,14 @@ class Waker:
                 await self.poll_once()
                 self.last_round_seconds = time.monotonic() - started
                 self.rounds += 1
+                if self.last_round_seconds > self.interval or self.rounds % 60 == 1:
+                    # Rounds longer than the interval are the signal to shard (docs/scale-to-zero.md).
+                    _log.info(
+                        "round: %d Deployments in %.3fs (interval %gs)",
+                        len(self._tracked),
+                        self.last_round_seconds,
+                        self.interval,
+                    )
             # A watch event (a new request) starts the next round at once: acks come fast.
             self._poke.clear()
             remaining = self.interval - (time.monotonic() - started)
