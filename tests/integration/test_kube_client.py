@@ -208,6 +208,18 @@ async def test_deployment_get_watch_and_annotation_patch(
     assert "tidescale.io/status" not in removed["metadata"].get("annotations", {})
 
 
+async def test_a_deployment_merge_patch_with_a_stale_resource_version_conflicts(
+    client: KubeClient, control_plane: ControlPlane
+) -> None:
+    _apply(control_plane, _deployment("conditional", NAMESPACE))
+    stale = (await client.get_deployment(NAMESPACE, "conditional"))["metadata"]["resourceVersion"]
+    patch = {"metadata": {"resourceVersion": stale, "annotations": {"tidescale.io/park-request": "1"}}}
+    patched = await client.patch_deployment(NAMESPACE, "conditional", patch)
+    assert patched["metadata"]["annotations"]["tidescale.io/park-request"] == "1"
+    with pytest.raises(KubeConflict):
+        await client.patch_deployment(NAMESPACE, "conditional", patch)
+
+
 async def test_scale_get_and_patch_with_a_resource_version_precondition(
     client: KubeClient, control_plane: ControlPlane
 ) -> None:
