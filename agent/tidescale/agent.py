@@ -50,7 +50,7 @@ from tidescale.errors import HintsInvalid, KubeConflict, KubeError, LeadershipLo
 from tidescale.hints import Hints, parse_hints
 from tidescale.httpserver import HttpServer, Request, Response
 from tidescale.kube import Deployment, KubeClient, KubeConfig, ObjectReference, Pod
-from tidescale.parking import PARK_RECORD_ANNOTATION, DeploymentSnapshot, leader_step, parse_ack_timeout
+from tidescale.parking import PARK_RECORD_ANNOTATION, DeploymentSnapshot, leader_step
 from tidescale.policy import Decision, History, decide
 from tidescale.rbac import describe_missing, missing_permissions
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, Source, TriggerSettings
@@ -493,6 +493,10 @@ class _Leadership:
                         await self.tick(hints, agent.deployment)
                     except KubeError as error:
                         _log.warning("leader tick failed: %s", error)
+                    except Exception:
+                        # A bug in one tick must not take the agent (and its probes) down: say so
+                        # loudly and try again next interval.
+                        _log.exception("leader tick failed unexpectedly")
                 await asyncio.sleep(hints.polling_interval if hints else 1.0)
         finally:
             peers.cancel()
@@ -586,7 +590,6 @@ class _Leadership:
     async def _park_step(self, hints: Hints, readings: Sequence[Reading], *, idle: bool) -> None:
         agent, env = self.agent, self.agent.env
         deployment = await agent._client.get_deployment(env.namespace, env.deployment)
-        annotations = (deployment.get("metadata") or {}).get("annotations") or {}
         step = leader_step(
             DeploymentSnapshot.from_object(deployment),
             me=env.pod_name,
@@ -594,7 +597,7 @@ class _Leadership:
             my_epoch=self.park_epoch,
             idle=idle,
             now=_utc_now(),
-            ack_timeout=parse_ack_timeout(annotations),
+            ack_timeout=hints.park_ack_timeout,
             triggers=tuple(settings.name for settings in hints.triggers),
             last_offsets=_log_end_offsets(readings),
         )

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 PREFIX = "tidescale.io/"
-AGENT_OWNED = ("status", "park-*")
+AGENT_OWNED = ("status", "park-record", "park-epoch")
 """Keys under the prefix the agent writes itself (not hints; never validated)."""
 
 _TRIGGER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -120,6 +120,8 @@ class Hints:
     wake_replicas: int = 1
     polling_interval: float = 1.0
     cooldown: float = 300.0
+    park_ack_timeout: float = 30.0
+    """How long the leader waits for the waker to acknowledge a park request."""
     tolerance: float = 0.1
     scale_up: ScalingRules = _DEFAULT_UP
     scale_down: ScalingRules = _DEFAULT_DOWN
@@ -252,6 +254,15 @@ KNOBS: tuple[Knob, ...] = (
         meaning="How long every trigger must stay inactive before going to zero (only with min-replicas 0).",
         example="10m",
         parse=_duration(),
+    ),
+    Knob(
+        name="park-ack-timeout",
+        type="duration",
+        default="30s",
+        meaning="How long the leader waits for the waker to acknowledge a park request before it "
+        "gives up, stays at its replicas and emits a WakerUnavailable Event (only with min-replicas 0).",
+        example="1m",
+        parse=_duration(1.0, 600.0),
     ),
     Knob(
         name="tolerance",
@@ -432,7 +443,7 @@ def _parse(annotations: Mapping[str, str]) -> tuple[Hints | None, tuple[HintErro
 
 
 def _agent_owned(name: str) -> bool:
-    return name == "status" or name.startswith("park-")
+    return name in AGENT_OWNED
 
 
 def _knob(values: Mapping[str, Any], name: str) -> Any:
@@ -516,6 +527,7 @@ def _assemble(
         wake_replicas=_knob(values, "wake-replicas"),
         polling_interval=_knob(values, "polling-interval"),
         cooldown=_knob(values, "cooldown"),
+        park_ack_timeout=_knob(values, "park-ack-timeout"),
         tolerance=_knob(values, "tolerance"),
         scale_up=ScalingRules(
             stabilization=_knob(values, "scale-up-stabilization"),

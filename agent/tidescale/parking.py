@@ -26,11 +26,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NotRequired, TypedDict
 
-from tidescale._values import parse_duration
-
 __all__ = [
     "DEFAULT_ACK_TIMEOUT",
-    "PARK_ACK_TIMEOUT_ANNOTATION",
     "PARK_EPOCH_ANNOTATION",
     "PARK_LABEL",
     "PARK_RECORD_ANNOTATION",
@@ -46,7 +43,6 @@ __all__ = [
     "Write",
     "format_time",
     "leader_step",
-    "parse_ack_timeout",
     "parse_time",
     "waker_step",
 ]
@@ -54,9 +50,8 @@ __all__ = [
 PARK_LABEL = "tidescale.io/park"
 PARK_RECORD_ANNOTATION = "tidescale.io/park-record"
 PARK_EPOCH_ANNOTATION = "tidescale.io/park-epoch"
-PARK_ACK_TIMEOUT_ANNOTATION = "tidescale.io/park-ack-timeout"
 DEFAULT_ACK_TIMEOUT = 30.0
-"""Seconds the leader waits for the waker's ack before giving up and staying at its replicas."""
+"""Seconds the leader waits for the waker's ack before giving up (hint ``park-ack-timeout``)."""
 
 
 class ParkState(StrEnum):
@@ -522,11 +517,3 @@ def _wake(
         event=Event(reason="Woken", message=f"scaled 0 -> {wake_replicas}{found}"),
         why=why,
     )
-
-
-def parse_ack_timeout(annotations: Mapping[str, str]) -> float:
-    """``tidescale.io/park-ack-timeout`` (duration, default 30s, 1s to 10m); raises HintError."""
-    value = annotations.get(PARK_ACK_TIMEOUT_ANNOTATION)
-    if value is None:
-        return DEFAULT_ACK_TIMEOUT
-    return parse_duration(PARK_ACK_TIMEOUT_ANNOTATION, value, minimum=1.0, maximum=600.0)

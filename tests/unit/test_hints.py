@@ -173,8 +173,15 @@ def test_durations_print_in_the_hints_own_notation() -> None:
 
 
 def test_annotations_the_agent_writes_itself_are_not_hints() -> None:
-    given = {P + "status": "{not: hints}", P + "park-epoch": "7", P + "park-request": "whatever", **KAFKA}
+    given = {P + "status": "{not: hints}", P + "park-epoch": "7", P + "park-record": "whatever", **KAFKA}
     assert validate_hints(given) == ()
+
+
+def test_the_park_ack_timeout_is_a_hint_checked_like_any_other() -> None:
+    assert parse_hints({**KAFKA}).park_ack_timeout == 30.0
+    assert parse_hints({P + "park-ack-timeout": "1m", **KAFKA}).park_ack_timeout == 60.0
+    (problem,) = validate_hints({P + "park-ack-timeout": "30", **KAFKA})
+    assert problem.annotation == P + "park-ack-timeout"
 
 
 def test_several_named_triggers_each_have_their_type_and_metric() -> None:

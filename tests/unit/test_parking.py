@@ -8,10 +8,7 @@ from typing import Any
 
 import pytest
 
-from tidescale.errors import HintError
 from tidescale.parking import (
-    DEFAULT_ACK_TIMEOUT,
-    PARK_ACK_TIMEOUT_ANNOTATION,
     PARK_EPOCH_ANNOTATION,
     PARK_LABEL,
     PARK_RECORD_ANNOTATION,
@@ -23,7 +20,6 @@ from tidescale.parking import (
     WakerAction,
     format_time,
     leader_step,
-    parse_ack_timeout,
     parse_time,
     waker_step,
 )
@@ -152,13 +148,6 @@ def test_the_last_epoch_is_the_larger_of_the_counter_and_the_record() -> None:
     assert snapshot(record(epoch=4), **{PARK_EPOCH_ANNOTATION: "3"}).last_epoch == 4
 
 
-def test_the_ack_timeout_defaults_to_30s_and_is_a_hint() -> None:
-    assert parse_ack_timeout({}) == DEFAULT_ACK_TIMEOUT == 30.0
-    assert parse_ack_timeout({PARK_ACK_TIMEOUT_ANNOTATION: "1m"}) == 60.0
-    with pytest.raises(HintError, match="park-ack-timeout"):
-        parse_ack_timeout({PARK_ACK_TIMEOUT_ANNOTATION: "30"})
-
-
 # -- the leader ---------------------------------------------------------------------------------
 
 
@@ -210,7 +199,7 @@ def test_after_the_ack_a_busy_leader_removes_its_record_and_keeps_its_replicas()
 
 
 def test_the_leader_waits_for_the_ack_until_the_timeout() -> None:
-    snap = snapshot(record(ParkState.REQUESTED), **{PARK_ACK_TIMEOUT_ANNOTATION: "10s"})
+    snap = snapshot(record(ParkState.REQUESTED))
     waiting = lead(snap, now=T0 + timedelta(seconds=9.9), ack_timeout=10.0)
     assert (waiting.action, waiting.write, waiting.epoch) == (LeaderAction.NONE, None, 4)
 

@@ -149,7 +149,7 @@ def test_a_deployment_without_tidescale_annotations_passes_untouched() -> None:
 
 
 def test_only_agent_written_annotations_count_as_no_hints() -> None:
-    obj = deployment({"tidescale.io/status": "{}", "tidescale.io/park-request": "x"}, labelled=False)
+    obj = deployment({"tidescale.io/status": "{}", "tidescale.io/park-record": "x"}, labelled=False)
     assert response_of(validate(review_of(deployment_request(obj)), STRICT).body) == {
         "uid": "dep-1",
         "allowed": True,
