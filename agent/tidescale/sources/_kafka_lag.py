@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tidescale.sources._kafka_settings import KafkaSettings
@@ -31,13 +32,18 @@ __all__ = [
     "KafkaSnapshot",
     "PartitionLag",
     "PartitionOffsets",
+    "assemble_snapshot",
     "decode_assignment",
+    "fetch_plan",
     "kafka_measurement",
     "local_partitions",
+    "needs_log_start",
     "own_members",
     "partition_lag",
     "select_partitions",
 ]
+
+TopicPartition = tuple[str, int]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -210,3 +216,63 @@ def select_partitions(
             and (settings.partitions is None or p in settings.partitions)
         )
     )
+
+
+def needs_log_start(settings: KafkaSettings) -> bool:
+    """Whether an uncommitted partition's lag needs its log-start offset (the earliest rule)."""
+    return settings.offset_reset_policy == "earliest" and not settings.scale_to_zero_on_invalid_offset
+
+
+def assemble_snapshot(
+    settings: KafkaSettings,
+    *,
+    layout: Mapping[str, int],
+    wanted: Sequence[TopicPartition],
+    committed: Mapping[TopicPartition, int | None],
+    log_end: Mapping[TopicPartition, int],
+    log_start: Mapping[TopicPartition, int],
+    scope: Scope,
+) -> KafkaSnapshot:
+    """One trigger's snapshot from offsets read for it alone or for a whole batch (the maps may hold
+    other triggers' partitions too: only ``wanted`` is read, so both paths give the same snapshot)."""
+    return KafkaSnapshot(
+        partitions=tuple(
+            PartitionOffsets(
+                topic=t,
+                partition=p,
+                committed=committed.get((t, p)),
+                log_end=log_end[(t, p)],
+                log_start=log_start.get((t, p)),
+            )
+            for t, p in wanted
+        ),
+        topic_partitions=len(select_partitions(layout, settings)),
+        scope=scope,
+    )
+
+
+def fetch_plan(
+    wanted: Mapping[KafkaSettings, Sequence[TopicPartition] | None],
+) -> dict[str, tuple[tuple[str, tuple[int, ...]], ...] | None]:
+    """What one batched OffsetFetch asks each consumer group for: the union of the partitions its
+    triggers want, or None (every committed offset) when one of them names no topic and its topics are
+    only known from the answer. ``wanted`` maps a trigger to its partitions, or None for no topic."""
+    unions: dict[str, set[TopicPartition] | None] = {}
+    for settings, partitions in wanted.items():
+        group = settings.consumer_group
+        if partitions is None:
+            unions[group] = None
+        elif group not in unions:
+            unions[group] = set(partitions)
+        elif (union := unions[group]) is not None:
+            union.update(partitions)
+    plan: dict[str, tuple[tuple[str, tuple[int, ...]], ...] | None] = {}
+    for group, union in unions.items():
+        if union is None:
+            plan[group] = None
+            continue
+        by_topic: dict[str, list[int]] = defaultdict(list)
+        for topic, partition in sorted(union):
+            by_topic[topic].append(partition)
+        plan[group] = tuple((topic, tuple(parts)) for topic, parts in sorted(by_topic.items()))
+    return plan

@@ -16,13 +16,14 @@ steady state is the lower figure):
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound, SourceTimeout
 from tidescale.sources._kafka_lag import (
@@ -30,15 +31,18 @@ from tidescale.sources._kafka_lag import (
     KafkaSnapshot,
     PartitionLag,
     PartitionOffsets,
+    assemble_snapshot,
     decode_assignment,
+    fetch_plan,
     kafka_measurement,
     local_partitions,
+    needs_log_start,
     own_members,
     partition_lag,
     select_partitions,
 )
 from tidescale.sources._kafka_settings import KAFKA_FIELDS, KafkaSettings, parse_kafka_settings
-from tidescale.sources.base import Measurement, Scope, TriggerSettings
+from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings
 
 __all__ = [
     "KAFKA_FIELDS",
@@ -114,6 +118,52 @@ class KafkaSource:
         self._previous[key] = snapshot
         return measurement
 
+    async def measure_many(
+        self, settings: Iterable[TriggerSettings]
+    ) -> dict[KafkaSettings, Measurement | MeasurementFailure]:
+        """Group-wide measurements of many triggers of this cluster in one batch (the waker's poll).
+
+        Equal settings are measured once. Per round: one OffsetFetch per group coordinator for all
+        the groups it coordinates (v8, several groups per request; one per group on brokers older
+        than 3.0), one ListOffsets per partition leader for the union of every trigger's
+        partitions (and one more for log-start offsets where the earliest rule needs them).
+        Coordinator and metadata lookups are cached as for :meth:`measure`. A failure that
+        concerns one group or topic fails only the triggers naming it; the batch's time limit is
+        the longest ``timeout`` among the triggers. Never raises a SourceError."""
+        batch: list[KafkaSettings] = []
+        for s in dict.fromkeys(settings):
+            if not isinstance(s, KafkaSettings):
+                raise TypeError(f"KafkaSource cannot measure {type(s).__name__}")
+            batch.append(s)
+        if not batch:
+            return {}
+        outcomes: Mapping[KafkaSettings, KafkaSnapshot | SourceError]
+        try:
+            if self._closed:
+                raise SourceError("the Kafka source is closed")
+            limit = max(s.timeout for s in batch)
+            try:
+                async with asyncio.timeout(limit):
+                    outcomes = await self.snapshot_many(batch)
+            except TimeoutError as exc:
+                raise SourceTimeout(
+                    f"Kafka at {self._servers} did not answer within {limit:g}s while reading "
+                    f"{len(batch)} triggers' groups: check the brokers' load and network, or raise timeout"
+                ) from exc
+        except SourceError as exc:
+            outcomes = dict.fromkeys(batch, exc)
+        results: dict[KafkaSettings, Measurement | MeasurementFailure] = {}
+        taken_at = time.monotonic()
+        for s in batch:
+            outcome = outcomes[s]
+            if isinstance(outcome, SourceError):
+                results[s] = MeasurementFailure(trigger=s.name, error=str(outcome), taken_at=taken_at)
+                continue
+            key = (s, Scope.GROUP)
+            results[s] = kafka_measurement(outcome, s, previous=self._previous.get(key), taken_at=taken_at)
+            self._previous[key] = outcome
+        return results
+
     def forget(self, settings: TriggerSettings) -> None:
         """Drop the state kept for a removed trigger (its previous snapshots)."""
         for key in [k for k in self._previous if k[0] == settings]:
@@ -146,6 +196,182 @@ class KafkaSource:
         except OSError as exc:
             raise BrokerUnreachable(f"lost the connection to Kafka at {self._servers}: {exc}") from exc
 
+    async def snapshot_many(
+        self, batch: Sequence[KafkaSettings]
+    ) -> dict[KafkaSettings, KafkaSnapshot | SourceError]:
+        """GROUP-scope snapshots of many triggers; raises a SourceError only for what fails them all."""
+        from aiokafka.errors import KafkaError
+
+        try:
+            for attempt in range(5):
+                try:
+                    return await self._snapshot_batch(batch)
+                except _Retry:
+                    await asyncio.sleep(0.1 * (attempt + 1))
+            raise SourceTimeout(
+                f"a group coordinator or partition leader on Kafka at {self._servers} stayed unavailable: "
+                "check the brokers' logs (__consumer_offsets may still be loading)"
+            )
+        except KafkaError as exc:
+            raise self._translate(exc, batch[0]) from exc
+        except OSError as exc:
+            raise BrokerUnreachable(f"lost the connection to Kafka at {self._servers}: {exc}") from exc
+
+    async def _snapshot_batch(
+        self, batch: Sequence[KafkaSettings]
+    ) -> dict[KafkaSettings, KafkaSnapshot | SourceError]:
+        # Connect first: a cluster that cannot be reached fails the batch once, not once per group.
+        await self._ensure_client()
+        failed: dict[KafkaSettings, SourceError] = {}
+        groups = sorted({s.consumer_group for s in batch})
+        looked_up = await asyncio.gather(*map(self._coordinator_or_error, groups))
+        coordinators = dict(zip(groups, looked_up, strict=True))
+        for s in batch:
+            if isinstance(found := coordinators[s.consumer_group], SourceError):
+                failed[s] = found
+        # Partitions of the triggers that name their topics; None for the others, whose topics
+        # are those their group has committed offsets for.
+        await self._ensure_metadata(frozenset(t for s in batch if s not in failed for t in s.topics))
+        named: dict[KafkaSettings, Sequence[tuple[str, int]] | None] = {}
+        for s in batch:
+            if s in failed:
+                continue
+            try:
+                named[s] = select_partitions(self._partition_counts(s.topics), s) if s.topics else None
+            except SourceError as exc:
+                failed[s] = exc
+        plan = fetch_plan(named)
+        committed = await self._committed_batch(
+            {g: (cast(int, coordinators[g]), wanted) for g, wanted in plan.items()}
+        )
+        topics: dict[KafkaSettings, tuple[str, ...]] = {}
+        for s in named:
+            offsets = committed[s.consumer_group]
+            if isinstance(offsets, SourceError):
+                failed[s] = offsets
+            elif s.topics:
+                topics[s] = s.topics
+            elif found_topics := tuple(sorted({t for t, _ in offsets})):
+                topics[s] = found_topics
+            else:
+                failed[s] = SourceNotFound(
+                    f"consumer group {s.consumer_group!r} has no committed offsets on Kafka at "
+                    f"{self._servers}, so there are no topics to measure: check the group name, or set topic"
+                )
+        await self._ensure_metadata(frozenset(t for names in topics.values() for t in names))
+        layouts: dict[KafkaSettings, dict[str, int]] = {}
+        wanted: dict[KafkaSettings, tuple[tuple[str, int], ...]] = {}
+        for s, names in topics.items():
+            try:
+                layouts[s] = self._partition_counts(names)
+            except SourceError as exc:
+                failed[s] = exc
+                continue
+            wanted[s] = select_partitions(layouts[s], s)
+        topic_errors: dict[str, SourceError] = {}
+        log_end = await self._list_offsets(
+            sorted({tp for parts in wanted.values() for tp in parts}), _LATEST, topic_errors
+        )
+        uncommitted = sorted(
+            {
+                tp
+                for s, parts in wanted.items()
+                if needs_log_start(s)
+                for tp in parts
+                if cast(dict[tuple[str, int], int | None], committed[s.consumer_group]).get(tp) is None
+            }
+        )
+        log_start = await self._list_offsets(uncommitted, _EARLIEST, topic_errors) if uncommitted else {}
+        results: dict[KafkaSettings, KafkaSnapshot | SourceError] = dict(failed)
+        for s, parts in wanted.items():
+            if problem := next((topic_errors[t] for t, _ in parts if t in topic_errors), None):
+                results[s] = problem
+                continue
+            results[s] = assemble_snapshot(
+                s,
+                layout=layouts[s],
+                wanted=parts,
+                committed=cast(dict[tuple[str, int], int | None], committed[s.consumer_group]),
+                log_end=log_end,
+                log_start=log_start,
+                scope=Scope.GROUP,
+            )
+        return results
+
+    async def _coordinator_or_error(self, group: str) -> int | SourceError:
+        """The group's coordinator, or why it cannot be known (a _Retry still retries the batch)."""
+        from aiokafka.errors import KafkaError
+
+        try:
+            return await self._coordinator(group)
+        except SourceError as exc:
+            return exc
+        except KafkaError as exc:
+            return SourceError(f"Kafka at {self._servers} answered FindCoordinator {group!r} with {exc!r}")
+
+    async def _committed_batch(
+        self, plan: Mapping[str, tuple[int, tuple[tuple[str, tuple[int, ...]], ...] | None]]
+    ) -> dict[str, dict[tuple[str, int], int | None] | SourceError]:
+        """Committed offsets of many groups: one OffsetFetch per coordinator (v8 takes several
+        groups); on brokers without v8, one OffsetFetch per group, all sent at once."""
+        from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
+
+        by_coordinator: dict[int, list[str]] = defaultdict(list)
+        for group, (coordinator, _wanted) in sorted(plan.items()):
+            by_coordinator[coordinator].append(group)
+        results: dict[str, dict[tuple[str, int], int | None] | SourceError] = {}
+        retry = False
+
+        async def fetch(coordinator: int, groups: list[str]) -> None:
+            nonlocal retry
+            request = _offset_fetch_groups()([(g, plan[g][1]) for g in groups])
+            try:
+                response = await self._send(coordinator, request)
+            except (IncompatibleBrokerVersion, NotImplementedError):
+                answers = await asyncio.gather(
+                    *(self._committed_one(g, coordinator, plan[g][1]) for g in groups)
+                )
+                results.update(zip(groups, answers, strict=True))
+                return
+            for group_id, topics, error_code, _tags in response.groups:
+                # v8 partitions: (partition, offset, leader epoch, metadata, error code, tags)
+                entries = [(t, [(p[0], p[1], p[3], p[4]) for p in parts]) for t, parts, _ in topics or ()]
+                try:
+                    results[group_id] = self._committed_of(group_id, error_code, entries)
+                except _Retry:
+                    self._coordinators.pop(group_id, None)
+                    retry = True
+                except SourceError as exc:
+                    results[group_id] = exc
+                except KafkaError as exc:
+                    results[group_id] = SourceError(
+                        f"Kafka at {self._servers} answered OffsetFetch {group_id!r} with {exc!r}"
+                    )
+
+        await asyncio.gather(*(fetch(c, groups) for c, groups in by_coordinator.items()))
+        if retry:
+            raise _Retry
+        for group in plan.keys() - results.keys():
+            results[group] = SourceError(f"Kafka at {self._servers} left group {group!r} out of its answer")
+        return results
+
+    async def _committed_one(
+        self, group: str, coordinator: int, wanted: tuple[tuple[str, tuple[int, ...]], ...] | None
+    ) -> dict[tuple[str, int], int | None] | SourceError:
+        """One group's committed offsets through the single-group OffsetFetch (brokers before 3.0)."""
+        partitions = None if wanted is None else [(t, p) for t, parts in wanted for p in parts]
+        from aiokafka.errors import KafkaError
+
+        try:
+            return await self._committed(group, coordinator, partitions)
+        except _Retry:
+            self._coordinators.pop(group, None)
+            raise
+        except SourceError as exc:
+            return exc
+        except KafkaError as exc:
+            return SourceError(f"Kafka at {self._servers} answered OffsetFetch {group!r} with {exc!r}")
+
     async def _snapshot(self, settings: KafkaSettings, scope: Scope) -> KafkaSnapshot:
         group = settings.consumer_group
         coordinator = await self._coordinator(group)
@@ -175,22 +401,15 @@ class KafkaSource:
                 wanted = select_partitions(layout, settings)
         log_end = await self._list_offsets(wanted, _LATEST)
         uncommitted = [tp for tp in wanted if committed.get(tp) is None]
-        needs_start = (
-            settings.offset_reset_policy == "earliest" and not settings.scale_to_zero_on_invalid_offset
-        )
-        log_start = await self._list_offsets(uncommitted, _EARLIEST) if needs_start and uncommitted else {}
-        return KafkaSnapshot(
-            partitions=tuple(
-                PartitionOffsets(
-                    topic=t,
-                    partition=p,
-                    committed=committed.get((t, p)),
-                    log_end=log_end[(t, p)],
-                    log_start=log_start.get((t, p)),
-                )
-                for t, p in wanted
-            ),
-            topic_partitions=len(select_partitions(layout, settings)),
+        needs_start = needs_log_start(settings) and uncommitted
+        log_start = await self._list_offsets(uncommitted, _EARLIEST) if needs_start else {}
+        return assemble_snapshot(
+            settings,
+            layout=layout,
+            wanted=wanted,
+            committed=committed,
+            log_end=log_end,
+            log_start=log_start,
             scope=scope,
         )
 
@@ -323,7 +542,6 @@ class KafkaSource:
     async def _committed(
         self, group: str, coordinator: int, partitions: Iterable[tuple[str, int]] | None
     ) -> dict[tuple[str, int], int | None]:
-        from aiokafka.errors import for_code
         from aiokafka.protocol.commit import OffsetFetchRequest
 
         request_partitions: list[tuple[str, list[int]]] | None = None
@@ -333,7 +551,14 @@ class KafkaSource:
                 by_topic[topic].append(partition)
             request_partitions = sorted(by_topic.items())
         response = await self._send(coordinator, OffsetFetchRequest(group, request_partitions))
-        top_error = getattr(response, "error_code", 0)
+        return self._committed_of(group, getattr(response, "error_code", 0), response.topics)
+
+    def _committed_of(
+        self, group: str, top_error: int, topics: Iterable[tuple[str, Iterable[tuple[int, int, Any, int]]]]
+    ) -> dict[tuple[str, int], int | None]:
+        """One group's part of an OffsetFetch answer, as (topic, [(partition, offset, metadata, error)])."""
+        from aiokafka.errors import for_code
+
         if top_error in (_COORDINATOR_NOT_AVAILABLE, _NOT_COORDINATOR, _LOAD_IN_PROGRESS):
             raise _Retry
         if top_error == _GROUP_AUTH_FAILED:
@@ -341,7 +566,7 @@ class KafkaSource:
         if top_error:
             raise for_code(top_error)(f"OffsetFetch {group!r}")
         committed: dict[tuple[str, int], int | None] = {}
-        for topic, entries in response.topics:
+        for topic, entries in topics:
             for partition, offset, _metadata, error_code in entries:
                 if error_code == _TOPIC_AUTH_FAILED:
                     raise self._auth_error(f"topic {topic!r}")
@@ -357,10 +582,20 @@ class KafkaSource:
         wanted = frozenset(topics)
         if not wanted:
             return {}  # a pod whose members own nothing yet: no metadata to ask for
+        await self._ensure_metadata(wanted)
+        return self._partition_counts(wanted)
+
+    async def _ensure_metadata(self, wanted: frozenset[str]) -> None:
+        """Refresh the cached metadata when it is stale or lacks one of ``wanted``."""
+        if not wanted:
+            return
         fresh = time.monotonic() - self._metadata_at < _METADATA_MAX_AGE
         if self._metadata is None or not fresh or not wanted <= self._metadata_topics:
             await self._refresh_metadata(wanted | (self._metadata_topics if fresh else frozenset()))
-        metadata = self._metadata
+
+    def _partition_counts(self, wanted: Iterable[str]) -> dict[str, int]:
+        """Partition counts from the cached metadata; a topic it lacks is a SourceError."""
+        metadata, wanted = self._metadata, tuple(wanted)
         missing = sorted(t for t in wanted if metadata.partitions_for_topic(t) is None)
         if missing and (missing_unauthorized := [t for t in missing if t in metadata.unauthorized_topics]):
             raise self._auth_error(f"topic {missing_unauthorized[0]!r}")
@@ -383,9 +618,15 @@ class KafkaSource:
         self._metadata, self._metadata_topics, self._metadata_at = metadata, topics, time.monotonic()
 
     async def _list_offsets(
-        self, partitions: Iterable[tuple[str, int]], timestamp: int
+        self,
+        partitions: Iterable[tuple[str, int]],
+        timestamp: int,
+        topic_errors: dict[str, SourceError] | None = None,
     ) -> dict[tuple[str, int], int]:
-        """One ListOffsets request per partition leader, sent concurrently."""
+        """One ListOffsets request per partition leader, sent concurrently.
+
+        A topic we may not read raises, unless ``topic_errors`` is given (a batch): then it is
+        recorded there and only the triggers naming that topic fail."""
         from aiokafka.errors import for_code
         from aiokafka.protocol.offset import OffsetRequest
         from aiokafka.structs import TopicPartition
@@ -408,6 +649,16 @@ class KafkaSource:
                     if error_code in (6, 3):  # NOT_LEADER / UNKNOWN_TOPIC: the layout moved
                         self._metadata_at = 0.0
                         raise _Retry
+                    if error_code and topic_errors is not None:
+                        topic_errors[topic] = (
+                            self._auth_error(f"topic {topic!r}")
+                            if error_code == _TOPIC_AUTH_FAILED
+                            else SourceError(
+                                f"Kafka at {self._servers} answered ListOffsets {topic}/{partition} with "
+                                f"{for_code(error_code).__name__}"
+                            )
+                        )
+                        continue
                     if error_code == _TOPIC_AUTH_FAILED:
                         raise self._auth_error(f"topic {topic!r}")
                     if error_code:
@@ -442,6 +693,103 @@ class KafkaSource:
                 "broker's advertised listener is reachable from this pod"
             )
         return SourceError(f"Kafka at {self._servers} answered with an error: {exc!r}")
+
+
+@functools.cache
+def _offset_fetch_groups() -> Callable[
+    [list[tuple[str, tuple[tuple[str, tuple[int, ...]], ...] | None]]], Any
+]:
+    """OffsetFetch v8 (KIP-709, Kafka 3.0+), which aiokafka lacks: several groups in one request.
+
+    Built on first use so that importing this module never imports aiokafka. The negotiated
+    version is v8 or, on older brokers, IncompatibleBrokerVersion / NotImplementedError at send."""
+    from aiokafka.protocol.api import Request, RequestStruct, Response
+    from aiokafka.protocol.types import (
+        Boolean,
+        CompactArray,
+        CompactString,
+        Int16,
+        Int32,
+        Int64,
+        Schema,
+        TaggedFields,
+    )
+
+    class OffsetFetchResponseV8(Response):  # type: ignore[misc]  # aiokafka is untyped here
+        API_KEY = 9
+        API_VERSION = 8
+        SCHEMA = Schema(
+            ("throttle_time_ms", Int32),
+            (
+                "groups",
+                CompactArray(
+                    ("group_id", CompactString("utf-8")),
+                    (
+                        "topics",
+                        CompactArray(
+                            ("name", CompactString("utf-8")),
+                            (
+                                "partitions",
+                                CompactArray(
+                                    ("partition_index", Int32),
+                                    ("committed_offset", Int64),
+                                    ("committed_leader_epoch", Int32),
+                                    ("metadata", CompactString("utf-8")),
+                                    ("error_code", Int16),
+                                    ("tags", TaggedFields),
+                                ),
+                            ),
+                            ("tags", TaggedFields),
+                        ),
+                    ),
+                    ("error_code", Int16),
+                    ("tags", TaggedFields),
+                ),
+            ),
+            ("tags", TaggedFields),
+        )
+
+    class OffsetFetchRequestV8(RequestStruct):  # type: ignore[misc]
+        FLEXIBLE_VERSION = True
+        API_KEY = 9
+        API_VERSION = 8
+        RESPONSE_TYPE = OffsetFetchResponseV8
+        SCHEMA = Schema(
+            (
+                "groups",
+                CompactArray(
+                    ("group_id", CompactString("utf-8")),
+                    (
+                        "topics",
+                        CompactArray(
+                            ("name", CompactString("utf-8")),
+                            ("partition_indexes", CompactArray(Int32)),
+                            ("tags", TaggedFields),
+                        ),
+                    ),
+                    ("tags", TaggedFields),
+                ),
+            ),
+            ("require_stable", Boolean),
+            ("tags", TaggedFields),
+        )
+
+    class OffsetFetchGroupsRequest(Request[OffsetFetchRequestV8]):  # type: ignore[misc]
+        API_KEY = 9
+
+        def __init__(self, groups: list[tuple[str, tuple[tuple[str, tuple[int, ...]], ...] | None]]) -> None:
+            self._groups = groups
+
+        def build(self, request_struct_class: type[OffsetFetchRequestV8]) -> OffsetFetchRequestV8:
+            groups: list[tuple[str, list[tuple[str, list[int], dict[int, bytes]]] | None, dict[int, bytes]]]
+            groups = [
+                (group, None if topics is None else [(t, list(parts), {}) for t, parts in topics], {})
+                for group, topics in self._groups
+            ]
+            # require_stable False: the committed offsets as they are, as the single-group request reads them.
+            return request_struct_class(groups, False, {})
+
+    return OffsetFetchGroupsRequest
 
 
 def _env(name: str | None) -> str | None:
