@@ -10,10 +10,8 @@ maps to .venv/bin/tidescale), with the chart's ServiceAccounts, RBAC and certifi
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -30,41 +28,14 @@ from tests.integration.rigkube import (
     wait_for,
 )
 from tests.rig.controlplane import ControlPlane
+from tests.rig.helm import CHART, Helm
 from tests.rig.kafka import Kafka
 from tests.rig.podrunner import PodRunner
-from tests.unit.test_chart_render import CHART, helm
 
 pytestmark = pytest.mark.rig
 
 AGENT = "tidescale-agent"
 INJECT_LABEL = {"tidescale.io/inject": "true"}
-
-
-class Helm:
-    """The rig's helm against the rig's API server, with its own config and cache folders."""
-
-    def __init__(self, plane: ControlPlane, home: Path) -> None:
-        self._env = {
-            **os.environ,
-            "HELM_CONFIG_HOME": str(home / "config"),
-            "HELM_CACHE_HOME": str(home / "cache"),
-            "HELM_DATA_HOME": str(home / "data"),
-            "KUBECONFIG": str(plane.admin_kubeconfig),
-        }
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(helm()), *args],
-            capture_output=True,
-            text=True,
-            env=self._env,
-            stdin=subprocess.DEVNULL,
-            timeout=300,
-            check=False,
-        )
-        if check:
-            assert result.returncode == 0, f"helm {' '.join(args)}: {result.stdout}{result.stderr}"
-        return result
 
 
 def ready_pods(plane: ControlPlane, namespace: str, component: str) -> list[str]:

@@ -1,9 +1,12 @@
 """``make demo``: the local cluster rig with tidescale inside it and a sample consumer
-scaling with its lag.
+scaling with its lag, down to zero and back.
 
-Brings up the rig (API server, controller manager, Kafka, the pod runner), deploys a
-Kafka consumer whose pods carry the tidescale agent, then produces a burst of
-messages every so often and prints what tidescale does about it, as it happens.
+Brings up the rig (API server, controller manager, Kafka, the pod runner), installs
+tidescale with its Helm chart (the injector and the waker run as pods), opts a team
+namespace in with the one RoleBinding line, deploys a Kafka consumer labelled for
+injection with hints (min-replicas 0), then produces a burst of messages every so
+often and prints what tidescale does about it, as it happens: scale-up, scale-down,
+the handoff to the waker at zero, and the wake-up on the next burst.
 Ctrl-C stops everything it started; ``DEMO_SECONDS=N`` stops after N seconds.
 """
 
@@ -22,23 +25,24 @@ from tests.integration.rigkube import (
     get,
     items,
     kafka_hints,
-    namespace_with_agent_rbac,
     produce,
     wait_for,
 )
 from tests.rig.controlplane import ControlPlane
+from tests.rig.helm import CHART, Helm
 from tests.rig.kafka import Kafka
 from tests.rig.network import Network
 from tests.rig.paths import RigNotBuilt, new_run_dir
 from tests.rig.podrunner import PodRunner
 from tests.rig.processes import Supervisor
 
-NAMESPACE = "demo"
+NAMESPACE = "shop"
+SYSTEM = "tidescale-system"
 DEPLOYMENT = "orders-consumer"
 TOPIC = "orders"
 PARTITIONS = 8
 BURST = 400
-BURST_EVERY = 60.0
+BURST_EVERY = 90.0
 
 
 def say(text: str = "") -> None:
@@ -98,33 +102,40 @@ def run(seconds: float | None) -> None:
         say(f"  logs         {run_dir}/logs/")
         say(f"  kubectl      KUBECONFIG={plane.admin_kubeconfig} kubectl get deploy,pods -n {NAMESPACE} -w")
         say()
+        _install(plane, run_dir)
         kafka.create_topic(TOPIC, PARTITIONS)
-        namespace_with_agent_rbac(plane, NAMESPACE)
         annotations = kafka_hints(
             kafka,
             TOPIC,
             "orders",
             {
-                "min-replicas": "1",
+                "min-replicas": "0",
                 "max-replicas": "6",
                 "kafka.lag-threshold": "50",
                 "scale-down-stabilization": "15s",
+                "cooldown": "20s",
             },
         )
-        apply(
-            plane,
-            consumer_deployment(
-                DEPLOYMENT,
-                kafka=kafka,
-                topic=TOPIC,
-                group="orders",
-                annotations=annotations,
-                record_file=run_dir / "consumed.txt",
-                work_seconds=0.2,
-            ),
-            namespace=NAMESPACE,
+        deployment = consumer_deployment(
+            DEPLOYMENT,
+            kafka=kafka,
+            topic=TOPIC,
+            group="orders",
+            annotations=annotations,
+            record_file=run_dir / "consumed.txt",
+            work_seconds=0.2,
         )
-        say(f"deployment {NAMESPACE}/{DEPLOYMENT}: a Kafka consumer (0.2 s a message), the agent beside it")
+        # Opted in by the label alone: the injector adds the agent (drop the hand-written one).
+        template = deployment["spec"]["template"]
+        template["metadata"]["labels"]["tidescale.io/inject"] = "true"
+        template["spec"]["containers"] = [
+            c for c in template["spec"]["containers"] if c["name"] != "tidescale-agent"
+        ]
+        apply(plane, deployment, namespace=NAMESPACE)
+        say(
+            f"deployment {NAMESPACE}/{DEPLOYMENT}: a Kafka consumer (0.2 s a message), "
+            "labelled tidescale.io/inject"
+        )
         say(
             "hints: "
             + ", ".join(f"{k.removeprefix('tidescale.io/')}={v}" for k, v in sorted(annotations.items()))
@@ -132,6 +143,9 @@ def run(seconds: float | None) -> None:
         wait_for(
             "the consumer's first pod", lambda: _replicas(plane) >= 1 and _lease_holder(plane), timeout=120
         )
+        pod = items(plane, "pods", NAMESPACE, f"app={DEPLOYMENT}")[0]
+        containers = [c["name"] for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]]
+        say(f"pod {pod['metadata']['name']}: containers {', '.join(containers)} (the agent injected)")
         say(f"agent leading: {_lease_holder(plane)}")
         say()
         _watch(plane, kafka, seconds)
@@ -142,6 +156,41 @@ def run(seconds: float | None) -> None:
         supervisor.stop_all()
         network.close()
         say(f"stopped. Logs stay in {run_dir}")
+
+
+def _install(plane: ControlPlane, run_dir: Any) -> None:
+    """helm install, as a platform team would; then a team opts its namespace in, as NOTES.txt says."""
+    helm = Helm(plane, run_dir / "helm")
+    began = time.monotonic()
+    print(f"  {'helm install tidescale (chart)':<38}", end="", flush=True)
+    helm("install", "tidescale", str(CHART), "--namespace", SYSTEM, "--create-namespace")
+    for component in ("injector", "waker"):
+        wait_for(
+            f"the {component} pods to be Ready",
+            lambda component=component: _ready(plane, SYSTEM, component),
+            timeout=120,
+        )
+    say(f"ready in {time.monotonic() - began:4.1f}s")
+    plane.kubectl("create", "namespace", NAMESPACE)
+    apply(
+        plane,
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "workload"}},
+        namespace=NAMESPACE,
+    )
+    line = ["create", "rolebinding", "tidescale-agent", "--clusterrole=tidescale-agent"]
+    plane.kubectl(*line, f"--serviceaccount={NAMESPACE}:workload", "-n", NAMESPACE)
+    say(
+        f"team namespace {NAMESPACE}: kubectl {' '.join(line)} "
+        f"--serviceaccount={NAMESPACE}:workload -n {NAMESPACE}"
+    )
+
+
+def _ready(plane: ControlPlane, namespace: str, component: str) -> bool:
+    pods = items(plane, "pods", namespace, f"app.kubernetes.io/component={component}")
+    return bool(pods) and all(
+        any(c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", []))
+        for p in pods
+    )
 
 
 def _lease_holder(plane: ControlPlane) -> str | None:
