@@ -205,3 +205,162 @@ async def _produce(bootstrap: str, topic: str, ids: list[str]) -> None:
 
 def produce(kafka: Kafka, topic: str, ids: list[str]) -> None:
     asyncio.run(_produce(kafka.bootstrap, topic, ids))
+
+
+# -- scale to zero: the waker, RabbitMQ consumers -----------------------------------------------
+
+WAKER_RBAC = REPO_ROOT / "deploy" / "waker-rbac.yaml"
+WAKER_NAMESPACE = "tidescale-system"
+WAKER_ACCOUNT = "tidescale-waker"
+
+
+def waker_rbac(plane: ControlPlane, secret_namespaces: Iterable[str] = ()) -> Path:
+    """deploy/waker-rbac.yaml as shipped, its credentials RoleBinding repeated for each of
+    ``secret_namespaces`` (as the chart does); returns a kubeconfig acting as the waker's account."""
+    plane.kubectl("create", "namespace", WAKER_NAMESPACE, check=False)
+    documents = [doc for doc in yaml.safe_load_all(WAKER_RBAC.read_text()) if doc]
+
+    def per_namespace(doc: dict[str, Any]) -> bool:
+        return bool(doc["kind"] == "RoleBinding" and doc["metadata"]["name"] == "tidescale-waker-credentials")
+
+    shipped = [doc for doc in documents if not per_namespace(doc)]
+    template = next(doc for doc in documents if per_namespace(doc))
+    bindings = [
+        {**template, "metadata": {**template["metadata"], "namespace": namespace}}
+        for namespace in secret_namespaces
+    ]
+    apply(plane, *shipped, *bindings)
+    return plane.service_account_kubeconfig(WAKER_NAMESPACE, WAKER_ACCOUNT)
+
+
+def waker_argv(
+    kubeconfig: Path,
+    *,
+    identity: str,
+    lease_name: str,
+    secret_namespaces: Iterable[str] = (),
+    interval: float = 0.5,
+) -> list[str]:
+    """``tidescale waker`` as the chart runs it, outside a pod: own Lease, own identity."""
+    return [
+        str(REPO_ROOT / ".venv" / "bin" / "tidescale"),
+        "waker",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--lease-namespace",
+        WAKER_NAMESPACE,
+        "--lease-name",
+        lease_name,
+        "--identity",
+        identity,
+        "--interval",
+        str(interval),
+        "--secret-namespaces",
+        ",".join(secret_namespaces),
+    ]
+
+
+def rabbitmq_hints(
+    management_url: str, queue: str, secret: str, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """One RabbitMQ trigger: the agent reads credentials from its environment (RABBITMQ_USERNAME,
+    RABBITMQ_PASSWORD, see ``rabbitmq_consumer_deployment``), the waker from Secret ``secret``."""
+    hints = {
+        "tidescale.io/rabbitmq.management-url": management_url,
+        "tidescale.io/rabbitmq.queue": queue,
+        "tidescale.io/rabbitmq.username-env": "RABBITMQ_USERNAME",
+        "tidescale.io/rabbitmq.password-env": "RABBITMQ_PASSWORD",
+        "tidescale.io/rabbitmq.credentials-secret": secret,
+        "tidescale.io/polling-interval": "1s",
+    }
+    hints.update({f"tidescale.io/{key}": value for key, value in (extra or {}).items()})
+    return hints
+
+
+def rabbitmq_consumer_deployment(
+    name: str,
+    *,
+    amqp_url: str,
+    queue: str,
+    secret: str,
+    annotations: dict[str, str],
+    record_file: Path,
+    replicas: int = 1,
+    work_seconds: float = 0.05,
+    service_account: str = "workload",
+) -> dict[str, Any]:
+    """The sample RabbitMQ consumer with the agent beside it; the agent's credentials come from
+    Secret ``secret`` (keys username, password) through secretKeyRef."""
+
+    def secret_key(key: str) -> dict[str, Any]:
+        return {"valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+    agent = agent_container(name)
+    agent["env"] = [
+        *agent["env"],
+        {"name": "RABBITMQ_USERNAME", **secret_key("username")},
+        {"name": "RABBITMQ_PASSWORD", **secret_key("password")},
+    ]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "serviceAccountName": service_account,
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [
+                        {
+                            "name": "consumer",
+                            "image": "tidescale-test/rabbitmq-consumer",
+                            "env": [
+                                {"name": "RABBITMQ_URL", "value": amqp_url},
+                                {"name": "RABBITMQ_QUEUE", "value": queue},
+                                {"name": "WORK_SECONDS", "value": str(work_seconds)},
+                                {"name": "RECORD_FILE", "value": str(record_file)},
+                            ],
+                        },
+                        agent,
+                    ],
+                },
+            },
+        },
+    }
+
+
+async def _publish(amqp_url: str, queue: str, ids: list[str]) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        for message_id in ids:
+            message = aio_pika.Message(message_id.encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            await channel.default_exchange.publish(message, routing_key=queue)
+    finally:
+        await connection.close()
+
+
+def publish(amqp_url: str, queue: str, ids: list[str]) -> None:
+    """Publishes each id as one persistent message to ``queue`` (which must exist), confirmed."""
+    asyncio.run(_publish(amqp_url, queue, ids))
+
+
+def declare_queue(amqp_url: str, queue: str) -> None:
+    """A durable queue, as the sample consumer declares it (so messages before any consumer stay)."""
+
+    async def declare() -> None:
+        import aio_pika
+
+        connection = await aio_pika.connect(amqp_url)
+        try:
+            channel = await connection.channel()
+            await channel.declare_queue(queue, durable=True)
+        finally:
+            await connection.close()
+
+    asyncio.run(declare())
