@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -30,7 +33,7 @@ from tidescale.sources._rabbitmq_depth import (
     rabbitmq_measurement,
 )
 from tidescale.sources._rabbitmq_settings import RABBITMQ_FIELDS, RabbitMQSettings, parse_rabbitmq_settings
-from tidescale.sources.base import Measurement, Scope, TriggerSettings
+from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings
 
 __all__ = [
     "RABBITMQ_FIELDS",
@@ -48,6 +51,8 @@ __all__ = [
 
 _PAGE_SIZE = 500
 _PATTERN_COLUMNS = "name,messages_ready,messages_unacknowledged,consumers,message_stats.publish_details.rate"
+_COLUMNS = _PATTERN_COLUMNS
+"""What a batch lists of every queue of a vhost: the fields ``queue_stats_from_api`` reads."""
 
 
 class RabbitMQSource:
@@ -89,6 +94,90 @@ class RabbitMQSource:
                 raise type(exc)(str(exc), trigger=settings.name) from exc
             raise
         return rabbitmq_measurement(snapshot, settings, time.monotonic())
+
+    async def measure_many(
+        self, settings: Iterable[TriggerSettings]
+    ) -> dict[RabbitMQSettings, Measurement | MeasurementFailure]:
+        """Group-wide measurements of many triggers of this broker in one batch (the waker's poll).
+
+        Management-API triggers cost one ``GET /api/queues/{vhost}`` per vhost (only the columns the
+        arithmetic reads), whatever their number and whether they name a queue or a pattern. AMQP
+        triggers are measured one by one (a passive declare per queue; there is no listing).
+        Equal settings are measured once. Never raises a SourceError."""
+        batch: list[RabbitMQSettings] = []
+        for s in dict.fromkeys(settings):
+            if not isinstance(s, RabbitMQSettings):
+                raise TypeError(f"RabbitMQSource cannot measure {type(s).__name__}")
+            batch.append(s)
+        by_vhost: dict[str, list[RabbitMQSettings]] = defaultdict(list)
+        for s in batch:
+            if s.uses_management:
+                by_vhost[s.vhost].append(s)
+        results: dict[RabbitMQSettings, Measurement | MeasurementFailure] = {}
+
+        async def one(s: RabbitMQSettings) -> None:
+            try:
+                results[s] = await self.measure(s, Scope.GROUP)
+            except SourceError as exc:
+                results[s] = MeasurementFailure(trigger=s.name, error=str(exc), taken_at=time.monotonic())
+
+        async def vhost(name: str, members: list[RabbitMQSettings]) -> None:
+            snapshots = await self._vhost_snapshots(name, members)
+            taken_at = time.monotonic()
+            for s in members:
+                found = snapshots[s]
+                results[s] = (
+                    MeasurementFailure(trigger=s.name, error=str(found), taken_at=taken_at)
+                    if isinstance(found, SourceError)
+                    else rabbitmq_measurement(found, s, taken_at)
+                )
+
+        await asyncio.gather(
+            *(vhost(name, members) for name, members in by_vhost.items()),
+            *(one(s) for s in batch if not s.uses_management),
+        )
+        return results
+
+    async def _vhost_snapshots(
+        self, vhost: str, members: list[RabbitMQSettings]
+    ) -> dict[RabbitMQSettings, RabbitMQSnapshot | SourceError]:
+        """Snapshots of the triggers of one vhost from one listing of its queues."""
+        limit = max(s.timeout for s in members)
+        try:
+            if self._closed:
+                raise SourceError("the RabbitMQ source is closed")
+            try:
+                async with asyncio.timeout(limit):
+                    listing = await self._get(f"/api/queues/{quote(vhost, safe='')}", {"columns": _COLUMNS})
+            except TimeoutError as exc:
+                raise SourceTimeout(
+                    f"{self._where} did not list the queues of vhost {vhost!r} within {limit:g}s: check the "
+                    "broker's load, or raise timeout"
+                ) from exc
+            if listing is None:
+                raise SourceNotFound(f"{self._where} has no vhost {vhost!r}: check vhost")
+        except SourceError as exc:
+            return dict.fromkeys(members, exc)
+        queues = {str(item.get("name")): item for item in listing if isinstance(item, dict)}
+        return {s: self._snapshot_from_listing(s, queues) for s in members}
+
+    def _snapshot_from_listing(
+        self, settings: RabbitMQSettings, queues: Mapping[str, Mapping[str, Any]]
+    ) -> RabbitMQSnapshot | SourceError:
+        if settings.queue is not None:
+            names = [settings.queue] if settings.queue in queues else []
+            what = f"queue {settings.queue!r}"
+        else:
+            pattern = re.compile(settings.queue_pattern or "")
+            names = sorted(name for name in queues if pattern.fullmatch(name))
+            what = f"queue matching {settings.queue_pattern!r}"
+        if not names:
+            return SourceNotFound(
+                f"{self._where} has no {what} in vhost {settings.vhost!r}: check the queue name and that "
+                "the consumers declared it"
+            )
+        stats = tuple(queue_stats_from_api(queues[name]) for name in names)
+        return RabbitMQSnapshot(queues=stats, via="management")
 
     def forget(self, settings: TriggerSettings) -> None:
         """Nothing is kept per trigger."""
@@ -171,8 +260,6 @@ class RabbitMQSource:
         return RabbitMQSnapshot(queues=tuple(queues), via="management")
 
     async def _matching_queues(self, settings: RabbitMQSettings) -> list[QueueStats]:
-        import re
-
         pattern = re.compile(settings.queue_pattern or "")
         vhost = quote(settings.vhost, safe="")
         queues: list[QueueStats] = []
