@@ -48,17 +48,17 @@ from tidescale.errors import (
 from tidescale.hints import parse_hints
 from tidescale.kube import Deployment, KubeClient, KubeConfig, ObjectReference, WatchEvent
 from tidescale.parking import PARK_LABEL, DeploymentSnapshot, Probe, WakerAction, WakerDecision, waker_step
-from tidescale.sources.base import Measurement, Scope, TriggerSettings
+from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings
 from tidescale.sources.registry import SourcePool, measure_safely
 
-__all__ = ["Waker", "WakerClient", "main"]
+__all__ = ["Waker", "WakerClient", "by_cluster", "main"]
 
 _log = logging.getLogger("tidescale.waker")
 
 DEFAULT_INTERVAL = 1.0
 DEFAULT_LEASE = "tidescale-waker"
-_MEASURE_CONCURRENCY = 256
-"""Measurements in flight at once; they share a few connections, so this bounds memory, not sockets."""
+_CLUSTER_CONCURRENCY = 32
+"""Cluster batches in flight at once (each is a few requests over that cluster's one connection)."""
 
 
 class WakerClient(KubeClient):
@@ -289,12 +289,20 @@ class Waker:
                         await self._poke.wait()
 
     async def poll_once(self) -> None:
-        """Measure every tracked Deployment's triggers, then decide and write for each."""
+        """Measure every tracked Deployment's triggers, then decide and write for each.
+
+        The triggers of all Deployments are measured in batches, one per broker cluster
+        (:func:`by_cluster`): one ``measure_many`` of the cluster's source per round, whatever the
+        number of Deployments naming it (docs/scale-to-zero.md, "What one round costs")."""
         for tracked in list(self._tracked.values()):
             if tracked.hint_problem is None:
                 await self._prepare(tracked)
         items = [t for t in self._tracked.values() if t.hint_problem is not None or t.prepare_problem is None]
-        gate = asyncio.Semaphore(_MEASURE_CONCURRENCY)
+        gate = asyncio.Semaphore(_CLUSTER_CONCURRENCY)
+        batches = {
+            key: asyncio.ensure_future(self._measure_cluster(members, gate))
+            for key, members in by_cluster(t.triggers for t in items if t.hint_problem is None).items()
+        }
 
         async def probe(tracked: _Tracked) -> Probe | None:
             record = tracked.snapshot.record
@@ -304,8 +312,7 @@ class Waker:
                 # for good is the one outcome worse than an extra pod. Its agents report the hints.
                 why = f"{tracked.hint_problem}; woken so that its agents report it"
                 return Probe(epoch=epoch, active=True, summary=why)
-            async with gate:
-                results = await asyncio.gather(*(self._measure(s) for s in tracked.triggers))
+            results = [(await batches[_cluster_of(s)])[s] for s in tracked.triggers]
             failures = [r for r in results if not isinstance(r, Measurement)]
             measurements = [r for r in results if isinstance(r, Measurement)]
             if any(m.active for m in measurements):
@@ -318,22 +325,45 @@ class Waker:
             return Probe(epoch=epoch, active=False)
 
         async def probe_and_act(tracked: _Tracked) -> None:
-            # Each Deployment is decided as soon as its own measurement is in: an active one
-            # does not wait for the rest of a round of a thousand.
+            # Each Deployment is decided as soon as its clusters' batches are in: an active one
+            # does not wait for the batches of clusters it does not name.
             await self._act(tracked, await probe(tracked))
 
-        await asyncio.gather(*(probe_and_act(t) for t in items))
-
-    async def _measure(self, settings: TriggerSettings) -> object:
         try:
-            source = await self._pool.acquire(settings)
-        except SourceError as exc:
-            return exc
-        try:
-            result = await measure_safely(source, settings, Scope.GROUP)
+            await asyncio.gather(*(probe_and_act(t) for t in items))
         finally:
-            await self._pool.release(settings)
-        return result if isinstance(result, Measurement) else result.error
+            for batch in batches.values():
+                batch.cancel()
+            await asyncio.gather(*batches.values(), return_exceptions=True)
+
+    async def _measure_cluster(
+        self, members: list[TriggerSettings], gate: asyncio.Semaphore
+    ) -> dict[TriggerSettings, Measurement | str]:
+        """One cluster's batch: each trigger's measurement, or why it failed (worded for a person)."""
+        async with gate:
+            try:
+                source = await self._pool.acquire(members[0])
+            except SourceError as exc:
+                return dict.fromkeys(members, str(exc))
+            try:
+                measure_many = getattr(source, "measure_many", None)
+                if callable(measure_many):
+                    found = cast(Mapping[TriggerSettings, object], await measure_many(members))
+                else:  # a source without batches: one by one, concurrently
+                    singles = [measure_safely(source, s, Scope.GROUP) for s in members]
+                    found = dict(zip(members, await asyncio.gather(*singles), strict=True))
+            finally:
+                await self._pool.release(members[0])
+        results: dict[TriggerSettings, Measurement | str] = {}
+        for settings in members:
+            result = found.get(settings)
+            if isinstance(result, Measurement):
+                results[settings] = result
+            elif isinstance(result, MeasurementFailure):
+                results[settings] = result.error
+            else:
+                results[settings] = "the source gave no measurement"
+        return results
 
     async def _act(self, tracked: _Tracked, probe: Probe | None) -> None:
         tracked.probe = probe
@@ -405,6 +435,23 @@ class Waker:
             _log.warning("%s: event %s not recorded: %s", _name_of(snapshot), event.reason, exc)
         if decision.action is WakerAction.WAKE:
             _log.info("%s: %s", _name_of(snapshot), event.message)
+
+
+def by_cluster(
+    triggers: Iterable[Iterable[TriggerSettings]],
+) -> dict[tuple[object, ...], list[TriggerSettings]]:
+    """The distinct triggers of many Deployments, grouped by the broker cluster they name (their
+    ``cluster_key``, the pool's key): one batch each. Equal settings, however many Deployments give
+    them, are one trigger to measure; the order is that of first appearance."""
+    batches: dict[tuple[object, ...], dict[TriggerSettings, None]] = {}
+    for settings_of_one in triggers:
+        for settings in settings_of_one:
+            batches.setdefault(_cluster_of(settings), {})[settings] = None
+    return {key: list(members) for key, members in batches.items()}
+
+
+def _cluster_of(settings: TriggerSettings) -> tuple[object, ...]:
+    return cast(tuple[object, ...], cast(Any, settings).cluster_key)
 
 
 def _describe(measurement: Measurement) -> str:

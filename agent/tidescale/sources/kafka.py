@@ -11,6 +11,9 @@ steady state is the lower figure):
   [+ ListOffsets earliest, per leader, only under earliest with uncommitted partitions].
 - LOCAL scope: DescribeGroups (1) + the same, restricted to this pod's partitions.
 - Cache misses add FindCoordinator (1) and Metadata (1).
+- A batch (:meth:`KafkaSource.measure_many`, the waker's poll), GROUP scope, any number of
+  triggers: OffsetFetch v8 (1 per group coordinator, every group it coordinates in one request)
+  + ListOffsets latest (1 per partition leader, for the union of every trigger's partitions).
 """
 
 from __future__ import annotations
@@ -52,9 +55,12 @@ __all__ = [
     "KafkaSource",
     "PartitionLag",
     "PartitionOffsets",
+    "assemble_snapshot",
     "decode_assignment",
+    "fetch_plan",
     "kafka_measurement",
     "local_partitions",
+    "needs_log_start",
     "own_members",
     "parse_kafka_settings",
     "partition_lag",

@@ -8,6 +8,8 @@ Requests per measurement: management API, one queue: 1 GET (plus 1 GET per own
 channel in LOCAL scope, for its unacknowledged count and deliver rate); a
 pattern: 1 GET per page of 500 queues. AMQP: one passive declare on a fresh
 channel (a failed passive declare closes its channel, so channels are not reused).
+A batch (:meth:`RabbitMQSource.measure_many`, the waker's poll): 1 GET per vhost for every
+management-API trigger, whatever its number.
 """
 
 from __future__ import annotations
