@@ -132,6 +132,15 @@ class Observer:
         finally:
             await self._client.aclose()
 
+    def read_label(self, background: Background) -> str | None:
+        """The park label as a fresh GET finds it now (milliseconds, unlike kubectl)."""
+
+        async def read() -> str | None:
+            obj = await self._client.get_deployment(self.namespace, self.name)
+            return ((obj.get("metadata") or {}).get("labels") or {}).get(PARK_LABEL)
+
+        return background.run(read())
+
     def replicas_now(self) -> int | None:
         """spec.replicas of the newest version seen (None before the first)."""
         with self._changed:
@@ -320,6 +329,16 @@ class Setup:
         )
 
 
+def wait_no_pods(plane: ControlPlane, setup: Setup) -> None:
+    """Every pod gone: a message produced now can only be consumed after a wake (until then, a
+    pod shutting down after the park may still take it, which is fine but proves nothing)."""
+    wait_for(
+        "the consumer pods gone",
+        lambda: not items(plane, "pods", setup.namespace, f"app={setup.name}"),
+        timeout=30,
+    )
+
+
 def events(plane: ControlPlane, namespace: str, reason: str) -> list[dict[str, Any]]:
     return [e for e in items(plane, "events", namespace) if e.get("reason") == reason]
 
@@ -407,11 +426,7 @@ def test_a_kafka_deployment_drains_to_zero_through_the_handoff_and_wakes_on_the_
     requested = setup.observer.wait_label("requested", timeout=60)
     watching = setup.observer.wait_label("watching", timeout=15, after=requested)
     parked = setup.observer.wait_parked(timeout=15, after=watching)
-    wait_for(
-        "the consumer pods gone",
-        lambda: not items(control_plane, "pods", setup.namespace, f"app={setup.name}"),
-        timeout=30,
-    )
+    wait_no_pods(control_plane, setup)
     time.sleep(2.0)  # several polls of an idle group: it stays parked
     assert setup.observer.replicas_now() == 0
 
@@ -482,4 +497,163 @@ def test_a_rabbitmq_deployment_drains_to_zero_through_the_handoff_and_wakes_on_t
     print(f"rabbitmq wake latency {observer.states[awake].at - sent:.2f}s")
     setup.wait_consumed(set(first) | set(second))
     assert events(control_plane, namespace, "Woken")
+    observer.check_invariants()
+
+
+# -- 2. races -----------------------------------------------------------------------------------
+
+# A consumer that takes a second per message keeps each message's lag visible for that second,
+# so whoever measures during the race (the leader or the waker) sees it.
+SLOW = 1.0
+
+
+def lease_holder(plane: ControlPlane, namespace: str, deployment: str) -> str | None:
+    for lease in items(plane, "lease", namespace):
+        if lease["metadata"]["name"] == f"tidescale-{deployment}":
+            return lease["spec"].get("holderIdentity") or None
+    return None
+
+
+def wake_once_more(plane: ControlPlane, setup: Setup, ids: KafkaIds, *, after: int) -> None:
+    """The handoff completes after the race (parked again), and the next message wakes it."""
+    parked = setup.observer.wait_parked(timeout=60, after=after)
+    wait_no_pods(plane, setup)
+    message = ids.send(1)
+    setup.observer.wait_awake(timeout=20, after=parked)
+    setup.wait_consumed(set(message))
+
+
+@pytest.mark.parametrize("step", ["before-request", "request-to-ack", "ack-to-park"])
+def test_messages_produced_during_each_step_of_the_handoff_are_all_consumed(
+    control_plane: ControlPlane,
+    pod_runner: PodRunner,
+    kafka: Kafka,
+    rig_supervisor: Supervisor,
+    rig_run_dir: Path,
+    background: Background,
+    teardown: list[Callable[[], None]],
+    step: str,
+) -> None:
+    setup, ids = kafka_setup(
+        control_plane, rig_supervisor, background, kafka, rig_run_dir, f"stz-{step}", work_seconds=SLOW
+    )
+    arm(teardown, control_plane, setup, ids)
+    observer, waker = setup.observer, setup.waker
+    waker.start()
+    # The leader's cooldown (3 s) starts when it wins the Lease: the request comes after it.
+    wait_for("a leader", lambda: lease_holder(control_plane, setup.namespace, setup.name), timeout=60)
+
+    if step == "before-request":
+        mark = len(observer.states)
+        sent = ids.send(3)
+        # Proof of the step: after the messages were in, there was still no request.
+        assert observer.read_label(background) is None
+    elif step == "request-to-ack":
+        waker.signal(signal.SIGSTOP)  # a waker that has not got round to it yet
+        mark = observer.wait_label("requested", timeout=30)
+        sent = ids.send(3)
+        assert observer.read_label(background) == "requested"
+        waker.signal(signal.SIGCONT)
+    else:
+        mark = observer.wait_label("watching", timeout=30)
+        sent = ids.send(3)
+        # The leader's next tick (1 s polling) has not written the park yet.
+        assert observer.read_label(background) == "watching"
+
+    setup.wait_consumed(set(sent))
+    wake_once_more(control_plane, setup, ids, after=mark)
+    setup.wait_consumed(ids.produced)
+    observer.check_invariants()
+
+
+@pytest.mark.parametrize("step", ["requested", "watching", "parked"])
+def test_a_waker_killed_and_restarted_at_each_step_still_wakes_the_deployment(
+    control_plane: ControlPlane,
+    pod_runner: PodRunner,
+    kafka: Kafka,
+    rig_supervisor: Supervisor,
+    rig_run_dir: Path,
+    background: Background,
+    teardown: list[Callable[[], None]],
+    step: str,
+) -> None:
+    setup, ids = kafka_setup(
+        control_plane, rig_supervisor, background, kafka, rig_run_dir, f"stz-kill-{step}"
+    )
+    arm(teardown, control_plane, setup, ids)
+    observer, waker = setup.observer, setup.waker
+    waker.start()
+    wait_for("a leader", lambda: lease_holder(control_plane, setup.namespace, setup.name), timeout=60)
+
+    if step == "requested":
+        # Frozen so that it has seen the request but not acked it when the SIGKILL comes.
+        waker.signal(signal.SIGSTOP)
+        at = observer.wait_label("requested", timeout=30)
+        waker.kill()
+        assert observer.read_label(background) == "requested"
+        waker.start()
+        parked = observer.wait_parked(timeout=30, after=at)
+        wait_no_pods(control_plane, setup)
+        sent = ids.send(1)
+    elif step == "watching":
+        at = observer.wait_label("watching", timeout=30)
+        waker.kill()
+        # The leader needs nothing more from the waker after the ack: it parks without one.
+        parked = observer.wait_parked(timeout=30, after=at)
+        wait_no_pods(control_plane, setup)
+        sent = ids.send(1)  # while no waker runs at all
+        time.sleep(1.0)
+        waker.start()
+    else:
+        parked = observer.wait_parked(timeout=60)
+        waker.kill()
+        wait_no_pods(control_plane, setup)
+        sent = ids.send(1)  # while no waker runs at all
+        time.sleep(1.0)
+        assert observer.replicas_now() == 0
+        waker.start()
+
+    observer.wait_awake(timeout=30, after=parked)
+    setup.wait_consumed(set(sent))
+    observer.check_invariants()
+
+
+def test_a_waker_that_never_acks_leaves_the_deployment_at_one_with_a_waker_unavailable_event(
+    control_plane: ControlPlane,
+    pod_runner: PodRunner,
+    kafka: Kafka,
+    rig_supervisor: Supervisor,
+    rig_run_dir: Path,
+    background: Background,
+    teardown: list[Callable[[], None]],
+) -> None:
+    setup, ids = kafka_setup(
+        control_plane,
+        rig_supervisor,
+        background,
+        kafka,
+        rig_run_dir,
+        "stz-noack",
+        extra={"park-ack-timeout": "5s"},
+    )
+    arm(teardown, control_plane, setup, ids)
+    observer = setup.observer  # no waker is started
+    requested = observer.wait_label("requested", timeout=60)
+    asked_at = observer.states[requested].at
+    aborted = observer.wait_label(None, timeout=20, after=requested)
+    waited = observer.states[aborted].at - asked_at
+    assert 4.0 <= waited <= 12.0, f"the request was withdrawn {waited:.1f}s after it was made"
+
+    def unavailable() -> list[dict[str, Any]]:
+        return events(control_plane, setup.namespace, "WakerUnavailable")
+
+    event = wait_for("the WakerUnavailable event", unavailable, timeout=10)[0]
+    assert event["type"] == "Warning"
+    assert "5s" in event["message"]
+    time.sleep(3.0)  # and it keeps running, whatever it asks next
+    assert observer.replicas_now() == 1
+    assert all(seen.replicas == 1 for seen in observer.states), "scaled while no waker acknowledged"
+    assert not events(control_plane, setup.namespace, "Parked")
+    sent = ids.send(3)
+    setup.wait_consumed(set(sent))
     observer.check_invariants()
