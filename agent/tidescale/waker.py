@@ -27,7 +27,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,6 +123,8 @@ class Waker:
         self._pool = SourcePool()
         self._tracked: dict[tuple[str, str], _Tracked] = {}
         self._poke = asyncio.Event()
+        self._dirty: set[tuple[str, str]] = set()
+        """Deployments changed by watch events since they were last measured."""
         self._synced = asyncio.Event()
         self.rounds = 0
         """Completed poll rounds (tests and the benchmark read it)."""
@@ -154,6 +156,7 @@ class Waker:
                             await self._untrack(snapshot.key)
                         else:
                             await self._observe(snapshot)
+                            self._dirty.add(snapshot.key)
                         self._synced.set()
                         self._poke.set()
             except KubeError as exc:
@@ -266,10 +269,17 @@ class Waker:
         await self._synced.wait()
 
     async def _poll_forever(self) -> None:
+        due = time.monotonic()
         while True:
-            started = time.monotonic()
-            if self._leading():
+            self._poke.clear()
+            if not self._leading():
+                self._dirty.clear()
+                due = time.monotonic() + self.interval
+            elif time.monotonic() >= due:
+                started = time.monotonic()
+                self._dirty.clear()
                 await self.poll_once()
+                due = started + self.interval
                 self.last_round_seconds = time.monotonic() - started
                 self.rounds += 1
                 if self.last_round_seconds > self.interval or self.rounds % 60 == 1:
@@ -280,24 +290,30 @@ class Waker:
                         self.last_round_seconds,
                         self.interval,
                     )
-            # A watch event (a new request) starts the next round at once: acks come fast.
-            self._poke.clear()
-            remaining = self.interval - (time.monotonic() - started)
+            elif self._dirty:
+                # A watch event (a new request, changed hints) is measured at once, so acks come
+                # fast; only the Deployments it touched: status updates of a thousand parked
+                # Deployments must not each cost a round of all of them.
+                keys, self._dirty = self._dirty, set()
+                await self.poll_once(keys)
+            remaining = due - time.monotonic()
             if remaining > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):
                         await self._poke.wait()
 
-    async def poll_once(self) -> None:
-        """Measure every tracked Deployment's triggers, then decide and write for each.
+    async def poll_once(self, keys: Collection[tuple[str, str]] | None = None) -> None:
+        """Measure every tracked Deployment's triggers (or only those of ``keys``, (namespace, name)
+        pairs), then decide and write for each.
 
         The triggers of all Deployments are measured in batches, one per broker cluster
         (:func:`by_cluster`): one ``measure_many`` of the cluster's source per round, whatever the
         number of Deployments naming it (docs/scale-to-zero.md, "What one round costs")."""
-        for tracked in list(self._tracked.values()):
+        chosen = [t for k, t in self._tracked.items() if keys is None or k in keys]
+        for tracked in chosen:
             if tracked.hint_problem is None:
                 await self._prepare(tracked)
-        items = [t for t in self._tracked.values() if t.hint_problem is not None or t.prepare_problem is None]
+        items = [t for t in chosen if t.hint_problem is not None or t.prepare_problem is None]
         gate = asyncio.Semaphore(_CLUSTER_CONCURRENCY)
         batches = {
             key: asyncio.ensure_future(self._measure_cluster(members, gate))
