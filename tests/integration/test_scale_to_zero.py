@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import random
 import signal
 import threading
 import time
@@ -657,3 +658,71 @@ def test_a_waker_that_never_acks_leaves_the_deployment_at_one_with_a_waker_unava
     sent = ids.send(3)
     setup.wait_consumed(set(sent))
     observer.check_invariants()
+
+
+# -- 3. many cycles -----------------------------------------------------------------------------
+
+CYCLES = 30
+SEED = 20261128
+
+
+def test_thirty_park_wake_cycles_with_random_bursts_and_pauses_consume_every_message_within_bounds(
+    control_plane: ControlPlane,
+    pod_runner: PodRunner,
+    kafka: Kafka,
+    rig_supervisor: Supervisor,
+    rig_run_dir: Path,
+    background: Background,
+    teardown: list[Callable[[], None]],
+) -> None:
+    """Each cycle: parked with no pod left, a random pause, a burst that wakes it; then often a
+    second burst, after a random pause or the moment the next handoff is requested or acknowledged,
+    so it lands while the Deployment runs, hands over, or is parked again. The watch sees every
+    version of the Deployment, so the bounds are checked on every replica count it had."""
+    rng = random.Random(SEED)
+    setup, ids = kafka_setup(
+        control_plane,
+        rig_supervisor,
+        background,
+        kafka,
+        rig_run_dir,
+        "stz-cycles",
+        work_seconds=0.01,
+        extra={"cooldown": "1s", "polling-interval": "0.5s", "scale-down-stabilization": "1s"},
+    )
+    arm(teardown, control_plane, setup, ids)
+    observer = setup.observer
+    setup.waker.start()
+    landed: dict[str, int] = {}
+    index = 0
+    started = time.monotonic()
+    for _cycle in range(CYCLES):
+        index = observer.wait_parked(timeout=60, after=index)
+        wait_no_pods(control_plane, setup)
+        time.sleep(rng.uniform(0.0, 1.5))
+        ids.send(rng.randint(1, 50))
+        index = observer.wait_awake(timeout=30, after=index)
+        second = rng.choice(["none", "pause", "pause", "requested", "watching"])
+        if second == "pause":
+            time.sleep(rng.uniform(0.0, 5.0))
+        elif second != "none":
+            # Sent the moment the watch shows the next handoff reach this step.
+            observer.wait_label(second, timeout=30, after=index)
+        if second != "none":
+            ids.send(rng.randint(1, 10))
+            state = observer.read_label(background) or "running"
+            landed[state] = landed.get(state, 0) + 1
+    setup.wait_consumed(ids.produced, timeout=120)
+    observer.wait_parked(timeout=60, after=index)
+    seconds = time.monotonic() - started
+    most = max(seen.replicas for seen in observer.states)
+    print(
+        f"{CYCLES} cycles in {seconds:.0f}s: {len(ids.produced)} messages, {observer.wakes()} wakes, "
+        f"at most {most} replicas; second bursts landed while {landed}"
+    )
+
+    missing = ids.produced - setup.consumed()
+    assert not missing, f"{len(missing)} message(s) never consumed: {sorted(missing)[:10]}"
+    assert observer.wakes() >= CYCLES
+    observer.check_invariants()
+    assert len(events(control_plane, setup.namespace, "Woken")) >= CYCLES
