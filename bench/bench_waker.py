@@ -312,6 +312,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 1000])
     parser.add_argument("--write", type=Path, default=None, help="write the markdown report here")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="run the waker under cProfile, stats written here at exit"
+    )
     args = parser.parse_args()
 
     from tests.rig.controlplane import ControlPlane
@@ -332,6 +335,7 @@ def main() -> int:
         _kubectl(binaries.kubectl, kubeconfig, "create", "namespace", NAMESPACE)
         argv = [
             sys.executable,
+            *(["-m", "cProfile", "-o", str(args.profile.resolve())] if args.profile else []),
             "-m",
             "tidescale.cli",
             "waker",
