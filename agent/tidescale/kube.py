@@ -454,7 +454,7 @@ class KubeClient:
             try:
                 if resource_version is None:
                     items, resource_version = await initial()
-                    fresh = {_name(item): item for item in items}
+                    fresh = {_name(item): _slim(item) for item in items}
                     for name, item in fresh.items():
                         before = known.get(name)
                         if before is None:
@@ -493,7 +493,7 @@ class KubeClient:
                     elif before is not None and kind == "ADDED" and _rv(before) == _rv(item):
                         continue  # a watch without resourceVersion replays what we already reported
                     else:
-                        known[name] = item
+                        known[name] = _slim(item)
                     yield cast(EventType, kind), item
                 if gone:
                     resource_version = None
@@ -692,6 +692,14 @@ class KubeClient:
         path = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
         result = await self._request("POST", path, what="self subject review", body=body)
         return str(((result.get("status") or {}).get("userInfo") or {}).get("username") or "")
+
+
+def _slim(item: Mapping[str, Any]) -> dict[str, Any]:
+    """What a watch remembers of an object: enough to notice changes and report deletions.
+    Keeping whole objects (every peer Pod, in the leader) costs memory in every pod."""
+    metadata = item.get("metadata") or {}
+    keep = ("name", "namespace", "uid", "resourceVersion", "labels")
+    return {"metadata": {key: metadata[key] for key in keep if key in metadata}}
 
 
 def _rv(item: Mapping[str, Any]) -> str:
