@@ -454,16 +454,16 @@ class KubeClient:
             try:
                 if resource_version is None:
                     items, resource_version = await initial()
-                    fresh = {_name(item): _slim(item) for item in items}
-                    for name, item in fresh.items():
+                    listed = {_name(item): item for item in items}
+                    for name, item in listed.items():
                         before = known.get(name)
                         if before is None:
                             yield "ADDED", item
                         elif _rv(before) != _rv(item):
                             yield "MODIFIED", item
-                    for name in known.keys() - fresh.keys():
+                    for name in known.keys() - listed.keys():
                         yield "DELETED", known[name]
-                    known = fresh
+                    known = {name: _slim(item) for name, item in listed.items()}
                 seconds = random.randint(_WATCH_MIN_SECONDS, 2 * _WATCH_MIN_SECONDS)  # noqa: S311
                 query = {**params, "watch": "true", "timeoutSeconds": str(seconds)}
                 if resource_version:

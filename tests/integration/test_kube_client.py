@@ -242,9 +242,14 @@ async def test_pods_list_and_watch_by_label_selector(client: KubeClient, control
     listed = await client.list_pods(NAMESPACE, "peers=yes")
     assert [p["metadata"]["name"] for p in listed] == ["peer-0"]
     async with contextlib.aclosing(client.watch_pods(NAMESPACE, "peers=yes")) as events:
-        assert (await _next_matching(events, "ADDED"))["metadata"]["name"] == "peer-0"
+        listed_first = await _next_matching(events, "ADDED")
+        assert listed_first["metadata"]["name"] == "peer-0"
+        # The watch keeps only metadata for itself; what it hands out is the whole object.
+        assert listed_first["spec"]["containers"][0]["name"] == "main"
         _apply(control_plane, _pod("peer-1", NAMESPACE, {"peers": "yes"}))
-        assert (await _next_matching(events, "ADDED"))["metadata"]["name"] == "peer-1"
+        added = await _next_matching(events, "ADDED")
+        assert added["metadata"]["name"] == "peer-1"
+        assert added["spec"]["containers"][0]["image"] == "example.invalid/none:1"
         control_plane.kubectl(
             "delete", "pod", "-n", NAMESPACE, "peer-0", "--wait=false", "--grace-period=0", "--force"
         )
