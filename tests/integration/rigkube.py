@@ -332,24 +332,6 @@ def rabbitmq_consumer_deployment(
     }
 
 
-async def _publish(amqp_url: str, queue: str, ids: list[str]) -> None:
-    import aio_pika
-
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        channel = await connection.channel(publisher_confirms=True)
-        for message_id in ids:
-            message = aio_pika.Message(message_id.encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
-            await channel.default_exchange.publish(message, routing_key=queue)
-    finally:
-        await connection.close()
-
-
-def publish(amqp_url: str, queue: str, ids: list[str]) -> None:
-    """Publishes each id as one persistent message to ``queue`` (which must exist), confirmed."""
-    asyncio.run(_publish(amqp_url, queue, ids))
-
-
 def declare_queue(amqp_url: str, queue: str) -> None:
     """A durable queue, as the sample consumer declares it (so messages before any consumer stay)."""
 
