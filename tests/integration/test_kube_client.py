@@ -212,9 +212,18 @@ async def test_a_deployment_merge_patch_with_a_stale_resource_version_conflicts(
     client: KubeClient, control_plane: ControlPlane
 ) -> None:
     _apply(control_plane, _deployment("conditional", NAMESPACE))
-    stale = (await client.get_deployment(NAMESPACE, "conditional"))["metadata"]["resourceVersion"]
-    patch = {"metadata": {"resourceVersion": stale, "annotations": {"tidescale.io/park-request": "1"}}}
-    patched = await client.patch_deployment(NAMESPACE, "conditional", patch)
+    # The Deployment controller may write its status between our read and our patch: a
+    # conditional writer reads again and retries, as the agent and the waker do.
+    for _ in range(20):
+        stale = (await client.get_deployment(NAMESPACE, "conditional"))["metadata"]["resourceVersion"]
+        patch = {"metadata": {"resourceVersion": stale, "annotations": {"tidescale.io/park-request": "1"}}}
+        try:
+            patched = await client.patch_deployment(NAMESPACE, "conditional", patch)
+            break
+        except KubeConflict:
+            await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the Deployment never stood still long enough for a conditional patch")
     assert patched["metadata"]["annotations"]["tidescale.io/park-request"] == "1"
     with pytest.raises(KubeConflict):
         await client.patch_deployment(NAMESPACE, "conditional", patch)

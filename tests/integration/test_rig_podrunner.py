@@ -45,7 +45,8 @@ def get_json(cp: ControlPlane, *args: str) -> Any:
 
 
 def http_get(url: str) -> tuple[int, bytes]:
-    with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 (http to a pod address)
+    # Generous: on a busy 2-core machine a Python workload can take seconds to answer.
+    with urllib.request.urlopen(url, timeout=15) as response:  # noqa: S310 (http to a pod address)
         return int(response.status), bytes(response.read())
 
 
