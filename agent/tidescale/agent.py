@@ -47,7 +47,7 @@ import orjson
 from tidescale._metrics import Metrics
 from tidescale.election import LeaseElector, LeaseTiming, Term, lease_name
 from tidescale.errors import HintsInvalid, KubeConflict, KubeError, LeadershipLost, TidescaleError
-from tidescale.hints import Hints, parse_hints
+from tidescale.hints import AGENT_OWNED, Hints, parse_hints
 from tidescale.httpserver import HttpServer, Request, Response
 from tidescale.kube import Deployment, KubeClient, KubeConfig, ObjectReference, Pod
 from tidescale.parking import PARK_RECORD_ANNOTATION, DeploymentSnapshot, leader_step
@@ -310,8 +310,12 @@ class Agent:
         """Takes in a new state of the Deployment: re-parses the hints when they changed."""
         self.deployment = deployment
         annotations = (deployment.get("metadata") or {}).get("annotations") or {}
-        hints_now = {key: value for key, value in annotations.items() if key.startswith(HINT_PREFIX)}
-        hints_now.pop(STATUS_ANNOTATION, None)
+        # What the agents and the waker write themselves (status, park record) is not a hint change.
+        hints_now = {
+            key: value
+            for key, value in annotations.items()
+            if key.startswith(HINT_PREFIX) and key.removeprefix(HINT_PREFIX) not in AGENT_OWNED
+        }
         if hints_now == self._seen_hints:
             return
         self._seen_hints = hints_now

@@ -350,9 +350,12 @@ def _from_running(
     if wants_zero:
         since = now if history.last_active is None else history.last_active
         idle_for = format_duration(round(now - since, 3))
+        idle_words = f"no trigger active for {idle_for} (cooldown {format_duration(hints.cooldown)})"
+        # Zero is reached from one replica only: above one, this decision's write is a step down.
         reason = (
-            f"no trigger active for {idle_for} (cooldown {format_duration(hints.cooldown)}): "
-            f"{current} -> 0, handing over to the waker"
+            f"{idle_words}: {current} -> 0, handing over to the waker"
+            if desired == current
+            else f"{idle_words}: {current} -> {desired} first, then zero through the waker"
         )
     return Decision(
         desired=desired,

@@ -178,8 +178,8 @@ class Kafka:
                     *_java(classpath, directory, "WARN", TOOL_JVM),
                     "kafka.tools.StorageTool",
                     "format",
-                    "--cluster-id",
-                    cluster_id,
+                    # One argument: a random id may start with "-", which would read as a flag.
+                    f"--cluster-id={cluster_id}",
                     "--config",
                     str(properties),
                 ],

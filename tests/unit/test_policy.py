@@ -284,6 +284,16 @@ def test_cooldown_passes_before_handing_over_to_zero() -> None:
     assert decision.reason == "no trigger active for 5m (cooldown 5m): 1 -> 0, handing over to the waker"
 
 
+def test_idle_past_the_cooldown_above_one_replica_says_it_steps_down_first() -> None:
+    # The default 5m scale-down window holds 3 replicas as long as the cooldown runs.
+    run = Run(kafka_hints(min_replicas="0", cooldown="5m"), current=3)
+    assert run.lag(0, 0, active=False).desired == 3
+    decision = run.lag(300, 0, active=False)
+    assert decision.wants_zero is True
+    assert decision.desired == 1
+    assert decision.reason.endswith("3 -> 1 first, then zero through the waker")
+
+
 def test_activity_restarts_the_cooldown() -> None:
     run = Run(kafka_hints(min_replicas="0", cooldown="60s"), current=1)
     run.lag(0, 0, active=False)
