@@ -9,12 +9,17 @@ snapshot lives beside it, behind :class:`Source`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Measurement", "MeasurementFailure", "Scope", "Source", "TriggerSettings"]
+from tidescale.errors import SourceError, SourceTimeout
+
+__all__ = ["Measurement", "MeasurementFailure", "Scope", "Source", "TriggerSettings", "within_timeout"]
+
+_T = TypeVar("_T")
 
 
 class Scope(Enum):
@@ -74,3 +79,21 @@ class Source(Protocol):
     async def close(self) -> None:
         """Release every connection; measuring afterwards is an error."""
         ...
+
+
+async def within_timeout(
+    snapshot: Awaitable[_T], *, trigger: str, seconds: float, waiting_for: str, advice: str
+) -> _T:
+    """Awaits a broker snapshot within the trigger's timeout. Every failure names the trigger;
+    a timeout says what was awaited (which broker, which group or queue) and what to check."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await snapshot
+    except TimeoutError as exc:
+        raise SourceTimeout(
+            f"{waiting_for} did not answer within {seconds:g}s: {advice}", trigger=trigger
+        ) from exc
+    except SourceError as exc:
+        if exc.trigger is None:
+            raise type(exc)(str(exc), trigger=trigger) from exc
+        raise

@@ -45,7 +45,7 @@ from tidescale.sources._kafka_lag import (
     select_partitions,
 )
 from tidescale.sources._kafka_settings import KAFKA_FIELDS, KafkaSettings, parse_kafka_settings
-from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings
+from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
 
 __all__ = [
     "KAFKA_FIELDS",
@@ -104,19 +104,13 @@ class KafkaSource:
             raise TypeError(f"KafkaSource cannot measure {type(settings).__name__}")
         if self._closed:
             raise SourceError("the Kafka source is closed", trigger=settings.name)
-        try:
-            async with asyncio.timeout(settings.timeout):
-                snapshot = await self.snapshot(settings, scope)
-        except TimeoutError as exc:
-            raise SourceTimeout(
-                f"Kafka at {self._servers} did not answer within {settings.timeout:g}s while reading group "
-                f"{settings.consumer_group!r}: check the brokers' load and network, or raise timeout",
-                trigger=settings.name,
-            ) from exc
-        except SourceError as exc:
-            if exc.trigger is None:
-                raise type(exc)(str(exc), trigger=settings.name) from exc
-            raise
+        snapshot = await within_timeout(
+            self.snapshot(settings, scope),
+            trigger=settings.name,
+            seconds=settings.timeout,
+            waiting_for=f"Kafka at {self._servers} while reading group {settings.consumer_group!r}",
+            advice="check the brokers' load and network, or raise timeout",
+        )
         key = (settings, scope)
         measurement = kafka_measurement(
             snapshot, settings, previous=self._previous.get(key), taken_at=time.monotonic()

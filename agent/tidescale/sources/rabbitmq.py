@@ -35,7 +35,7 @@ from tidescale.sources._rabbitmq_depth import (
     rabbitmq_measurement,
 )
 from tidescale.sources._rabbitmq_settings import RABBITMQ_FIELDS, RabbitMQSettings, parse_rabbitmq_settings
-from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings
+from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
 
 __all__ = [
     "RABBITMQ_FIELDS",
@@ -82,19 +82,13 @@ class RabbitMQSource:
             raise TypeError(f"RabbitMQSource cannot measure {type(settings).__name__}")
         if self._closed:
             raise SourceError("the RabbitMQ source is closed", trigger=settings.name)
-        try:
-            async with asyncio.timeout(settings.timeout):
-                snapshot = await self.snapshot(settings, scope)
-        except TimeoutError as exc:
-            raise SourceTimeout(
-                f"{self._where} did not answer within {settings.timeout:g}s for queue "
-                f"{settings.queue or settings.queue_pattern!r}: check the broker's load, or raise timeout",
-                trigger=settings.name,
-            ) from exc
-        except SourceError as exc:
-            if exc.trigger is None:
-                raise type(exc)(str(exc), trigger=settings.name) from exc
-            raise
+        snapshot = await within_timeout(
+            self.snapshot(settings, scope),
+            trigger=settings.name,
+            seconds=settings.timeout,
+            waiting_for=f"{self._where} for queue {settings.queue or settings.queue_pattern!r}",
+            advice="check the broker's load, or raise timeout",
+        )
         return rabbitmq_measurement(snapshot, settings, time.monotonic())
 
     async def measure_many(
@@ -364,7 +358,7 @@ class RabbitMQSource:
                     password=password or "guest",
                     virtualhost=settings.vhost,
                     ssl=parts.scheme == "amqps",
-                    timeout=settings.timeout,
+                    seconds=settings.timeout,
                 )
             except aiormq.exceptions.ProbableAuthenticationError as exc:
                 raise BrokerAuthFailed(
