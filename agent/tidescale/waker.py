@@ -11,6 +11,10 @@ It runs with two replicas and one Lease; only the holder measures and writes, th
 keeps its watch cache warm so that a takeover starts polling at once. Every write is a
 merge patch conditioned on the resourceVersion it was decided on, so even two wakers that
 both believe they lead cannot undo each other.
+
+It serves ``/healthz``, ``/readyz`` and ``/metrics`` (``tidescale_waker_*``) on ``--port``. Both
+answer whenever the process serves: a standby is as ready as the leader (it must stay in
+rotation to take over at once), so readiness says nothing about leading; the leader gauge does.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+from tidescale._metrics import Metrics
 from tidescale.errors import (
     BrokerAuthFailed,
     HintError,
@@ -46,6 +51,7 @@ from tidescale.errors import (
     TidescaleError,
 )
 from tidescale.hints import parse_hints
+from tidescale.httpserver import Handler, HttpServer, Request, Response
 from tidescale.kube import Deployment, KubeClient, KubeConfig, ObjectReference, WatchEvent
 from tidescale.parking import PARK_LABEL, DeploymentSnapshot, Probe, WakerAction, WakerDecision, waker_step
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings
@@ -57,6 +63,7 @@ _log = logging.getLogger("tidescale.waker")
 
 DEFAULT_INTERVAL = 1.0
 DEFAULT_LEASE = "tidescale-waker"
+DEFAULT_PORT = 9465
 _CLUSTER_CONCURRENCY = 32
 """Cluster batches in flight at once (each is a few requests over that cluster's one connection)."""
 
@@ -129,10 +136,42 @@ class Waker:
         self.rounds = 0
         """Completed poll rounds (tests and the benchmark read it)."""
         self.last_round_seconds = 0.0
+        self.metrics = Metrics(
+            [
+                ("tidescale_waker_leader", "gauge", "1 while this waker holds the Lease and acts"),
+                ("tidescale_waker_parked_deployments", "gauge", "Deployments with the park label it tracks"),
+                ("tidescale_waker_rounds_total", "counter", "Completed full poll rounds"),
+                ("tidescale_waker_round_duration_seconds", "gauge", "Duration of the last full poll round"),
+                ("tidescale_waker_wakes_total", "counter", "Parked Deployments it scaled up"),
+                ("tidescale_waker_acks_total", "counter", "Park requests it acknowledged"),
+                ("tidescale_waker_measurement_failures_total", "counter", "Trigger measurements that failed"),
+            ]
+        )
+        for name in ("wakes_total", "acks_total", "measurement_failures_total"):
+            self.metrics.set(f"tidescale_waker_{name}", 0)
 
     @property
     def tracked(self) -> int:
         return len(self._tracked)
+
+    def routes(self) -> dict[str, dict[str, Handler]]:
+        """The HTTP routes ``--port`` serves (tests serve them on a port of their own)."""
+        return {
+            "/healthz": {"GET": self._ok},
+            "/readyz": {"GET": self._ok},
+            "/metrics": {"GET": self._metrics},
+        }
+
+    async def _ok(self, _: Request) -> Response:
+        return Response(body=b"ok\n")
+
+    async def _metrics(self, _: Request) -> Response:
+        # Gauges that mirror state are read at scrape time, so they are never stale.
+        self.metrics.set("tidescale_waker_leader", 1 if self._leading() else 0)
+        self.metrics.set("tidescale_waker_parked_deployments", len(self._tracked))
+        self.metrics.set("tidescale_waker_rounds_total", self.rounds)
+        self.metrics.set("tidescale_waker_round_duration_seconds", self.last_round_seconds)
+        return Response(body=self.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def run(self) -> None:
         """Watches and polls until cancelled; closes every broker connection on the way out."""
@@ -360,6 +399,7 @@ class Waker:
             try:
                 source = await self._pool.acquire(members[0])
             except SourceError as exc:
+                self.metrics.inc("tidescale_waker_measurement_failures_total", amount=len(members))
                 return dict.fromkeys(members, str(exc))
             try:
                 measure_many = getattr(source, "measure_many", None)
@@ -379,6 +419,10 @@ class Waker:
                 results[settings] = result.error
             else:
                 results[settings] = "the source gave no measurement"
+        # Counted per distinct trigger, however many Deployments name it.
+        failed = sum(1 for r in results.values() if not isinstance(r, Measurement))
+        if failed:
+            self.metrics.inc("tidescale_waker_measurement_failures_total", amount=failed)
         return results
 
     async def _act(self, tracked: _Tracked, probe: Probe | None) -> None:
@@ -409,6 +453,10 @@ class Waker:
                 _log.warning("%s: %s not written: %s", _name(tracked), decision.action.value, exc)
                 return
             tracked.snapshot = DeploymentSnapshot.from_object(cast(Mapping[str, Any], written))
+            if decision.action is WakerAction.WAKE:
+                self.metrics.inc("tidescale_waker_wakes_total")
+            elif decision.action is WakerAction.ACK:
+                self.metrics.inc("tidescale_waker_acks_total")
             _log.info("%s: %s (%s)", _name(tracked), decision.action.value, decision.why)
             await self._emit(tracked.snapshot, decision, cast(Mapping[str, Any], written))
             return
@@ -507,9 +555,39 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--identity", default=env.get("POD_NAME") or socket.gethostname(), help="default: the pod name"
     )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=env.get("TIDESCALE_WAKER_PORT", str(DEFAULT_PORT)),
+        help=f"port of /healthz, /readyz and /metrics (default {DEFAULT_PORT})",
+    )
     parser.add_argument("--no-election", action="store_true", help="act without a Lease (one replica only)")
     parser.add_argument("--log-level", default=env.get("TIDESCALE_LOG_LEVEL", "INFO"))
     return parser.parse_args(argv)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 1 to 65535")
+    return int(text)
+
+
+async def _run_serving(waker: Waker, port: int) -> None:
+    """Runs the waker with its endpoints served on ``port``; the server stops with it."""
+    server = HttpServer(
+        waker.routes(),
+        host="0.0.0.0",  # noqa: S104 - the pod's address: the kubelet's probes and Prometheus reach it there
+        port=port,
+    )
+    try:
+        await server.start()
+    except OSError as exc:
+        raise TidescaleError(f"cannot serve on port {port}: {exc}") from exc
+    _log.info("serving /healthz /readyz /metrics on port %d", server.port)
+    try:
+        await waker.run()
+    finally:
+        await server.stop(grace=2.0)
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -523,7 +601,7 @@ async def _serve(args: argparse.Namespace) -> None:
             waker = Waker(
                 client, identity=args.identity, interval=args.interval, secret_namespaces=namespaces
             )
-            await waker.run()
+            await _run_serving(waker, args.port)
             return
         elector = LeaseElector(
             client,
@@ -541,7 +619,7 @@ async def _serve(args: argparse.Namespace) -> None:
         )
         election = asyncio.create_task(elector.run(), name="waker-election")
         try:
-            await waker.run()
+            await _run_serving(waker, args.port)
         finally:
             election.cancel()
             await asyncio.gather(election, return_exceptions=True)
