@@ -192,6 +192,13 @@ def test_the_injector_probes_its_health_endpoints_over_https_and_mounts_its_cert
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
+def test_the_waker_probes_its_plain_http_health_endpoints_on_its_metrics_port(default: Rendered) -> None:
+    main = container(default.get("Deployment", WAKER))
+    assert main["ports"] == [{"name": "metrics", "containerPort": 9465, "protocol": "TCP"}]
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+
+
 def test_the_mutating_webhook_selects_opted_in_pods_outside_kube_system_and_its_own_namespace(
     default: Rendered,
 ) -> None:
@@ -340,7 +347,14 @@ def test_the_waker_environment_parses_into_the_waker_arguments_the_values_descri
     from tidescale import waker
 
     rendered = render(
-        *sets(**{"waker.interval": "3", "waker.leaseName": "wake", "waker.secretNamespaces": "{shop,pay}"})
+        *sets(
+            **{
+                "waker.interval": "3",
+                "waker.leaseName": "wake",
+                "waker.secretNamespaces": "{shop,pay}",
+                "waker.port": "9500",
+            }
+        )
     )
     deployment = rendered.get("Deployment", WAKER)
     assert container(deployment)["args"] == ["waker"]
@@ -350,6 +364,7 @@ def test_the_waker_environment_parses_into_the_waker_arguments_the_values_descri
         monkeypatch.setenv(name, value)
     args = waker._arguments([])
     assert (args.interval, args.lease_name, args.secret_namespaces) == (3.0, "wake", "shop,pay")
+    assert args.port == 9500 == container(deployment)["ports"][0]["containerPort"]
     assert not args.no_election
 
 
@@ -650,14 +665,32 @@ CASES: list[tuple[tuple[str, ...], Check]] = [
             and r.get("PodMonitor", "demo-tidescale-agents")["spec"]["selector"]
             == {"matchLabels": {"tidescale.io/inject": "true"}}
             and r.get("PodMonitor", "demo-tidescale-agents")["metadata"]["labels"]["release"] == "prom"
+            and r.get("PodMonitor", WAKER)["spec"]["podMetricsEndpoints"]
+            == [{"port": "metrics", "path": "/metrics", "interval": "10s"}]
+            and r.get("PodMonitor", WAKER)["spec"]["selector"]["matchLabels"]
+            == r.get("Deployment", WAKER)["spec"]["selector"]["matchLabels"]
+            and r.get("PodMonitor", WAKER)["metadata"]["labels"]["release"] == "prom"
         ),
+    ),
+    (
+        sets(**{"metrics.podMonitor.enabled": "true", "waker.enabled": "false"}),
+        lambda r: r.has("PodMonitor", "demo-tidescale-agents") and not r.has("PodMonitor", WAKER),
     ),
     (
         sets(**{"networkPolicy.enabled": "true"}),
         lambda r: (
             r.get("NetworkPolicy", INJECTOR)["spec"]["ingress"]
             == [{"ports": [{"port": 8443, "protocol": "TCP"}]}]
-            and r.get("NetworkPolicy", WAKER)["spec"]["ingress"] == []
+            and r.get("NetworkPolicy", WAKER)["spec"]["ingress"]
+            == [{"ports": [{"port": 9465, "protocol": "TCP"}]}]
+        ),
+    ),
+    (
+        sets(**{"networkPolicy.enabled": "true", "networkPolicy.metricsFrom[0].ipBlock.cidr": "10.1.0.0/16"}),
+        lambda r: (
+            r.get("NetworkPolicy", WAKER)["spec"]["ingress"][0]["from"]
+            == [{"ipBlock": {"cidr": "10.1.0.0/16"}}]
+            and "from" not in r.get("NetworkPolicy", INJECTOR)["spec"]["ingress"][0]
         ),
     ),
     (
@@ -761,6 +794,7 @@ def test_the_schema_rejects_a_misspelled_key_at_any_depth(key: str, misspelled: 
         "agent.resources.requests.cpu=lots",
         "injector.reinvocationPolicy=Always",
         "agent.bindings[0].namespace=shop",
+        "waker.port=0",
     ],
 )
 def test_the_schema_rejects_a_value_of_the_wrong_form(value: str) -> None:
