@@ -17,13 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aio_pika
+import httpx
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.rig.controlplane import ControlPlane
 from tests.rig.kafka import Kafka
-from tests.rig.processes import Managed, Supervisor
+from tests.rig.processes import Managed, Supervisor, free_port
 from tests.rig.rabbitmq import RabbitMQ
 from tidescale.errors import KubeConflict
 from tidescale.kube import KubeConfig
@@ -75,18 +76,27 @@ async def admin(control_plane: ControlPlane) -> AsyncIterator[WakerClient]:
 
 
 @pytest.fixture
+def waker_ports() -> dict[int, int]:
+    """The HTTP port of each waker ``start_waker`` started, by pid."""
+    return {}
+
+
+@pytest.fixture
 def start_waker(
-    rig_supervisor: Supervisor, waker_kubeconfig: Path, namespace: str
+    rig_supervisor: Supervisor, waker_kubeconfig: Path, namespace: str, waker_ports: dict[int, int]
 ) -> Iterator[Callable[[], Managed]]:
     """Starts a ``tidescale waker`` process; every one started is stopped (SIGTERM) at the end."""
     started: list[Managed] = []
 
     def start() -> Managed:
         identity = _name("waker")
+        # A port of its own: wakers overlap in these tests, and the default one may be taken.
+        port = free_port()
         argv = [sys.executable, "-m", "tidescale.cli", "waker", "--kubeconfig", str(waker_kubeconfig)]
         argv += ["--lease-namespace", WAKER_NAMESPACE, "--identity", identity, "--interval", "0.5"]
-        argv += ["--secret-namespaces", namespace]
+        argv += ["--secret-namespaces", namespace, "--port", str(port)]
         process = rig_supervisor.start(identity, argv)
+        waker_ports[process.pid] = port
         started.append(process)
         return process
 
@@ -421,3 +431,49 @@ async def test_a_parked_deployment_whose_hints_stop_parsing_is_woken_rather_than
         "tidescale.io/kafka.lag-threshold=lots",
     )
     await eventually("the wake", lambda: woken(admin, namespace, name, 1), timeout=20.0)
+
+
+async def test_a_running_waker_serves_its_health_and_metrics_and_reports_leading_and_tracking(
+    control_plane: ControlPlane,
+    kafka: Kafka,
+    namespace: str,
+    admin: WakerClient,
+    start_waker: Callable[[], Managed],
+    waker_ports: dict[int, int],
+) -> None:
+    topic, group = await idle_kafka_group(kafka)
+    name = _name("metrics-web")
+    create_deployment(control_plane, namespace, name, kafka_hints(kafka, topic, group))
+    await request(admin, namespace, name)
+    process = start_waker()
+    samples: dict[str, float] = {}
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{waker_ports[process.pid]}", timeout=5.0
+    ) as http:
+
+        async def serving() -> bool:
+            try:
+                return (await http.get("/healthz")).status_code == 200
+            except httpx.TransportError:
+                assert process.alive(), process.log_tail()
+                return False
+
+        async def leads_tracks_and_acked() -> bool:
+            body = (await http.get("/metrics")).text
+            samples.clear()
+            for line in body.splitlines():
+                if line and not line.startswith("#"):
+                    series, value = line.rsplit(" ", 1)
+                    samples[series] = float(value)
+            return (
+                samples.get("tidescale_waker_leader") == 1
+                and samples.get("tidescale_waker_parked_deployments", 0) >= 1
+                and samples.get("tidescale_waker_acks_total", 0) >= 1
+                and samples.get("tidescale_waker_rounds_total", 0) >= 1
+            )
+
+        await eventually("the waker serving /healthz", serving)
+        assert (await http.get("/readyz")).status_code == 200
+        await eventually("the leader gauge, the tracked Deployment and the ack", leads_tracks_and_acked)
+    assert await label_is(admin, namespace, name, "watching")
+    assert samples["tidescale_waker_round_duration_seconds"] > 0
