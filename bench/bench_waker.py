@@ -321,7 +321,7 @@ def main() -> int:
     from tests.rig.kafka import Kafka
     from tests.rig.network import Network
     from tests.rig.paths import ControlPlaneBinaries, new_run_dir
-    from tests.rig.processes import Supervisor
+    from tests.rig.processes import Supervisor, free_port
 
     started = datetime.datetime.now(datetime.UTC)
     run_dir = new_run_dir()
@@ -342,6 +342,8 @@ def main() -> int:
             "--no-election",
             "--kubeconfig",
             str(kubeconfig),
+            "--port",
+            str(free_port()),
         ]
         env = {**os.environ, "PYTHONPATH": str(REPO / "agent"), "TIDESCALE_LOG_LEVEL": "INFO"}
         waker = supervisor.start("bench-waker", argv, env=env)

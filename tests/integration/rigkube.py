@@ -18,6 +18,7 @@ import yaml
 
 from tests.rig.controlplane import ControlPlane
 from tests.rig.kafka import Kafka
+from tests.rig.processes import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AGENT_RBAC = REPO_ROOT / "deploy" / "agent-rbac.yaml"
@@ -257,6 +258,9 @@ def waker_argv(
         str(interval),
         "--secret-namespaces",
         ",".join(secret_namespaces),
+        # Its own metrics port: several wakers run side by side on this machine in the tests.
+        "--port",
+        str(free_port()),
     ]
 
 
