@@ -233,10 +233,19 @@ async def test_scale_get_and_patch_with_a_resource_version_precondition(
     client: KubeClient, control_plane: ControlPlane
 ) -> None:
     _apply(control_plane, _deployment("scaled", NAMESPACE))
-    scale = await client.get_scale(NAMESPACE, "scaled")
-    assert scale["spec"]["replicas"] == 1
-    stale = scale["metadata"]["resourceVersion"]
-    after = await client.patch_scale(NAMESPACE, "scaled", 3, resource_version=stale)
+    # As with any conditional writer: the Deployment controller may write status between our
+    # read and our write, so read again and retry (the agent decides again next tick).
+    for _ in range(20):
+        scale = await client.get_scale(NAMESPACE, "scaled")
+        assert scale["spec"]["replicas"] == 1
+        stale = scale["metadata"]["resourceVersion"]
+        try:
+            after = await client.patch_scale(NAMESPACE, "scaled", 3, resource_version=stale)
+            break
+        except KubeConflict:
+            await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the Deployment never stood still long enough for a conditional scale")
     assert after["spec"]["replicas"] == 3
     with pytest.raises(KubeConflict):
         await client.patch_scale(NAMESPACE, "scaled", 5, resource_version=stale)
