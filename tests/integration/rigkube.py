@@ -143,9 +143,32 @@ def consumer_deployment(
     work_seconds: float = 0.1,
     service_account: str = "workload",
 ) -> dict[str, Any]:
-    def field(path: str) -> dict[str, Any]:
-        return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
+    consumer = {
+        "name": "consumer",
+        "image": "tidescale-test/kafka-consumer",
+        "env": [
+            {"name": "KAFKA_BOOTSTRAP", "value": kafka.bootstrap},
+            {"name": "KAFKA_TOPIC", "value": topic},
+            {"name": "KAFKA_GROUP", "value": group},
+            {"name": "WORK_SECONDS", "value": str(work_seconds)},
+            {"name": "RECORD_FILE", "value": str(record_file)},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
+    }
+    return _consumer_deployment(
+        name, annotations, replicas, service_account, containers=[consumer, agent_container(name)]
+    )
 
+
+def _consumer_deployment(
+    name: str,
+    annotations: dict[str, str],
+    replicas: int,
+    service_account: str,
+    *,
+    containers: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """A sample consumer's Deployment: pods labelled app=<name>, short grace period."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -158,21 +181,7 @@ def consumer_deployment(
                 "spec": {
                     "serviceAccountName": service_account,
                     "terminationGracePeriodSeconds": 5,
-                    "containers": [
-                        {
-                            "name": "consumer",
-                            "image": "tidescale-test/kafka-consumer",
-                            "env": [
-                                {"name": "KAFKA_BOOTSTRAP", "value": kafka.bootstrap},
-                                {"name": "KAFKA_TOPIC", "value": topic},
-                                {"name": "KAFKA_GROUP", "value": group},
-                                {"name": "WORK_SECONDS", "value": str(work_seconds)},
-                                {"name": "RECORD_FILE", "value": str(record_file)},
-                                {"name": "POD_NAME", **field("metadata.name")},
-                            ],
-                        },
-                        agent_container(name),
-                    ],
+                    "containers": containers,
                 },
             },
         },
@@ -305,35 +314,17 @@ def rabbitmq_consumer_deployment(
         {"name": "RABBITMQ_USERNAME", **secret_key("username")},
         {"name": "RABBITMQ_PASSWORD", **secret_key("password")},
     ]
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "serviceAccountName": service_account,
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [
-                        {
-                            "name": "consumer",
-                            "image": "tidescale-test/rabbitmq-consumer",
-                            "env": [
-                                {"name": "RABBITMQ_URL", "value": amqp_url},
-                                {"name": "RABBITMQ_QUEUE", "value": queue},
-                                {"name": "WORK_SECONDS", "value": str(work_seconds)},
-                                {"name": "RECORD_FILE", "value": str(record_file)},
-                            ],
-                        },
-                        agent,
-                    ],
-                },
-            },
-        },
+    consumer = {
+        "name": "consumer",
+        "image": "tidescale-test/rabbitmq-consumer",
+        "env": [
+            {"name": "RABBITMQ_URL", "value": amqp_url},
+            {"name": "RABBITMQ_QUEUE", "value": queue},
+            {"name": "WORK_SECONDS", "value": str(work_seconds)},
+            {"name": "RECORD_FILE", "value": str(record_file)},
+        ],
     }
+    return _consumer_deployment(name, annotations, replicas, service_account, containers=[consumer, agent])
 
 
 def declare_queue(amqp_url: str, queue: str) -> None:

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from tests.rig.network import Network
 from tests.rig.paths import kafka_classpath
-from tests.rig.processes import Managed, RigStartError, Supervisor, free_port, port_open, wait_until
+from tests.rig.processes import Managed, RigStartError, Supervisor, free_port, port_open, run_tool, wait_until
 
 T = TypeVar("T")
 
@@ -242,22 +242,12 @@ class Kafka:
 
     def run_tool(self, main_class: str, *args: str, timeout: float = 60.0) -> str:
         """Runs one of Kafka's command-line tools (by main class) and returns its standard output."""
-        try:
-            result = subprocess.run(
-                [*_java(self.classpath, self.directory, "WARN", TOOL_JVM), main_class, *args],
-                capture_output=True,
-                text=True,
-                stdin=subprocess.DEVNULL,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise KafkaToolError(f"{main_class} {' '.join(args)} did not finish in {timeout:.0f}s") from exc
-        if result.returncode != 0:
-            raise KafkaToolError(
-                f"{main_class} {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
-            )
-        return result.stdout
+        return run_tool(
+            [*_java(self.classpath, self.directory, "WARN", TOOL_JVM), main_class, *args],
+            what=f"{main_class} {' '.join(args)}",
+            error=KafkaToolError,
+            timeout=timeout,
+        )
 
     def create_topic(self, name: str, partitions: int = 1) -> None:
         """Creates ``name`` and returns once the broker serves it."""

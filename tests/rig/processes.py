@@ -113,6 +113,33 @@ def wait_until(
         time.sleep(interval)
 
 
+def run_tool(
+    argv: Sequence[str],
+    *,
+    what: str,
+    error: type[Exception],
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """Runs a command-line tool to completion and returns its standard output; a timeout or a
+    non-zero exit raises ``error`` naming ``what`` and carrying the tool's output."""
+    try:
+        result = subprocess.run(
+            list(argv),
+            env=dict(env) if env is not None else None,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise error(f"{what} did not finish in {timeout:.0f}s") from exc
+    if result.returncode != 0:
+        raise error(f"{what} exited {result.returncode}:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
 def port_open(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import os
 import secrets
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import httpx
 
 from tests.rig.network import Network
 from tests.rig.paths import rabbitmq_scripts
-from tests.rig.processes import Managed, Supervisor, free_port, port_open, wait_until
+from tests.rig.processes import Managed, Supervisor, free_port, port_open, run_tool, wait_until
 
 USERNAME = "tidescale"
 
@@ -160,23 +159,9 @@ class RabbitMQ:
         e.g. ``rabbitmqctl("-q", "list_queues", "name", "messages", "consumers")``.
         """
         argv = [str(self.scripts / "rabbitmqctl"), "-n", self.node, *args]
-        try:
-            result = subprocess.run(
-                argv,
-                env=self.env,
-                capture_output=True,
-                text=True,
-                stdin=subprocess.DEVNULL,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise RabbitMQCtlError(f"rabbitmqctl {' '.join(args)} did not finish in {timeout:.0f}s") from exc
-        if result.returncode != 0:
-            raise RabbitMQCtlError(
-                f"rabbitmqctl {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
-            )
-        return result.stdout
+        return run_tool(
+            argv, what=f"rabbitmqctl {' '.join(args)}", error=RabbitMQCtlError, timeout=timeout, env=self.env
+        )
 
     def open_listeners(self) -> list[str]:
         """The node's listeners ("host:port": AMQP, management, epmd, distribution) still accepting."""
