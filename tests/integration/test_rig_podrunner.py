@@ -271,8 +271,18 @@ def test_deleting_a_deployment_sends_sigterm_and_leaves_no_process_or_namespace(
         lambda: not get_json(control_plane, "pods", "-n", namespace, "-l", "app=bye")["items"] or None,
     )
     assert not any(alive(pid) for pid in pids)
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    assert not any(ns in listing.split() for ns in netns)
+
+    def namespaces_gone() -> bool:
+        # Addresses (and so namespace names) are reused: a name still listed must belong to
+        # another live pod of the session, never to one of these.
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        runner_view = pod_runner.pod_netns()
+        owned_by_others = {ns for key, ns in runner_view.items() if key not in keys}
+        return not any(key in runner_view for key in keys) and not any(
+            ns in listing.split() and ns not in owned_by_others for ns in netns
+        )
+
+    eventually("the bye pods' network namespaces to be removed", namespaces_gone, timeout=15)
     for pod in pods:
         log = pod_runner.log_path(namespace, pod["metadata"]["name"], "echo").read_text()
         assert "SIGTERM" in log
