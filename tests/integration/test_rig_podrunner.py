@@ -478,7 +478,8 @@ def test_config_maps_and_secrets_reach_a_container_as_env_and_as_read_only_files
         "the configured pod Ready", lambda: ready_pods(control_plane, namespace, "app=configured", 1)
     )
     base = f"http://{ready['status']['podIP']}:8080"
-    env = json.loads(http_get(f"{base}/env")[1])
+    # Ready here comes from an exec probe on the file, not from the HTTP server: wait for it.
+    env = json.loads(eventually("the echo server to answer", lambda: http_get(f"{base}/env")[1]))
     assert env["CFG_MODE"] == "fast"
     assert env["MODE"] == "fast"
     assert env["PASSWORD"] == "s3cret"

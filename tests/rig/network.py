@@ -134,11 +134,13 @@ class Network:
         with self._lock:
             if key in self._pods:
                 return self._pods[key]
-            if self._free_hosts:
-                index = self._free_hosts.pop(0)
-            else:
+            # Fresh addresses first; a removed pod's address only once the subnet is used up,
+            # oldest first, so a reused address has rarely left a stale neighbour entry behind.
+            if self._next_host <= 254 or not self._free_hosts:
                 index = self._next_host
                 self._next_host += 1
+            else:
+                index = self._free_hosts.pop(0)
         if index > 254:
             raise NetworkError(f"rig subnet {self.subnet} is full (253 pods)")
         address = str(self.subnet.network_address + index)
@@ -151,6 +153,8 @@ class Network:
         _ip("link", "set", peer, "netns", pod.namespace)
         _ip("link", "set", pod.host_veth, "master", self.bridge)
         _ip("link", "set", pod.host_veth, "up")
+        # A reused address may still have the old pod's MAC in this machine's neighbour table.
+        _ip_quiet("neigh", "flush", "to", address, "dev", self.bridge)
         ns = ["netns", "exec", pod.namespace, "ip"]
         _ip(*ns, "link", "set", "lo", "up")
         _ip(*ns, "link", "set", peer, "name", "eth0")
