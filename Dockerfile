@@ -14,6 +14,8 @@ RUN python -m venv /opt/tidescale
 COPY pyproject.toml README.md ./
 COPY agent ./agent
 COPY sidecar-injector ./sidecar-injector
+# The base dependencies only: what the agent, the injector and the waker import. The CLI's own
+# (kubernetes-asyncio, PyYAML: the `cli` extra) stay out of the image.
 RUN /opt/tidescale/bin/pip install --no-compile . \
  && /opt/tidescale/bin/python -m compileall -q /opt/tidescale/lib \
  && /opt/tidescale/bin/pip uninstall -y pip setuptools

@@ -9,12 +9,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv rig lint test test-unit test-rig demo bench clean
+.PHONY: help venv rig lint test test-unit test-rig test-faults test-faults-long test-hpa-diff demo bench clean
 
 help:
 	@echo "make demo       bring up the local cluster rig with tidescale and a sample consumer"
 	@echo "make test       every test: lint, types, unit tests, integration tests on the rig"
-	@echo "make test-unit  the fast tests, without the rig"
+	@echo "make test-unit  the fast tests, without the rig (chart-render tests, which need helm, run in make test)"
+	@echo "make test-faults       the fault suite on the rig (tests/faults, also part of make test)"
+	@echo "make test-faults-long  kill storms on the rig, FAULTS_LONG_SECONDS each (default 300; not in make test)"
 	@echo "make rig        build or fetch the rig's pieces (cached in ~/.cache/tidescale-rig)"
 	@echo "make lint       ruff and mypy --strict"
 
@@ -37,14 +39,29 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
+# Without the rig: the chart-render tests need the rig's helm (marker `helm`), `make test` runs them.
 test-unit: venv
-	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/pytest tests/unit -m "not helm" $(PYTEST_ARGS)
 
 test-rig: venv rig
-	$(BIN)/pytest -m rig $(PYTEST_ARGS)
+	$(BIN)/pytest -m "rig and not long" $(PYTEST_ARGS)
+
+test-faults: venv rig
+	$(BIN)/pytest tests/faults -m "not long" $(PYTEST_ARGS)
+
+# Long fault runs (marker `long`): bounded by FAULTS_LONG_SECONDS per test.
+FAULTS_LONG_SECONDS ?= 300
+test-faults-long: venv rig
+	FAULTS_LONG_SECONDS=$(FAULTS_LONG_SECONDS) $(BIN)/pytest tests/faults -m long $(PYTEST_ARGS)
 
 test: venv rig lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not long" $(PYTEST_ARGS)
+
+# The policy engine against the real HPA controller on 300 generated scenarios (plus the named
+# ones); `make test` runs the named ones and 30 generated. Writes bench/results/hpa-differential.md.
+test-hpa-diff: venv rig
+	TIDESCALE_HPA_DIFF_GENERATED=300 TIDESCALE_HPA_DIFF_REPORT=bench/results/hpa-differential.md \
+		$(BIN)/pytest tests/integration/test_hpa_differential.py $(PYTEST_ARGS)
 
 demo: venv rig
 	$(BIN)/python -m tests.rig.demo

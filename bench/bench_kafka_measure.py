@@ -1,10 +1,13 @@
 """What one Kafka measurement costs: wall time and broker requests, local vs group-wide.
 
 For topics of 1, 100 and 1,000 partitions (one message per partition, one
-committed offset per partition, one live group member owning every partition),
-measures GROUP and LOCAL scope repeatedly through one KafkaSource and reports the
-cold first measurement (coordinator and metadata lookups included) and the steady
-state (median and p95 time, requests per measurement).
+committed offset per partition, four live group members sharing the partitions, as
+if four pods consumed), measures GROUP and LOCAL scope repeatedly through one
+KafkaSource and reports the cold first measurement (coordinator and metadata
+lookups included) and the steady state (median and p95 time, requests per
+measurement). A third row per size measures GROUP scope with isolation-level
+read-committed: every partition lags by one record there, so every partition's tail
+is read (one Fetch per leader on top of the rest), the worst case of that option.
 
     .venv/bin/python bench/bench_kafka_measure.py                # starts the rig's Kafka
     .venv/bin/python bench/bench_kafka_measure.py --bootstrap host:port --pod-ip ADDR
@@ -102,8 +105,13 @@ async def _bench_one(bootstrap: str, pod_ip: str, partitions: int) -> list[str]:
         owned = len(members[mine].assignment())
         common = {"bootstrap-servers": bootstrap, "consumer-group": group, "topic": topic, "timeout": "30s"}
         settings = parse_kafka_settings("kafka", {**common, "member-client-id-pattern": f"bench-{mine}"})
-        for scope, expected in ((Scope.GROUP, partitions), (Scope.LOCAL, owned)):
-            rows.append(await _bench_scope(settings, scope, pod_ip, partitions, expected))
+        committed_only = parse_kafka_settings("kafka", {**common, "isolation-level": "read-committed"})
+        for scope, expected, measured in (
+            (Scope.GROUP, partitions, settings),
+            (Scope.LOCAL, owned, settings),
+            (Scope.GROUP, partitions, committed_only),
+        ):
+            rows.append(await _bench_scope(measured, scope, pod_ip, partitions, expected))
             print(rows[-1], flush=True)
     finally:
         for member in members:
@@ -130,8 +138,11 @@ async def _bench_scope(
         await source.close()
     if not len(last.detail) == len(first.detail) == expected:
         raise RuntimeError(f"{scope.value} measured {len(last.detail)} partitions, expected {expected}")
+    if scope is Scope.GROUP and last.value != partitions:
+        raise RuntimeError(f"{scope.value} measured lag {last.value}, expected {partitions}")
+    label = f"{scope.value}, read-committed" if settings.isolation_level == "read-committed" else scope.value
     return (
-        f"| {partitions} | {scope.value} | {expected} | {cold_seconds * 1000:.1f} | {cold_requests} | "
+        f"| {partitions} | {label} | {expected} | {cold_seconds * 1000:.1f} | {cold_requests} | "
         f"{statistics.median(times) * 1000:.2f} | {_p95(times) * 1000:.2f} | {steady_requests:g} |"
     )
 
@@ -194,7 +205,9 @@ async def main() -> None:
                 f"Date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}. "
                 f"Machine: {cpu}, {os.cpu_count()} cores (shared with other jobs), {platform.system()} "
                 f"{platform.release()}, Python {platform.python_version()}. Broker: the rig's single-node "
-                "KRaft Kafka on the same machine (one leader, so one ListOffsets request per measurement).",
+                "KRaft Kafka on the same machine (one leader: one ListOffsets request for log-end and one "
+                "for log-start per measurement, and one Metadata request per GROUP measurement, which "
+                "sees partitions added since the last one).",
                 "",
                 f"Produced by `bench/bench_kafka_measure.py`; {REPEATS} steady-state measurements per row. "
                 "Cold = the first measurement of a fresh KafkaSource (bootstrap, FindCoordinator and "

@@ -97,6 +97,7 @@ def pod(ns: str, index: int) -> dict[str, Any]:
                     "kind": "ReplicaSet",
                     "name": "bench-6b7c9",
                     "uid": str(uuid.uuid4()),
+                    "controller": True,
                 }
             ],
         },

@@ -20,6 +20,26 @@ pytest_plugins = [
 
 _RUN_DIR_KEY = pytest.StashKey[Path]()
 
+# Unit tests that run the rig's helm binary (`helm template`, no cluster). `make test` runs
+# them; `make test-unit` leaves them out (-m "not helm"), so it needs no rig at all.
+_HELM_MODULES = frozenset({"test_chart_render.py"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "helm: needs the rig's helm binary (`make rig`); left out of `make test-unit`"
+    )
+    config.addinivalue_line(
+        "markers",
+        "long: kill storms and soaks (`make test-faults-long`, FAULTS_LONG_SECONDS); not in `make test`",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in _HELM_MODULES:
+            item.add_marker(pytest.mark.helm)
+
 
 @pytest.fixture(scope="session")
 def rig_run_dir(request: pytest.FixtureRequest) -> Path:

@@ -44,7 +44,13 @@ from typing import Any, Literal
 
 import orjson
 
-from tidescale._metrics import Metrics
+from tidescale import _logging
+from tidescale._events import EventRecorder
+from tidescale._metrics import AGENT_FAMILIES, LEADER_ONLY, Metrics, build_info
+from tidescale._policy_state import POLICY_STATE_ANNOTATION
+from tidescale._policy_state import encode as encode_policy_state
+from tidescale._policy_state import restore as restore_policy_state
+from tidescale._state import STATE_LABEL, held_by, state_of
 from tidescale.election import LeaseElector, LeaseTiming, Term, lease_name
 from tidescale.errors import HintsInvalid, KubeConflict, KubeError, LeadershipLost, TidescaleError
 from tidescale.hints import AGENT_OWNED, Hints, parse_hints
@@ -131,6 +137,8 @@ def status_annotation(
     last_change: Mapping[str, Any] | None,
     pods: Mapping[str, float | None],
     dry_run: bool,
+    held_by: Mapping[str, Any] | None = None,
+    updated_at: str | None = None,
 ) -> dict[str, Any]:
     """The JSON the leader keeps in ``tidescale.io/status`` (shown by ``kubectl describe``). Pure."""
     triggers: dict[str, Any] = {}
@@ -154,6 +162,10 @@ def status_annotation(
         status["dryRun"] = True
     if last_change:
         status["lastChange"] = dict(last_change)
+    if held_by:
+        status["heldBy"] = dict(held_by)
+    if updated_at:
+        status["updatedAt"] = updated_at
     return status
 
 
@@ -203,22 +215,11 @@ class Agent:
         self._peer_lag: dict[str, float | None] = {}
         self._elector: LeaseElector | None = None
         self._reported_problem: str | None = None
+        self._events = EventRecorder(client, instance=env.pod_name, clock=clock)
         self.metrics = Metrics(
-            [
-                ("tidescale_leader", "gauge", "1 while this agent leads its Deployment"),
-                ("tidescale_hints_valid", "gauge", "1 while the Deployment's hints parse"),
-                ("tidescale_trigger_value", "gauge", "Last measured value of a trigger (lag, queue length)"),
-                ("tidescale_trigger_target", "gauge", "Per-replica target of a trigger"),
-                ("tidescale_trigger_active", "gauge", "1 while a trigger is above its activation threshold"),
-                ("tidescale_local_value", "gauge", "This pod's own share of a trigger's value"),
-                ("tidescale_desired_replicas", "gauge", "Replicas the leader's last decision asked for"),
-                ("tidescale_current_replicas", "gauge", "spec.replicas when the leader last decided"),
-                ("tidescale_decisions_total", "counter", "Leader decisions, by what they did"),
-                ("tidescale_scale_writes_total", "counter", "Scale writes, by result"),
-                ("tidescale_measurement_failures_total", "counter", "Failed measurements, by trigger"),
-                ("tidescale_peer_requests_total", "counter", "Requests to peers' /v1/lag, by result"),
-            ]
+            AGENT_FAMILIES, const_labels={"namespace": env.namespace, "deployment": env.deployment}
         )
+        self.metrics.set("tidescale_build_info", 1, build_info())
         self.metrics.set("tidescale_leader", 0)
 
     # ------------------------------------------------------------------ running
@@ -334,6 +335,7 @@ class Agent:
         await self._swap_sources(hints)
         self.hints, self.hints_problem = hints, None
         self.metrics.set("tidescale_hints_valid", 1)
+        self.metrics.set("tidescale_paused", 1 if hints.paused or hints.paused_replicas is not None else 0)
         self._local_at = -math.inf
         self._hints_ready.set()
         names = ", ".join(f"{t.name} ({hints.type_of(t.name)})" for t in hints.triggers) or "none"
@@ -352,11 +354,7 @@ class Agent:
         for name, (settings, _) in self._sources.items():
             if kept.get(name, (None,))[0] is not settings:
                 await self._pool.release(settings)
-                for family in (
-                    "tidescale_trigger_value",
-                    "tidescale_trigger_target",
-                    "tidescale_trigger_active",
-                ):
+                for family in (*LEADER_ONLY, "tidescale_local_value"):
                     self.metrics.clear(family)
         self._sources = kept
 
@@ -374,6 +372,8 @@ class Agent:
         # The source bounds its own calls; this bounds the whole measurement, so that a stuck
         # broker never stalls the leader's loop.
         budget = float(getattr(settings, "timeout", 5.0)) * 2 + 1.0
+        labels = {**self.trigger_labels(settings.name), "scope": scope.value}
+        started = time.monotonic()
         try:
             async with asyncio.timeout(budget):
                 reading = await measure_safely(source, settings, scope, clock=self._clock)
@@ -383,10 +383,23 @@ class Agent:
                 error=f"measurement took longer than {budget:g}s",
                 taken_at=self._clock(),
             )
+        self.metrics.observe("tidescale_measurement_duration_seconds", time.monotonic() - started, labels)
+        self.metrics.inc("tidescale_measurements_total", labels)
         if isinstance(reading, MeasurementFailure):
-            self.metrics.inc("tidescale_measurement_failures_total", {"trigger": settings.name})
-            _log.warning("measuring %s (%s) failed: %s", settings.name, scope.value, reading.error)
+            self.metrics.inc("tidescale_measurement_failures_total", labels)
+            _log.warning(
+                "measuring %s (%s) failed: %s",
+                settings.name,
+                scope.value,
+                reading.error,
+                extra={"trigger": settings.name},
+            )
         return reading
+
+    def trigger_labels(self, trigger: str) -> dict[str, str]:
+        """``trigger`` and ``type`` labels of a trigger's series."""
+        types = self.hints.trigger_types if self.hints is not None else {}
+        return {"trigger": trigger, "type": types.get(trigger, "unknown")}
 
     async def local_readings(self) -> tuple[Reading, ...]:
         """This pod's own lag, measured at most once per polling interval."""
@@ -397,7 +410,8 @@ class Agent:
                 self._local_at = self._clock()
                 for reading in self._local:
                     if isinstance(reading, Measurement):
-                        self.metrics.set("tidescale_local_value", reading.value, {"trigger": reading.trigger})
+                        labels = self.trigger_labels(reading.trigger)
+                        self.metrics.set("tidescale_local_value", reading.value, labels)
         return self._local
 
     # ------------------------------------------------------------------ election
@@ -458,13 +472,7 @@ class Agent:
 
     async def _event(self, reason: str, message: str, kind: Literal["Normal", "Warning"] = "Normal") -> None:
         try:
-            await self._client.create_event(
-                self._involved(),
-                reason=reason,
-                message=message,
-                event_type=kind,
-                reporting_instance=self.env.pod_name,
-            )
+            await self._events.emit(self._involved(), reason=reason, message=message, event_type=kind)
         except KubeError as error:
             _log.warning("could not emit event %s (%s): %s", reason, message, error)
 
@@ -476,7 +484,13 @@ class _Leadership:
         self.agent = agent
         self.elector = elector
         self.term = term
-        self.history = History()
+        # The previous leader's windows, cooldown and failure counts (tidescale.io/policy-state).
+        annotations = ((agent.deployment or {}).get("metadata") or {}).get("annotations") or {}
+        self.history = (
+            History()
+            if agent.hints is None
+            else restore_policy_state(annotations, hints=agent.hints, now=agent._clock(), wall=time.time())
+        )
         self.park_epoch: int | None = None
         self.last_change: dict[str, Any] | None = None
         self._last_status: dict[str, Any] | None = None
@@ -484,6 +498,12 @@ class _Leadership:
         self._last_peers_at = -math.inf
         self._reported_problem: str | None = None
         self._dry_run_said: int | None = None
+        self._decision: Decision | None = None
+        self._trigger_states: dict[str, str] = {}
+        self._parking = False
+        self._state: str | None = (((agent.deployment or {}).get("metadata") or {}).get("labels") or {}).get(
+            STATE_LABEL
+        )
         self._peer_http: Any = None
 
     async def run(self) -> None:
@@ -494,8 +514,12 @@ class _Leadership:
                 hints = agent.hints
                 await self._report_hint_problem()
                 if hints is not None and hints.triggers and agent.deployment is not None:
+                    started = time.monotonic()
                     try:
                         await self.tick(hints, agent.deployment)
+                        agent.metrics.observe(
+                            "tidescale_decision_duration_seconds", time.monotonic() - started
+                        )
                     except KubeError as error:
                         _log.warning("leader tick failed: %s", error)
                     except Exception:
@@ -504,6 +528,8 @@ class _Leadership:
                         _log.exception("leader tick failed unexpectedly")
                 await asyncio.sleep(hints.polling_interval if hints else 1.0)
         finally:
+            for family in LEADER_ONLY:  # a new leader elsewhere reports them; no stale copy here
+                agent.metrics.clear(family)
             peers.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await peers
@@ -520,8 +546,18 @@ class _Leadership:
         agent = self.agent
         readings = await agent._measure(Scope.GROUP)
         current = int((deployment.get("spec") or {}).get("replicas", 1))
-        decision = decide(readings, current=current, hints=hints, now=agent._clock(), history=self.history)
+        pods = (deployment.get("status") or {}).get("replicas")  # the scale subresource's status.replicas
+        decision = decide(
+            readings,
+            current=current,
+            hints=hints,
+            now=agent._clock(),
+            history=self.history,
+            pods=int(pods) if isinstance(pods, int) else None,
+        )
         self._record(readings, decision, current)
+        self._decision, self._parking = decision, False
+        await self._report_triggers(decision)
         if current == 0:
             # The waker's: agents exist at zero only while pods still shut down after a park.
             self.history = decision.history_unapplied
@@ -533,6 +569,7 @@ class _Leadership:
             or (decision.wants_zero and decision.desired == current)
         ):
             self.history = decision.history
+            self._parking = True
             await self._park_step(hints, readings, idle=decision.wants_zero)
         elif decision.desired != current:
             await self._scale(hints, deployment, decision, current)
@@ -542,14 +579,41 @@ class _Leadership:
         await self._maybe_refresh_peers()
         await self._maybe_write_status(hints, readings, current, decision.desired)
 
+    async def _report_triggers(self, decision: Decision) -> None:
+        """TriggerFailing / FallbackApplied when a trigger's state worsens, Recovered when it is back."""
+        for rec in decision.recommendations:
+            before = self._trigger_states.get(rec.trigger, "ok")
+            self._trigger_states[rec.trigger] = rec.state
+            if rec.state == before:
+                continue
+            if rec.state == "failing":
+                message = (
+                    f"trigger {rec.trigger} cannot be measured ({rec.consecutive_failures} in a row): "
+                    f"{rec.error}; it has no say in the count until it measures again"
+                )
+                await self.agent._event("TriggerFailing", message, "Warning")
+            elif rec.state == "fallback":
+                message = (
+                    f"trigger {rec.trigger} failed {rec.consecutive_failures} times in a row: "
+                    f"fallback applied, it asks for {rec.replicas} replicas"
+                )
+                await self.agent._event("FallbackApplied", message, "Warning")
+            else:
+                message = f"trigger {rec.trigger} measures again: {rec.value} for a target of {rec.target}"
+                await self.agent._event("Recovered", message)
+
     def _record(self, readings: Sequence[Reading], decision: Decision, current: int) -> None:
         metrics = self.agent.metrics
         for reading in readings:
             if isinstance(reading, Measurement):
-                labels = {"trigger": reading.trigger}
+                labels = self.agent.trigger_labels(reading.trigger)
                 metrics.set("tidescale_trigger_value", reading.value, labels)
                 metrics.set("tidescale_trigger_target", reading.target, labels)
                 metrics.set("tidescale_trigger_active", 1 if reading.active else 0, labels)
+        for rec in decision.recommendations:
+            labels = self.agent.trigger_labels(rec.trigger)
+            metrics.set("tidescale_trigger_failing", 1 if rec.state == "failing" else 0, labels)
+            metrics.set("tidescale_trigger_fallback", 1 if rec.state == "fallback" else 0, labels)
         metrics.set("tidescale_desired_replicas", decision.desired)
         metrics.set("tidescale_current_replicas", current)
         direction = "up" if decision.desired > current else "down" if decision.desired < current else "none"
@@ -696,6 +760,16 @@ class _Leadership:
         self, hints: Hints, readings: Sequence[Reading], current: int, desired: int
     ) -> None:
         agent, env = self.agent, self.agent.env
+        decision, deployment, wall = self._decision, agent.deployment or {}, _utc_now()
+        state = state_of(
+            hints_valid=agent.hints_problem is None,
+            readings=readings,
+            decision=decision,
+            current=current,
+            ready=(deployment.get("status") or {}).get("readyReplicas"),
+            parking=self._parking,
+            previous=self._state,
+        )
         status = status_annotation(
             leader=env.pod_name,
             term=self.term.transitions,
@@ -705,23 +779,33 @@ class _Leadership:
             last_change=self.last_change,
             pods=agent._peer_lag,
             dry_run=hints.dry_run,
+            held_by=None if decision is None else held_by(decision, hints, now=agent._clock(), wall=wall),
+            updated_at=_iso(wall),
         )
-        changed_count = self._last_status is None or self._last_status.get("replicas") != status["replicas"]
-        if status == self._last_status or (
-            not changed_count and agent._clock() - self._last_status_at < STATUS_MIN_INTERVAL
-        ):
+        changed_count = (
+            self._last_status is None
+            or self._last_status.get("replicas") != status["replicas"]
+            or state != self._state
+        )
+        # Written at least every STATUS_MIN_INTERVAL even when unchanged: the policy state rides along.
+        if not changed_count and agent._clock() - self._last_status_at < STATUS_MIN_INTERVAL:
             return
+        policy_state = encode_policy_state(self.history, hints=hints, now=agent._clock(), wall=time.time())
+        annotations = {
+            STATUS_ANNOTATION: orjson.dumps(status).decode(),
+            POLICY_STATE_ANNOTATION: policy_state,
+        }
+        # One merge patch: the annotations and the state label (kubectl get deploy -L tidescale.io/state).
+        body = {"metadata": {"annotations": annotations, "labels": {STATE_LABEL: state}}}
         try:
             await self.elector.fenced(
-                lambda: agent._client.patch_deployment_annotations(
-                    env.namespace, env.deployment, {STATUS_ANNOTATION: orjson.dumps(status).decode()}
-                ),
+                lambda: agent._client.patch_deployment(env.namespace, env.deployment, body),
                 term=self.term,
             )
         except (LeadershipLost, KubeError) as error:
             _log.warning("status annotation not written: %s", error)
             return
-        self._last_status, self._last_status_at = status, agent._clock()
+        self._last_status, self._last_status_at, self._state = status, agent._clock(), state
 
 
 def _log_end_offsets(readings: Sequence[Reading]) -> dict[str, dict[str, int]]:
@@ -736,14 +820,13 @@ def _log_end_offsets(readings: Sequence[Reading]) -> dict[str, dict[str, int]]:
 # ---------------------------------------------------------------------- entry point
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S%z",
-        stream=sys.stderr,
-    )
-    logging.Formatter.converter = time.gmtime
+def _configure_logging(level: str, fmt: str | None = None, static: Mapping[str, str] | None = None) -> None:
+    """JSON lines (or text) via tidescale._logging; a bad level or format never stops the workload's pod."""
+    try:
+        _logging.configure(level=level, fmt=fmt, static=static)
+    except ValueError as error:
+        _logging.configure(level="info", fmt=fmt if fmt in _logging.LOG_FORMATS else "json", static=static)
+        _log.warning("%s; logging at info", error)
 
 
 async def _serve(env: AgentEnv, config: KubeConfig) -> None:
@@ -762,11 +845,13 @@ async def _serve(env: AgentEnv, config: KubeConfig) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tidescale agent", description="The tidescale sidecar agent.")
     parser.add_argument("--kubeconfig", help="a kubeconfig for running outside a pod (default: in-cluster)")
-    parser.add_argument("--log-level", default=os.environ.get("TIDESCALE_LOG_LEVEL", "info"))
+    _logging.add_arguments(parser)
     args = parser.parse_args(argv)
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
     try:
         env = AgentEnv.from_environ(os.environ)
+        static = {"namespace": env.namespace, "deployment": env.deployment, "pod": env.pod_name}
+        _configure_logging(args.log_level, args.log_format, static)
         if args.kubeconfig:
             from pathlib import Path
 

@@ -3,11 +3,16 @@
     tidescale agent      the sidecar beside every opted-in pod
     tidescale injector   the admission webhooks
     tidescale waker      the cluster-level waker that owns zero
+    tidescale status     what tidescale is doing, one line per Deployment
+    tidescale explain    why a Deployment is at its count, and what comes next
+    tidescale check      preflight: webhooks, waker, RBAC, API server version
+    tidescale migrate    KEDA ScaledObjects -> tidescale hints
     tidescale lint FILE  check the hints of Deployment manifests (YAML or JSON)
     tidescale version
 
 The agent is paid for in every pod, so nothing here imports more than the chosen
-role needs.
+role needs: the commands people run (status, explain, check) load kubernetes-asyncio
+only when they run, and the in-cluster roles never do.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ _ROLES: dict[str, tuple[str, str, str]] = {
     "agent": ("tidescale.agent", "main", "run the sidecar agent beside a workload"),
     "injector": ("tidescale_injector.server", "main", "serve the admission webhooks"),
     "waker": ("tidescale.waker", "main", "run the cluster-level waker"),
+    "status": ("tidescale._cli_status", "main", "what tidescale is doing, one line per Deployment"),
+    "explain": ("tidescale._cli_explain", "main", "why a Deployment is at its count, and what comes next"),
+    "check": ("tidescale._cli_check", "main", "preflight: webhooks, waker, agent RBAC, API server version"),
+    "migrate": ("tidescale._cli_migrate", "main", "KEDA ScaledObjects -> the Deployment's tidescale hints"),
     "lint": ("tidescale.lint", "main", "check the tidescale hints of Deployment manifests"),
 }
 
@@ -31,6 +40,11 @@ def _usage() -> str:
     lines = ["usage: tidescale <command> [options]", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in _ROLES.items()]
     lines.append(f"  {'version':<10} print the version")
+    lines += [
+        "",
+        "Every command has --help with examples. status, explain and check take kubectl's",
+        "--kubeconfig, --context and -n.",
+    ]
     return "\n".join(lines)
 
 

@@ -18,16 +18,18 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from tidescale import _values
+from tidescale._formula import ScalingModifiers, compile_formula
 from tidescale._values import format_duration
 from tidescale.errors import HintError, HintsInvalid
 from tidescale.sources.base import TriggerSettings
 
 __all__ = [
     "AGENT_OWNED",
+    "BEHAVIOR_KNOBS",
     "KNOBS",
     "PREFIX",
     "Fallback",
@@ -44,14 +46,37 @@ __all__ = [
 ]
 
 PREFIX = "tidescale.io/"
-AGENT_OWNED = ("status", "park-record", "park-epoch")
+AGENT_OWNED = ("status", "park-record", "park-epoch", "policy-state")
 """Keys under the prefix the agent writes itself (not hints; never validated)."""
 
 _TRIGGER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _MAX_STABILIZATION = 3600.0  # the HPA's own limit on stabilizationWindowSeconds
 _MAX_POLICY_PERIOD = 1800.0  # the HPA's own limit on periodSeconds
+MAX_HINT_BYTES = 4096
+"""Longest value of one hint, in UTF-8 bytes (the longest real one, a broker list, is far shorter)."""
+MAX_HINT_KEYS = 256
+"""Most ``tidescale.io/`` hints on one Deployment (tidescale's own keys not counted)."""
+MAX_TRIGGERS = 16
+"""Most triggers on one Deployment: each costs every waker round and every agent poll."""
+_MAX_SUGGESTED = 3
+"""Problems past this many get no did-you-mean: each suggestion compares the key with every known
+one (about 1 ms), and 255 unknown keys would otherwise cost seconds (bench/results/hints_fuzz.md)."""
 
 Select = Literal["max", "min", "disabled"]
+FallbackBehavior = Literal["static", "currentReplicas", "currentReplicasIfHigher", "currentReplicasIfLower"]
+MetricType = Literal["AverageValue", "Value"]
+ReplicaCapRule = Literal["metric-value", "replicas"]
+BEHAVIOR_KNOBS = (
+    "scale-up-stabilization",
+    "scale-down-stabilization",
+    "scale-up-policies",
+    "scale-down-policies",
+    "scale-up-select",
+    "scale-down-select",
+    "scale-up-tolerance",
+    "scale-down-tolerance",
+)
+"""The knobs of the HPA's ``spec.behavior``: giving any of them takes the HPA's behaviour path."""
 
 
 # ---------------------------------------------------------------- values
@@ -81,10 +106,14 @@ class ScalingRules:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Fallback:
-    """Replicas to run once a trigger has failed ``failure_threshold`` times in a row."""
+    """KEDA's ``fallback``: once a trigger has failed more than ``failure_threshold`` times in a
+    row, it reports ``replicas`` x its target (which then goes through tolerance like any value)."""
 
     failure_threshold: int
     replicas: int
+    behavior: FallbackBehavior = "static"
+    failure_interval: float = 0.0
+    """Count at most one failure per this many seconds (0: every decision counts one)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -125,7 +154,20 @@ class Hints:
     tolerance: float = 0.1
     scale_up: ScalingRules = _DEFAULT_UP
     scale_down: ScalingRules = _DEFAULT_DOWN
+    behavior: bool = False
+    """Whether any behaviour knob (:data:`BEHAVIOR_KNOBS`) or paused-scale-in/out is given: the
+    HPA's behaviour path. False: the HPA's nil-behaviour path (what KEDA creates by default)."""
+    tolerance_up: float | None = None
+    """The behaviour's scale-up tolerance; None: ``tolerance``."""
+    tolerance_down: float | None = None
+    """The behaviour's scale-down tolerance; None: ``tolerance``."""
+    metric_type: MetricType = "AverageValue"
+    replica_cap: ReplicaCapRule = "metric-value"
+    paused_scale_in: bool = False
+    paused_scale_out: bool = False
     fallback: Fallback | None = None
+    scaling_modifiers: ScalingModifiers | None = None
+    """KEDA's scalingModifiers: one composite metric (a formula over the triggers) replaces theirs."""
     paused: bool = False
     """Freeze at the current count; also true whenever ``paused_replicas`` is set."""
     paused_replicas: int | None = None
@@ -169,9 +211,18 @@ def _int(minimum: int, maximum: int = 1_000_000) -> Callable[[str, str], int]:
 
 
 def _duration(minimum: float = 0.0, maximum: float = 86400.0) -> Callable[[str, str], float]:
-    return lambda annotation, value: _values.parse_duration(
-        annotation, value, minimum=minimum, maximum=maximum
-    )
+    def parse(annotation: str, value: str) -> float:
+        try:
+            return _values.parse_duration(annotation, value, minimum=minimum, maximum=maximum)
+        except HintError as exc:
+            # KEDA's habit (cooldownPeriod: 300): a bare number of seconds. Say what to write instead.
+            if re.fullmatch(r"\d+(\.\d+)?", value.strip()):
+                raise HintError(
+                    annotation, value, f"{exc.expected} (did you mean '{value.strip()}s'?)"
+                ) from exc
+            raise
+
+    return parse
 
 
 def _select(annotation: str, value: str) -> str:
@@ -183,6 +234,40 @@ def _tolerance(annotation: str, value: str) -> float:
     if number >= 1.0:
         raise HintError(annotation, value, "a number from 0 up to, but not including, 1 (e.g. 0.1)")
     return number
+
+
+def _metric_type(annotation: str, value: str) -> str:
+    return _values.parse_choice(annotation, value, ("AverageValue", "Value"))
+
+
+def _formula_text(annotation: str, value: str) -> str:
+    # Compiled against the trigger names once every trigger is known (_scaling_modifiers).
+    return value
+
+
+def _is_are(things: Sequence[object]) -> str:
+    return "is" if len(things) == 1 else "are"
+
+
+def _positive_number(annotation: str, value: str) -> float:
+    number = _values.parse_float(annotation, value, minimum=0.0)
+    if number <= 0.0:
+        raise HintError(annotation, value, "a number above 0 (e.g. 100)")
+    return number
+
+
+def _number(annotation: str, value: str) -> float:
+    return _values.parse_float(annotation, value, minimum=0.0)
+
+
+def _replica_cap(annotation: str, value: str) -> str:
+    return _values.parse_choice(annotation, value, ("metric-value", "replicas"))
+
+
+def _fallback_behavior(annotation: str, value: str) -> str:
+    return _values.parse_choice(
+        annotation, value, ("static", "currentReplicas", "currentReplicasIfHigher", "currentReplicasIfLower")
+    )
 
 
 _POLICY = re.compile(r"(?P<value>\d+)\s*(?P<unit>%|pods?)\s*/\s*(?P<period>\S+)", re.IGNORECASE)
@@ -274,6 +359,43 @@ KNOBS: tuple[Knob, ...] = (
         parse=_tolerance,
     ),
     Knob(
+        name="scale-up-tolerance",
+        type="number in [0, 1)",
+        default=None,
+        meaning="Scale up only when the value exceeds the target for the current replicas by more "
+        "than this fraction (the HPA's behavior.scaleUp.tolerance). Unset: tolerance.",
+        example="0.05",
+        parse=_tolerance,
+    ),
+    Knob(
+        name="scale-down-tolerance",
+        type="number in [0, 1)",
+        default=None,
+        meaning="Scale down only when the value is below the target for the current replicas by more "
+        "than this fraction (the HPA's behavior.scaleDown.tolerance). Unset: tolerance.",
+        example="0.2",
+        parse=_tolerance,
+    ),
+    Knob(
+        name="metric-type",
+        type="AverageValue | Value",
+        default="AverageValue",
+        meaning="How the HPA reads every trigger's value (KEDA's metricType): AverageValue divides it "
+        "by the target per replica; Value compares it with the target for the ready pods as a whole.",
+        example="Value",
+        parse=_metric_type,
+    ),
+    Knob(
+        name="replica-cap",
+        type="metric-value | replicas",
+        default="metric-value",
+        meaning="How a trigger's cap (Kafka: partitions) applies: metric-value lowers the value to "
+        "cap x target when value / target (integer division) exceeds the cap, as KEDA's Kafka scaler "
+        "does; replicas caps the trigger's replica recommendation instead.",
+        example="replicas",
+        parse=_replica_cap,
+    ),
+    Knob(
         name="scale-up-stabilization",
         type="duration",
         default="0s",
@@ -325,12 +447,70 @@ KNOBS: tuple[Knob, ...] = (
     ),
     Knob(
         name="fallback-failure-threshold",
-        type="integer >= 1",
+        type="integer >= 0",
         default=None,
-        meaning="After this many failed measurements of a trigger in a row, that trigger asks for "
-        "fallback-replicas. Unset: no fallback (a failing trigger holds the current count).",
+        meaning="Once a trigger has failed more than this many times in a row (KEDA's "
+        "failureThreshold), it reports fallback-replicas x its target. Unset: no fallback (a failing "
+        "trigger has no opinion).",
         example="3",
-        parse=_int(1),
+        parse=_int(0),
+    ),
+    Knob(
+        name="fallback-failure-interval",
+        type="duration",
+        default=None,
+        meaning="Count at most one failure per this interval. KEDA counts one per HPA metric request "
+        "(15s) and one per its own poll (30s): 10s makes a migrated failureThreshold fall back after "
+        "the same wall-clock time. Unset or 0s: every decision counts one.",
+        example="10s",
+        parse=_duration(maximum=3600.0),
+    ),
+    Knob(
+        name="fallback-behavior",
+        type="static | currentReplicas | currentReplicasIfHigher | currentReplicasIfLower",
+        default=None,
+        meaning="KEDA's fallback.behavior: fallback-replicas, the current count, or the higher or "
+        "lower of the two. Unset: static.",
+        example="currentReplicasIfHigher",
+        parse=_fallback_behavior,
+    ),
+    Knob(
+        name="scaling-modifiers-formula",
+        type="formula",
+        default=None,
+        meaning="KEDA's advanced.scalingModifiers.formula: one composite metric computed from the "
+        "triggers' values (a trigger by its name, dashes as underscores), which replaces theirs; "
+        "+ - * / % ** ( ) comparisons && || ! c ? a : b min max abs floor ceil round. "
+        "Needs scaling-modifiers-target.",
+        example="(orders + payments) / 2",
+        parse=_formula_text,
+    ),
+    Knob(
+        name="scaling-modifiers-target",
+        type="number > 0",
+        default=None,
+        meaning="KEDA's scalingModifiers.target: the composite metric's target (per replica for "
+        "AverageValue).",
+        example="100",
+        parse=_positive_number,
+    ),
+    Knob(
+        name="scaling-modifiers-activation-target",
+        type="number >= 0",
+        default=None,
+        meaning="KEDA's scalingModifiers.activationTarget: the Deployment is active while the "
+        "composite metric is above this (the triggers' own activation no longer counts). Unset: 0.",
+        example="10",
+        parse=_number,
+    ),
+    Knob(
+        name="scaling-modifiers-metric-type",
+        type="AverageValue | Value",
+        default=None,
+        meaning="KEDA's scalingModifiers.metricType: how the HPA reads the composite metric "
+        "(metric-type applies to the triggers, not to the composite). Unset: AverageValue.",
+        example="Value",
+        parse=_metric_type,
     ),
     Knob(
         name="fallback-replicas",
@@ -355,6 +535,22 @@ KNOBS: tuple[Knob, ...] = (
         meaning="Pin to this count, even outside min/max; implies paused.",
         example="0",
         parse=_int(0),
+    ),
+    Knob(
+        name="paused-scale-in",
+        type="boolean",
+        default="false",
+        meaning="Never scale down nor to zero (KEDA's autoscaling.keda.sh/paused-scale-in).",
+        example="true",
+        parse=_values.parse_bool,
+    ),
+    Knob(
+        name="paused-scale-out",
+        type="boolean",
+        default="false",
+        meaning="Never scale up nor from zero (KEDA's autoscaling.keda.sh/paused-scale-out).",
+        example="true",
+        parse=_values.parse_bool,
     ),
     Knob(
         name="dry-run",
@@ -414,7 +610,42 @@ def validate_hints(annotations: Mapping[str, str]) -> tuple[HintError, ...]:
         return (HintError(PREFIX + "*", None, f"hints that tidescale can check (internal error: {exc!r})"),)
 
 
+def _over_limits(annotations: Mapping[str, str]) -> tuple[HintError, ...]:
+    """The caps of :data:`LIMIT_ROWS`, checked before anything is parsed, so the work done for any
+    annotations (up to the API server's 256 KiB) is bounded whatever they hold."""
+    keys = [k for k in annotations if k.startswith(PREFIX) and not _agent_owned(k[len(PREFIX) :])]
+    if len(keys) > MAX_HINT_KEYS:
+        return (HintError(PREFIX + "*", f"{len(keys)} hints", _TOO_MANY_KEYS),)
+    problems = [
+        HintError(key, _shortened(annotations[key]), _TOO_LONG)
+        for key in sorted(keys)
+        if len(annotations[key]) > MAX_HINT_BYTES // 4 and len(annotations[key].encode()) > MAX_HINT_BYTES
+    ]
+    triggers = {k[len(PREFIX) :].partition(".")[0] for k in keys if "." in k[len(PREFIX) :]}
+    if len(triggers) > MAX_TRIGGERS:
+        problems.append(HintError(PREFIX + "<trigger>.*", f"{len(triggers)} triggers", _TOO_MANY_TRIGGERS))
+    return tuple(problems)
+
+
+def _shortened(value: str) -> str:
+    return f"{value[:40]}... ({len(value.encode())} bytes)"
+
+
+_TOO_MANY_KEYS = f"at most {MAX_HINT_KEYS} tidescale.io/ hints on one Deployment"
+_TOO_LONG = f"a value of at most {MAX_HINT_BYTES} bytes"
+_TOO_MANY_TRIGGERS = f"at most {MAX_TRIGGERS} triggers on one Deployment"
+LIMIT_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("`tidescale.io/` hints on one Deployment", str(MAX_HINT_KEYS), _TOO_MANY_KEYS),
+    ("bytes in one hint's value", str(MAX_HINT_BYTES), _TOO_LONG),
+    ("triggers on one Deployment", str(MAX_TRIGGERS), _TOO_MANY_TRIGGERS),
+)
+"""Every bound on hints (with those of the sources' fields): what, the limit, the error's expected part."""
+
+
 def _parse(annotations: Mapping[str, str]) -> tuple[Hints | None, tuple[HintError, ...]]:
+    over = _over_limits(annotations)
+    if over:
+        return None, over
     problems: list[HintError] = []
     knob_values: dict[str, Any] = {}
     trigger_fields: dict[str, dict[str, str]] = {}
@@ -433,13 +664,54 @@ def _parse(annotations: Mapping[str, str]) -> tuple[Hints | None, tuple[HintErro
                 knob_values[name] = _KNOBS_BY_NAME[name].parse(key, value)
             except HintError as exc:
                 problems.append(exc)
-        else:
+        elif len(problems) < _MAX_SUGGESTED:
             problems.append(_unknown_key(key, value, trigger_fields=_all_trigger_names(annotations)))
+        else:
+            problems.append(HintError(key, value, "a known tidescale.io/ annotation (see the reference)"))
     problems.extend(_cross_check(knob_values))
     triggers, trigger_types, trigger_metrics = _parse_triggers(trigger_fields, problems)
+    modifiers = _scaling_modifiers(knob_values, sorted(trigger_fields), problems)
     if problems:
         return None, tuple(problems)
-    return _assemble(knob_values, triggers, trigger_types, trigger_metrics), ()
+    hints = _assemble(knob_values, triggers, trigger_types, trigger_metrics)
+    return replace(hints, scaling_modifiers=modifiers), ()
+
+
+def _scaling_modifiers(
+    values: Mapping[str, Any], trigger_names: Sequence[str], problems: list[HintError]
+) -> ScalingModifiers | None:
+    """KEDA's ValidateAndCompileScalingModifiers: the formula compiled against the declared
+    triggers; a target with it; no other scaling-modifiers-* without it."""
+    formula_key = "scaling-modifiers-formula"
+    given = [name for name in values if name.startswith("scaling-modifiers-")]
+    if formula_key not in values:
+        if given:
+            names = " and ".join(PREFIX + name for name in sorted(given))
+            since = f"a formula, since {names} {_is_are(given)} set"
+            problems.append(HintError(PREFIX + formula_key, None, since))
+        return None
+    target_key = PREFIX + "scaling-modifiers-target"
+    if "scaling-modifiers-target" not in values and not any(p.annotation == target_key for p in problems):
+        problems.append(
+            HintError(
+                PREFIX + "scaling-modifiers-target",
+                None,
+                f"a number above 0, since {PREFIX}{formula_key} is set",
+            )
+        )
+    try:
+        formula = compile_formula(PREFIX + formula_key, values[formula_key], trigger_names)
+    except HintError as exc:
+        problems.append(exc)
+        return None
+    if "scaling-modifiers-target" not in values:
+        return None
+    return ScalingModifiers(
+        formula=formula,
+        target=values["scaling-modifiers-target"],
+        activation_target=values.get("scaling-modifiers-activation-target", 0.0),
+        metric_type=values.get("scaling-modifiers-metric-type", "AverageValue"),
+    )
 
 
 def _agent_owned(name: str) -> bool:
@@ -539,9 +811,23 @@ def _assemble(
             policies=_knob(values, "scale-down-policies"),
             select=_knob(values, "scale-down-select"),
         ),
+        behavior=any(name in values for name in BEHAVIOR_KNOBS)
+        or bool(_knob(values, "paused-scale-in"))
+        or bool(_knob(values, "paused-scale-out")),
+        tolerance_up=values.get("scale-up-tolerance"),
+        tolerance_down=values.get("scale-down-tolerance"),
+        metric_type=_knob(values, "metric-type"),
+        replica_cap=_knob(values, "replica-cap"),
+        paused_scale_in=_knob(values, "paused-scale-in"),
+        paused_scale_out=_knob(values, "paused-scale-out"),
         fallback=None
         if threshold is None
-        else Fallback(failure_threshold=threshold, replicas=values["fallback-replicas"]),
+        else Fallback(
+            failure_threshold=threshold,
+            replicas=values["fallback-replicas"],
+            behavior=values.get("fallback-behavior", "static"),
+            failure_interval=values.get("fallback-failure-interval", 0.0),
+        ),
         paused=bool(_knob(values, "paused")) or paused_replicas is not None,
         paused_replicas=paused_replicas,
         dry_run=_knob(values, "dry-run"),
@@ -588,7 +874,8 @@ def _field_names(source_type: str) -> list[str]:
 
 def _all_trigger_names(annotations: Mapping[str, str]) -> Iterable[str]:
     """Every ``<trigger>.<field>`` a did-you-mean may point at, for keys without a dot."""
-    declared = {key[len(PREFIX) :].partition(".")[0] for key in annotations if key.startswith(PREFIX)}
+    keys = [k[len(PREFIX) :] for k in annotations if k.startswith(PREFIX)]
+    declared = {n.partition(".")[0] for n in keys if "." in n}  # only keys with a field name triggers
     names = set(_trigger_types()) | {d for d in declared if _TRIGGER_NAME.fullmatch(d)}
     return sorted(names)
 
@@ -608,7 +895,7 @@ def _parse_triggers(
         allowed = _field_names(source_type)
         for unknown in sorted(set(fields) - set(allowed)):
             key = f"{PREFIX}{name}.{unknown}"
-            suggestion = _suggest(unknown, allowed)
+            suggestion = _suggest(unknown, allowed) if len(problems) < _MAX_SUGGESTED else None
             hint = f" (did you mean {PREFIX}{name}.{suggestion}?)" if suggestion else ""
             problems.append(
                 HintError(
@@ -801,11 +1088,29 @@ def reference_markdown() -> str:
             )
     lines += [
         "",
+        "## Limits",
+        "",
+        "Every hint is bounded, so that checking any Deployment's annotations (up to the API server's",
+        "256 KiB) and measuring its triggers costs bounded time and memory. A value past a limit is",
+        "refused with the error shown (after `expected`); the first three are checked before",
+        "anything else is parsed.",
+        "",
+        "| what | limit | error |",
+        "|---|---|---|",
+        *(
+            f"| {_cell(what)} | {_cell(limit)} | {_cell(error)} |"
+            for what, limit, error in (
+                *LIMIT_ROWS,
+                *((d.what, d.limit, d.error) for d in registry.LIMITS),
+            )
+        ),
+        "",
         "## Written by tidescale itself",
         "",
-        "`tidescale.io/status` and every key starting with `tidescale.io/park-` are written by the agent",
-        "and the waker (status, and the scale-to-zero handoff). They are not hints and are never",
-        "validated.",
+        "`tidescale.io/status`, `tidescale.io/policy-state` and every key starting with",
+        "`tidescale.io/park-` are written by the agent and the waker (status, the policy engine's",
+        "windows, cooldown and failure counts for the next leader, and the scale-to-zero handoff).",
+        "They are not hints and are never validated.",
         "",
     ]
     return "\n".join(lines)

@@ -41,6 +41,7 @@ from tidescale.errors import KubeError, KubeNotFound, KubeUnauthorized, KubeUnav
 __all__ = [
     "AGENT_COMPONENT",
     "SERVICE_ACCOUNT_DIR",
+    "WAKER_COMPONENT",
     "AccessReview",
     "Deployment",
     "Event",
@@ -60,6 +61,7 @@ __all__ = [
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 AGENT_COMPONENT = "tidescale-agent"
+WAKER_COMPONENT = "tidescale-waker"
 
 # --- raw payloads: only the fields tidescale reads or writes --------------------------------
 
@@ -642,8 +644,9 @@ class KubeClient:
         message: str,
         event_type: Literal["Normal", "Warning"] = "Normal",
         reporting_instance: str,
+        component: str = AGENT_COMPONENT,
     ) -> Event:
-        """A core/v1 Event on ``involved`` (shown by ``kubectl describe``), from this agent."""
+        """A core/v1 Event on ``involved`` (shown by ``kubectl describe``), signed by ``component``."""
         now = datetime.now(UTC)
         stamp = _format_time(now)
         namespace = involved["namespace"]
@@ -655,14 +658,22 @@ class KubeClient:
             "message": message[:1024],
             "type": event_type,
             "count": 1,
-            "source": {"component": AGENT_COMPONENT, "host": reporting_instance},
-            "reportingComponent": AGENT_COMPONENT,
+            "source": {"component": component, "host": reporting_instance},
+            "reportingComponent": component,
             "reportingInstance": reporting_instance,
             "firstTimestamp": stamp,
             "lastTimestamp": stamp,
         }
         what = f"create event {reason} on {involved['kind']} {namespace}/{involved['name']}"
         return cast(Event, await self._request("POST", _EVENTS.format(ns=namespace), what=what, body=body))
+
+    async def patch_event(self, namespace: str, name: str, *, count: int, last_timestamp: datetime) -> Event:
+        """Count one more occurrence of an Event (the kubelet's aggregation: count and lastTimestamp)."""
+        body = {"count": count, "lastTimestamp": _format_time(last_timestamp)}
+        path = f"{_EVENTS.format(ns=namespace)}/{name}"
+        what = f"update event {namespace}/{name}"
+        result = await self._request("PATCH", path, what=what, body=body, content_type=_MERGE_PATCH)
+        return cast(Event, result)
 
     # -- who am I, what may I do --
 
@@ -685,6 +696,11 @@ class KubeClient:
             allowed=bool(status.get("allowed")),
             reason=str(status.get("reason") or status.get("evaluationError") or ""),
         )
+
+    async def server_version(self) -> dict[str, Any]:
+        """The API server's ``GET /version`` (major, minor, gitVersion, ...); any user may read it."""
+        result = await self._request("GET", "/version", what="read the API server version")
+        return dict(result) if isinstance(result, dict) else {}
 
     async def who_am_i(self) -> str:
         """The user name the API server knows this client as (SelfSubjectReview)."""

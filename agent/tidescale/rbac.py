@@ -46,8 +46,17 @@ REQUIRED: tuple[Permission, ...] = (
     *_each("apps", "deployments", "get patch", "scaling", subresource="scale"),
     *_each("", "pods", "list watch", "finding the peers"),
     *_each("", "events", "create", "reporting decisions"),
+    *_each("", "events", "patch", "counting a repeated Event on the first one (aggregation)"),
+    *_each(
+        "tidescale.io",
+        "agentscopes",
+        "confine",
+        "confinement to its own Deployment by the tidescale-agent admission policy",
+    ),
 )
-"""Every permission the agent uses, in the agent's own namespace."""
+"""Every permission the agent uses, in the agent's own namespace, and the marker rule that puts
+its ServiceAccount under the tidescale-agent ValidatingAdmissionPolicy (deploy/agent-policy.yaml):
+without it the agent works unconfined, so it is reported like a missing permission."""
 
 
 async def missing_permissions(
@@ -75,8 +84,10 @@ async def missing_permissions(
 def describe_missing(missing: tuple[Permission, ...], *, namespace: str, service_account: str) -> str:
     """One message for the log and the Event: what is missing, and whom to bind it to."""
     items = "; ".join(f"{p} for {p.why}" if p.why else str(p) for p in missing)
+    account = service_account.rpartition(":")[2] or service_account
     return (
         f"ServiceAccount {service_account} in namespace {namespace} lacks {len(missing)} permission(s): "
         f"{items}. Bind it to the tidescale agent Role (deploy/agent-rbac.yaml, or the Helm chart's "
-        f"agent RBAC) with a RoleBinding in {namespace}."
+        f"agent RBAC) with a RoleBinding in {namespace}: kubectl create rolebinding tidescale-agent "
+        f"--clusterrole=tidescale-agent --serviceaccount={namespace}:{account} -n {namespace}"
     )

@@ -137,6 +137,10 @@ class InjectorConfig:
     resources: Resources = field(default_factory=Resources)
     excluded_namespaces: frozenset[str] = frozenset({"kube-system"})
     version: str = field(default_factory=version)
+    log_level: str = "info"
+    """Passed on to the agent (TIDESCALE_LOG_LEVEL): the chart's ``logLevel`` covers all three components."""
+    log_format: str = ""
+    """Passed on to the agent (TIDESCALE_LOG_FORMAT) when set; the agent's default is json."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -151,6 +155,7 @@ class ServerSettings:
     sidecar_mode: SidecarMode = "auto"
     kubeconfig: Path | None = None
     max_body_bytes: int = 8 * 2**20
+    max_inflight_body_bytes: int = 24 * 2**20
 
 
 def _env(environ: Mapping[str, str], name: str, default: str) -> str:
@@ -279,5 +284,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[Ser
         strict=args.strict,
         resources=resources,
         excluded_namespaces=frozenset(excluded),
+        log_level=(environ.get("TIDESCALE_LOG_LEVEL") or "info").strip().lower(),
+        log_format=(environ.get("TIDESCALE_LOG_FORMAT") or "").strip().lower(),
     )
     return settings, config

@@ -33,7 +33,9 @@ __all__ = [
     "INJECTED_ANNOTATION",
     "INJECT_LABEL",
     "OVERRIDE_ANNOTATIONS",
+    "POD_NAME_PREFIX_LIMIT",
     "SKIP_REASONS",
+    "TOKEN_EXPIRY_SECONDS",
     "TOKEN_MOUNT_PATH",
     "TOKEN_VOLUME",
     "Injection",
@@ -47,9 +49,13 @@ INJECT_LABEL = "tidescale.io/inject"
 INJECTED_ANNOTATION = "tidescale.io/injected"
 TOKEN_VOLUME = "tidescale-agent-token"  # noqa: S105 - a volume name
 TOKEN_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # noqa: S105 - a path
-# The same lifetime the service-account admission plugin asks for in its kube-api-access
-# volumes; the kubelet refreshes the file at 80 % of it.
-TOKEN_EXPIRY_SECONDS = 3607
+# One hour. Not 3607 s, the lifetime of the kube-api-access volumes: the API server treats
+# exactly 3607 s as a legacy request it may extend to a year (--service-account-extend-token-expiration).
+# The kubelet refreshes the file at 80 % of it.
+TOKEN_EXPIRY_SECONDS = 3600
+# The API server names a generated pod "<generateName[:58]><5 random characters>": a ReplicaSet
+# name longer than this is cut, and the pod name no longer tells which Deployment it belongs to.
+POD_NAME_PREFIX_LIMIT = 58
 OVERRIDE_ANNOTATIONS = (
     "tidescale.io/agent-cpu-request",
     "tidescale.io/agent-cpu-limit",
@@ -61,7 +67,11 @@ OVERRIDE_ANNOTATIONS = (
 SKIP_REASONS: Mapping[str, str] = {
     "not-labelled": f'the pod is not labelled {INJECT_LABEL}: "true"',
     "already-injected": f"the pod already has a container named {AGENT_NAME}",
-    "no-deployment": "the pod is not owned by a Deployment's ReplicaSet (by owner and pod-template-hash)",
+    "no-deployment": (
+        "the pod has no controller ownerReference to a ReplicaSet named after a Deployment "
+        "(<deployment>-<pod-template-hash>)"
+    ),
+    "host-network": "the pod uses the node's network (hostNetwork): its agent port would be the node's",
     "volume-conflict": f"the pod already has a volume named {TOKEN_VOLUME}",
     "malformed": "the pod's metadata, spec, containers or volumes are not what a pod has",
 }
@@ -92,7 +102,8 @@ def owning_deployment(metadata: Mapping[str, Any]) -> str | None:
     """The Deployment that owns the pod's ReplicaSet, from names alone (no API lookup).
 
     A Deployment names its ReplicaSets ``<deployment>-<pod-template-hash>`` and puts the
-    hash on the pods as a label; anything else (a bare ReplicaSet, a StatefulSet) is None.
+    hash on the pods as a label; only the controller reference counts (a pod may list other
+    owners, which do not run it); anything else (a bare ReplicaSet, a StatefulSet) is None.
     """
     owners = metadata.get("ownerReferences")
     labels = metadata.get("labels")
@@ -102,7 +113,9 @@ def owning_deployment(metadata: Mapping[str, Any]) -> str | None:
     if not isinstance(template_hash, str) or not template_hash:
         return None
     for owner in owners:
-        if not isinstance(owner, Mapping) or owner.get("kind") != "ReplicaSet":
+        if not isinstance(owner, Mapping) or owner.get("controller") is not True:
+            continue
+        if owner.get("kind") != "ReplicaSet" or owner.get("apiVersion") != "apps/v1":
             continue
         name = owner.get("name")
         suffix = "-" + template_hash
@@ -182,6 +195,9 @@ def _agent_container(
             _field_env("POD_IP", "status.podIP"),
             {"name": "TIDESCALE_DEPLOYMENT", "value": deployment},
             {"name": "TIDESCALE_PORT", "value": str(port)},
+            # The chart's logLevel (and log format) reach the agent through the injector's own env.
+            {"name": "TIDESCALE_LOG_LEVEL", "value": config.log_level},
+            *([{"name": "TIDESCALE_LOG_FORMAT", "value": config.log_format}] if config.log_format else []),
         ],
         "ports": [{"name": "tidescale", "containerPort": port, "protocol": "TCP"}],
         "resources": resources,
@@ -282,6 +298,8 @@ def build_patch(pod: object, config: InjectorConfig) -> Injection:
         return Injection(skipped="malformed")
     if any(c.get("name") == AGENT_NAME for c in [*containers, *init_containers]):
         return Injection(skipped="already-injected")
+    if spec.get("hostNetwork") is True:
+        return Injection(skipped="host-network")
     deployment = owning_deployment(metadata)
     if deployment is None:
         return Injection(skipped="no-deployment")
@@ -291,6 +309,13 @@ def build_patch(pod: object, config: InjectorConfig) -> Injection:
     annotations = annotations or {}
 
     resources, warnings = _resources(annotations, config)
+    template_hash = str(labels.get("pod-template-hash", ""))
+    if len(f"{deployment}-{template_hash}-") > POD_NAME_PREFIX_LIMIT:
+        warnings.append(
+            f"the Deployment name {deployment!r} is too long for its pods' names to carry it "
+            f"(at most {POD_NAME_PREFIX_LIMIT - len(template_hash) - 2} characters with this template hash): "
+            "the tidescale-agent admission policy will refuse this agent's scale writes"
+        )
     if _uses_port([*containers, *init_containers], config.port):
         warnings.append(f"a container of this pod already uses port {config.port}, the agent's port")
     own_token = spec.get("automountServiceAccountToken") is False

@@ -23,11 +23,13 @@ import orjson
 
 from tidescale.errors import HintError, HintsInvalid
 from tidescale.hints import AGENT_OWNED, PREFIX, validate_hints
+from tidescale.lint import workload_findings
 from tidescale_injector.config import InjectorConfig
 from tidescale_injector.patch import INJECT_LABEL, build_patch
 
 __all__ = [
     "MAX_REVIEW_BYTES",
+    "MAX_REVIEW_CONTAINERS",
     "AdmissionRequest",
     "AdmissionResponse",
     "AdmissionReview",
@@ -43,6 +45,10 @@ _log = logging.getLogger(__name__)
 
 # The API server caps a request body at 3 MiB; an UPDATE review carries the object twice.
 MAX_REVIEW_BYTES = 8 * 2**20
+# JSON objects and arrays a review may hold (counted as "{" and "[" bytes, strings included, before
+# parsing). A parsed empty list costs ~70 bytes, so 8 MiB of "[]," would become ~200 MiB of Python
+# objects; this bound keeps any body's parse under ~25 MiB. A real review has one per ~30-60 bytes.
+MAX_REVIEW_CONTAINERS = 300_000
 _MAX_UID = 256
 
 Result = Literal["injected", "skipped", "allowed", "warned", "denied", "rejected", "error"]
@@ -124,6 +130,9 @@ def _parse(body: bytes) -> AdmissionRequest | str:
     """The request inside a review, or what is wrong with the review."""
     if len(body) > MAX_REVIEW_BYTES:
         return f"body of {len(body)} bytes exceeds {MAX_REVIEW_BYTES}"
+    containers = body.count(b"{") + body.count(b"[")
+    if containers > MAX_REVIEW_CONTAINERS:
+        return f"{containers} JSON objects and arrays exceed {MAX_REVIEW_CONTAINERS}"
     try:
         review = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -261,15 +270,12 @@ def _validate(request: AdmissionRequest, config: InjectorConfig, validator: Hint
     if annotations is None or old_annotations is None:
         return _reject("metadata.annotations is not a map of strings")
     hints = _hints(annotations)
-    if not hints:
+    # The wiring checks `tidescale lint` makes too (label placement, no trigger, ...): one wording.
+    wiring = [f.message for f in workload_findings(obj) if f.severity == "warning"]
+    if not hints and not wiring:
         return _answer({"uid": uid, "allowed": True}, "allowed")
-    problems = validator(hints)
-    warnings = [str(p) for p in problems]
-    if not _template_labelled(obj):
-        warnings.append(
-            f'tidescale hints are set but the pod template lacks the label {INJECT_LABEL}: "true", '
-            "so no agent will be injected and nothing will scale"
-        )
+    problems = validator(hints) if hints else ()
+    warnings = [str(p) for p in problems] + wiring
     # Strict mode refuses new or changed bad hints, never an unrelated update (a rollout,
     # the agent's status annotation) of a Deployment whose hints were already there.
     changed = request["operation"] == "CREATE" or hints != _hints(old_annotations)

@@ -26,9 +26,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tidescale import _logging
 from tidescale.httpserver import HttpServer, Limits, Request, Response
 from tidescale_injector import review
 from tidescale_injector.config import InjectorConfig, ServerSettings, parse_settings
+from tidescale_injector.patch import SKIP_REASONS
 
 __all__ = ["CertReloader", "Injector", "Metrics", "detect_native_sidecars", "main", "ssl_context"]
 
@@ -37,6 +39,8 @@ _log = logging.getLogger("tidescale.injector")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _TEXT = "text/plain; version=0.0.4; charset=utf-8"
 _DURATION = "tidescale_injector_admission_duration_seconds"
+# Skips a labelled pod's owner should hear about (the others are routine: not labelled, re-invocation).
+_LOGGED_SKIPS = frozenset({"host-network", "no-deployment", "volume-conflict", "malformed"})
 
 
 class Metrics:
@@ -177,22 +181,15 @@ async def detect_native_sidecars(kubeconfig: Path | None, wait: float = 5.0) -> 
 
     Any failure means False: a classic sidecar container works on every version.
     """
-    from kubernetes_asyncio import client
-    from kubernetes_asyncio import config as kube_config
+    # The agent's thin client: one GET needs neither kubernetes-asyncio nor aiohttp in the image.
+    from tidescale.kube import KubeClient, KubeConfig
 
-    configuration = client.Configuration()
     try:
-        async with asyncio.timeout(wait):
-            if kubeconfig is not None:
-                await kube_config.load_kube_config(
-                    config_file=os.fspath(kubeconfig), client_configuration=configuration
-                )
-            else:
-                kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            async with client.ApiClient(configuration=configuration) as api:
-                info = await client.VersionApi(api).get_code()
-        major = int(re.sub(r"\D", "", str(info.major)) or 0)
-        minor = int(re.sub(r"\D", "", str(info.minor)) or 0)
+        config = KubeConfig.from_kubeconfig(kubeconfig) if kubeconfig is not None else KubeConfig.in_cluster()
+        async with asyncio.timeout(wait), KubeClient(config, timeout=wait) as api:
+            info = await api.server_version()
+        major = int(re.sub(r"\D", "", str(info.get("major"))) or 0)
+        minor = int(re.sub(r"\D", "", str(info.get("minor"))) or 0)
     except Exception as exc:
         _log.warning("could not read the API server's version (%s); injecting classic sidecars", exc)
         return False
@@ -219,7 +216,13 @@ class Injector:
             },
             host=settings.host,
             port=settings.port,
-            limits=Limits(max_body_bytes=settings.max_body_bytes, request_timeout=10.0),
+            # Three of the largest reviews at once; the API server sends far smaller ones, so a
+            # flood of large bodies waits for room instead of growing the heap (issue 11, item 8).
+            limits=Limits(
+                max_body_bytes=settings.max_body_bytes,
+                max_inflight_body_bytes=settings.max_inflight_body_bytes,
+                request_timeout=10.0,
+            ),
         )
         self.reloader = CertReloader(
             server=self.http,
@@ -258,6 +261,13 @@ class Injector:
         )
         if outcome.result == "rejected":
             _log.warning("%s: rejected a request: %s", webhook, outcome.reason)
+        elif outcome.result == "skipped" and outcome.reason in _LOGGED_SKIPS:
+            _log.info(
+                "%s: a labelled pod gets no agent (%s): %s",
+                webhook,
+                outcome.reason,
+                SKIP_REASONS[outcome.reason],
+            )
         return Response(status=outcome.status, body=outcome.body, content_type=outcome.content_type)
 
     async def _mutate(self, request: Request) -> Response:
@@ -290,6 +300,8 @@ async def _serve(settings: ServerSettings, config: InjectorConfig) -> int:
             resources=config.resources,
             excluded_namespaces=config.excluded_namespaces,
             version=config.version,
+            log_level=config.log_level,
+            log_format=config.log_format,
         )
     try:
         injector = await Injector.start(settings, config)
@@ -316,12 +328,15 @@ async def _serve(settings: ServerSettings, config: InjectorConfig) -> int:
 
 def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     """``tidescale injector [flags]``: serve until SIGTERM. Returns the exit status."""
-    settings, config = parse_settings(argv, os.environ if environ is None else environ)
-    logging.basicConfig(
-        level=os.environ.get("TIDESCALE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    env = os.environ if environ is None else environ
+    try:
+        # --log-level / --log-format (and their TIDESCALE_LOG_* variables): one format for every role.
+        rest, log_level, log_format = _logging.split_arguments(argv, env)
+        _logging.configure(level=log_level, fmt=log_format)
+    except ValueError as error:
+        print(f"tidescale injector: {error}", file=sys.stderr)
+        return 2
+    settings, config = parse_settings(rest, env)
     import uvloop
 
     return uvloop.run(_serve(settings, config))

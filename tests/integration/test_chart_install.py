@@ -9,13 +9,16 @@ maps to .venv/bin/tidescale), with the chart's ServiceAccounts, RBAC and certifi
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shlex
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from tests.integration.rigkube import (
     apply,
@@ -36,6 +39,9 @@ pytestmark = pytest.mark.rig
 
 AGENT = "tidescale-agent"
 INJECT_LABEL = {"tidescale.io/inject": "true"}
+VALIDATE_EXCLUDED = re.compile(
+    r'apiserver_admission_match_condition_exclusions_total\{[^}]*name="validate\.tidescale\.io"[^}]*\} [1-9]'
+)
 
 
 def ready_pods(plane: ControlPlane, namespace: str, component: str) -> list[str]:
@@ -161,6 +167,20 @@ def test_helm_install_opt_in_scale_upgrade_and_uninstall_on_the_rig(
             namespace=team,
         )
 
+        # A Deployment without any tidescale.io/ key is never sent to the validating webhook: the
+        # API server's match condition excludes it (issue 11, item 9).
+        plain = consumer("plain", kafka=kafka, topic=topic, group=unique("plain"), record=record)
+        plain["spec"]["template"]["metadata"]["labels"] = {"app": "plain"}
+        plain["spec"]["selector"] = {"matchLabels": {"app": "plain"}}
+        plain["metadata"]["annotations"] = {}
+        plain["spec"]["replicas"] = 0
+        apply(control_plane, plain, namespace=team)
+        wait_for(
+            "the API server to count a match-condition exclusion of validate.tidescale.io",
+            lambda: VALIDATE_EXCLUDED.search(control_plane.apiserver_metrics()),
+            timeout=30,
+        )
+
         pods = wait_for("the first pod", lambda: workload_pods(control_plane, team, "orders"), timeout=60)
         assert injected(pods[0]), pods[0]["spec"]
         wait_for(
@@ -229,3 +249,65 @@ def test_helm_install_opt_in_scale_upgrade_and_uninstall_on_the_rig(
     assert uninstall.returncode == 0, uninstall.stderr
     assert webhook_configurations(control_plane, release) == []
     wait_for("the release's pods to go", lambda: not items(control_plane, "pods", system), timeout=60)
+
+
+def certificates_in(pem_b64: str) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(base64.b64decode(pem_b64))
+
+
+def test_helm_upgrade_renews_the_generated_certificate_only_when_it_nears_expiry(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    release = unique("cert")
+    system = f"{release}-system"
+    helm_ = Helm(control_plane, tmp_path / "helm")
+    secret_name = f"{release}-tidescale-injector-tls"
+    options = (
+        "--set",
+        "waker.enabled=false",
+        "--set",
+        "injector.replicas=1",
+        "--set",
+        f"agent.clusterRoleName={release}-agent",
+    )
+    helm_("install", release, str(CHART), "--namespace", system, "--create-namespace", *options)
+    try:
+        first = get(control_plane, "secret", secret_name, system)
+        (first_ca,) = certificates_in(first["data"]["ca.crt"])
+        cert = x509.load_pem_x509_certificate(base64.b64decode(first["data"]["tls.crt"]))
+        assert 364 <= (cert.not_valid_after_utc - cert.not_valid_before_utc).days <= 366
+
+        # Far from expiry: kept byte for byte.
+        helm_("upgrade", release, str(CHART), "--namespace", system, "--reuse-values")
+        assert get(control_plane, "secret", secret_name, system)["data"] == first["data"]
+
+        # Ten days left (less than renewBeforeDays, 30): a new pair, the old CA still trusted.
+        soon = (datetime.now(UTC) + timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        control_plane.kubectl(
+            "annotate",
+            "secret",
+            secret_name,
+            "-n",
+            system,
+            "--overwrite",
+            f"tidescale.io/certificate-not-after={soon}",
+        )
+        helm_("upgrade", release, str(CHART), "--namespace", system, "--reuse-values")
+        renewed = get(control_plane, "secret", secret_name, system)
+        assert renewed["data"]["tls.crt"] != first["data"]["tls.crt"]
+        new_ca, old_ca = certificates_in(renewed["data"]["ca.crt"])
+        assert old_ca == first_ca
+        x509.load_pem_x509_certificate(
+            base64.b64decode(renewed["data"]["tls.crt"])
+        ).verify_directly_issued_by(new_ca)
+        for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
+            config = control_plane.kubectl("get", kind, f"{release}-tidescale-injector", "-o", "json").stdout
+            (hook,) = json.loads(config)["webhooks"]
+            assert hook["clientConfig"]["caBundle"] == renewed["data"]["ca.crt"]
+
+        # And kept again on the next upgrade: the bundle does not grow.
+        helm_("upgrade", release, str(CHART), "--namespace", system, "--reuse-values")
+        assert get(control_plane, "secret", secret_name, system)["data"] == renewed["data"]
+    finally:
+        helm_("uninstall", release, "--namespace", system, check=False)
+        control_plane.kubectl("delete", "namespace", system, "--wait=false", check=False)

@@ -166,6 +166,7 @@ def probe_pod(name: str) -> dict[str, Any]:
                     "kind": "ReplicaSet",
                     "name": "probe-5d8f7",
                     "uid": str(uuid.uuid4()),
+                    "controller": True,
                 }
             ],
         },
@@ -322,6 +323,22 @@ def test_a_pod_that_opts_out_of_automount_gets_a_projected_token_the_api_server_
     [agent] = [c for c in created["spec"]["initContainers"] if c["name"] == AGENT_NAME]
     assert agent["volumeMounts"][0]["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
     assert "volumeMounts" not in created["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("case", ["host-network", "not-a-controller-reference"])
+def test_host_network_pods_and_pods_without_a_controller_replica_set_get_no_agent(
+    setup: Setup, case: str
+) -> None:
+    pod = probe_pod(f"skip-{case}")
+    if case == "host-network":
+        pod["spec"]["hostNetwork"] = True
+    else:
+        pod["metadata"]["ownerReferences"][0]["controller"] = False
+    created = dry_run_pod(setup.control_plane, setup.inject_ns, pod)
+    assert not has_agent(created)
+    skips = setup.injector.get("/metrics").text
+    reason = "host-network" if case == "host-network" else "no-deployment"
+    assert f'tidescale_injector_skips_total{{reason="{reason}"}}' in skips
 
 
 def test_kubectl_apply_of_a_bad_hint_prints_a_warning_naming_the_annotation(setup: Setup) -> None:

@@ -269,13 +269,18 @@ class WakerProcess:
     """``tidescale waker`` as a process acting as its ServiceAccount. ``kill`` is SIGKILL (nothing
     released); ``start`` again keeps the identity, as a restarted container keeps its pod name."""
 
-    def __init__(self, supervisor: Supervisor, kubeconfig: Path, namespace: str) -> None:
+    def __init__(
+        self, supervisor: Supervisor, kubeconfig: Path, namespace: str, *, lease_name: str | None = None
+    ) -> None:
+        """``lease_name``: another waker's, to run as its standby (elected through one Lease)."""
         self._supervisor = supervisor
         self.identity = unique("waker")
+        self.kubeconfig = kubeconfig
+        self.lease_name = lease_name or unique("waker-lease")
         self._argv = waker_argv(
             kubeconfig,
             identity=self.identity,
-            lease_name=unique("waker-lease"),
+            lease_name=self.lease_name,
             secret_namespaces=[namespace],
         )
         self.process: Managed | None = None
@@ -386,6 +391,45 @@ def kafka_setup(
     return setup, KafkaIds(background, kafka, topic)
 
 
+def rabbitmq_setup(
+    plane: ControlPlane,
+    supervisor: Supervisor,
+    background: Background,
+    rabbitmq: RabbitMQ,
+    run_dir: Path,
+    prefix: str,
+    *,
+    work_seconds: float = 0.02,
+    extra: dict[str, str] | None = None,
+) -> tuple[Setup, RabbitIds]:
+    """A namespace, the waker's RBAC for it and its credentials Secret, a durable queue and a
+    consumer Deployment with the agent (min-replicas 0), its watch, and a waker not started yet."""
+    namespace, name = unique(prefix), "jobs"
+    queue, secret = unique("jobs"), "rabbitmq-credentials"
+    namespace_with_agent_rbac(plane, namespace)
+    kubeconfig = waker_rbac(plane, [namespace])
+    plane.kubectl(
+        "create", "secret", "generic", secret, "-n", namespace,
+        f"--from-literal=username={rabbitmq.username}", f"--from-literal=password={rabbitmq.password}",
+    )  # fmt: skip
+    declare_queue(rabbitmq.amqp_url, queue)
+    record = run_dir / f"{namespace}-consumed.txt"
+    deployment = rabbitmq_consumer_deployment(
+        name,
+        amqp_url=rabbitmq.amqp_url,
+        queue=queue,
+        secret=secret,
+        annotations=rabbitmq_hints(rabbitmq.management_url, queue, secret, {**FAST, **(extra or {})}),
+        record_file=record,
+        work_seconds=work_seconds,
+    )
+    observer = Observer(background, KubeConfig.from_kubeconfig(plane.admin_kubeconfig), namespace, name)
+    apply(plane, deployment, namespace=namespace)
+    waker = WakerProcess(supervisor, kubeconfig, namespace)
+    setup = Setup(namespace=namespace, name=name, observer=observer, record=record, waker=waker)
+    return setup, RabbitIds(background, rabbitmq.amqp_url, queue)
+
+
 @pytest.fixture
 def teardown(control_plane: ControlPlane) -> Iterator[list[Callable[[], None]]]:
     """Things to undo at the end of a test, newest first (wakers, producers, the namespace)."""
@@ -432,10 +476,9 @@ def test_a_kafka_deployment_drains_to_zero_through_the_handoff_and_wakes_on_the_
     time.sleep(2.0)  # several polls of an idle group: it stays parked
     assert setup.observer.replicas_now() == 0
 
-    sent = time.monotonic()
+    # Wake latency is measured by bench/bench_waker.py and bench/bench_failover.py, not here.
     second = ids.send(5)
-    awake = setup.observer.wait_awake(timeout=20, after=parked)
-    print(f"kafka wake latency {setup.observer.states[awake].at - sent:.2f}s")
+    setup.observer.wait_awake(timeout=20, after=parked)
     setup.wait_consumed(set(first) | set(second))
     assert events(control_plane, setup.namespace, "Parked")
     assert events(control_plane, setup.namespace, "Woken")
@@ -451,38 +494,17 @@ def test_a_rabbitmq_deployment_drains_to_zero_through_the_handoff_and_wakes_on_t
     background: Background,
     teardown: list[Callable[[], None]],
 ) -> None:
-    namespace, name = unique("stz-rabbit"), "jobs"
-    queue, secret = unique("jobs"), "rabbitmq-credentials"
-    namespace_with_agent_rbac(control_plane, namespace)
-    kubeconfig = waker_rbac(control_plane, [namespace])
-    control_plane.kubectl(
-        "create", "secret", "generic", secret, "-n", namespace,
-        f"--from-literal=username={rabbitmq.username}", f"--from-literal=password={rabbitmq.password}",
-    )  # fmt: skip
-    declare_queue(rabbitmq.amqp_url, queue)
-    record = rig_run_dir / f"{namespace}-consumed.txt"
-    deployment = rabbitmq_consumer_deployment(
-        name,
-        amqp_url=rabbitmq.amqp_url,
-        queue=queue,
-        secret=secret,
-        annotations=rabbitmq_hints(rabbitmq.management_url, queue, secret, {**FAST, "rabbitmq.value": "20"}),
-        record_file=record,
-        work_seconds=0.02,
+    setup, ids = rabbitmq_setup(
+        control_plane,
+        rig_supervisor,
+        background,
+        rabbitmq,
+        rig_run_dir,
+        "stz-rabbit",
+        extra={"rabbitmq.value": "20"},
     )
-    observer = Observer(
-        background, KubeConfig.from_kubeconfig(control_plane.admin_kubeconfig), namespace, name
-    )
-    apply(control_plane, deployment, namespace=namespace)
-    setup = Setup(
-        namespace=namespace,
-        name=name,
-        observer=observer,
-        record=record,
-        waker=WakerProcess(rig_supervisor, kubeconfig, namespace),
-    )
-    ids = RabbitIds(background, rabbitmq.amqp_url, queue)
     arm(teardown, control_plane, setup, ids)
+    observer = setup.observer
     setup.waker.start()
     first = ids.send(30)
     setup.wait_consumed(set(first))
@@ -493,12 +515,10 @@ def test_a_rabbitmq_deployment_drains_to_zero_through_the_handoff_and_wakes_on_t
     time.sleep(2.5)  # more than two statistics intervals of the management API: still parked
     assert observer.replicas_now() == 0
 
-    sent = time.monotonic()
     second = ids.send(5)
-    awake = observer.wait_awake(timeout=20, after=parked)
-    print(f"rabbitmq wake latency {observer.states[awake].at - sent:.2f}s")
+    observer.wait_awake(timeout=20, after=parked)
     setup.wait_consumed(set(first) | set(second))
-    assert events(control_plane, namespace, "Woken")
+    assert events(control_plane, setup.namespace, "Woken")
     observer.check_invariants()
 
 
@@ -646,7 +666,9 @@ def test_a_waker_that_never_acks_leaves_the_deployment_at_one_with_a_waker_unava
     asked_at = observer.states[requested].at
     aborted = observer.wait_label(None, timeout=20, after=requested)
     waited = observer.states[aborted].at - asked_at
-    assert 4.0 <= waited <= 12.0, f"the request was withdrawn {waited:.1f}s after it was made"
+    # Behaviour, not speed: the leader waited out its park-ack-timeout (5 s, less the watch's
+    # delivery slack) before withdrawing the request; how soon after is not asserted.
+    assert waited >= 4.0, f"the request was withdrawn {waited:.1f}s after it was made, before its 5s timeout"
 
     def unavailable() -> list[dict[str, Any]]:
         return events(control_plane, setup.namespace, "WakerUnavailable")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from tests.rig.kafka import GroupRow, Kafka
+from tests.rig.kafka import GroupRow, Kafka, KafkaToolError
 from tidescale.errors import BrokerUnreachable, SourceNotFound, SourceTimeout
 from tidescale.sources.base import Measurement, Scope
 from tidescale.sources.kafka import KafkaSettings, KafkaSource, parse_kafka_settings
@@ -197,24 +198,35 @@ async def test_local_scope_measures_only_the_partitions_of_this_pods_members(kaf
     assert by_pattern.replica_cap == by_ip.replica_cap == len(PRODUCED)
 
 
-async def test_persistent_lag_drops_out_of_the_metric_on_the_second_measurement(kafka: Kafka) -> None:
+async def test_persistent_lag_drops_out_of_the_metric_once_the_commit_stood_still_for_the_window(
+    kafka: Kafka,
+) -> None:
     topic, group = await _topic_with_messages(kafka), _name("persistent")
     await _commit(kafka, group, {TopicPartition(topic, 0): 2})
-    settings = _settings(kafka, group, topic=topic, partitions="0", **{"exclude-persistent-lag": "true"})
+    settings = _settings(
+        kafka,
+        group,
+        topic=topic,
+        partitions="0",
+        **{"exclude-persistent-lag": "true", "persistent-lag-window": "2s"},
+    )
     source = KafkaSource(settings)
     try:
         first = await source.measure(settings, Scope.GROUP)
-        second = await source.measure(settings, Scope.GROUP)
+        soon = await source.measure(settings, Scope.GROUP)  # within the window: still counts
+        await asyncio.sleep(2.1)
+        later = await source.measure(settings, Scope.GROUP)
         await _commit(kafka, group, {TopicPartition(topic, 0): 5})
-        third = await source.measure(settings, Scope.GROUP)
+        moved = await source.measure(settings, Scope.GROUP)
     finally:
         await source.close()
     assert (first.value, first.active) == (7.0, True)
-    assert (second.value, second.active) == (0.0, True)
-    assert third.value == 4.0
+    assert (soon.value, soon.active) == (7.0, True)
+    assert (later.value, later.active) == (0.0, True)
+    assert moved.value == 4.0
 
 
-async def test_steady_state_costs_two_requests_for_a_single_broker(kafka: Kafka) -> None:
+async def test_steady_state_costs_four_requests_for_a_single_broker(kafka: Kafka) -> None:
     topic, group = await _topic_with_messages(kafka), _name("cost")
     await _commit(kafka, group, {TopicPartition(topic, 0): 1})
     settings = _settings(kafka, group, topic=topic)
@@ -223,9 +235,115 @@ async def test_steady_state_costs_two_requests_for_a_single_broker(kafka: Kafka)
         await source.measure(settings, Scope.GROUP)
         before = source.requests
         await source.measure(settings, Scope.GROUP)
-        assert source.requests - before == 2  # OffsetFetch + one ListOffsets
+        # Metadata (partitions added are seen) + OffsetFetch + ListOffsets latest and earliest.
+        assert source.requests - before == 4
     finally:
         await source.close()
+
+
+async def test_a_commit_below_log_start_counts_from_log_start_after_kafka_delete_records(
+    kafka: Kafka,
+) -> None:
+    topic, group = await _topic_with_messages(kafka), _name("trimmed")
+    await _commit(kafka, group, {TopicPartition(topic, p): 1 for p in range(3)})
+    # Kafka's own tool trims partitions 0 and 2 past the commits (as retention would).
+    plan = kafka.directory / f"{topic}-delete.json"
+    plan.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "partitions": [
+                    {"topic": topic, "partition": 0, "offset": 6},
+                    {"topic": topic, "partition": 2, "offset": 7},
+                ],
+            }
+        )
+    )
+    await asyncio.to_thread(
+        kafka.run_tool,
+        "org.apache.kafka.tools.DeleteRecordsCommand",
+        "--bootstrap-server",
+        kafka.bootstrap,
+        "--offset-json-file",
+        str(plan),
+    )
+
+    m = await _measure(kafka, _settings(kafka, group, topic=topic), Scope.GROUP)
+    rows = {r.partition: r for r in await _tool(kafka, group) if r.topic == topic}
+
+    # The tool's LAG is log-end minus the commit, deleted messages included: 9-1, 4-1, 7-1.
+    assert {p: rows[p].lag for p in range(3)} == {0: 8, 1: 3, 2: 6}
+    # What a consumer resuming there can still read: from log-start 6 and 7 on partitions 0 and 2.
+    assert {p: m.detail[f"{topic}/{p}"] for p in range(3)} == {0: 3.0, 1: 3.0, 2: 0.0}
+    assert m.value == 3 + 3 + 0 + 1  # partition 3 has no commit: 1 under latest
+
+
+async def test_partitions_added_while_measuring_are_seen_by_the_next_measurement(kafka: Kafka) -> None:
+    topic, group = await _topic_with_messages(kafka), _name("grown")
+    await _commit(kafka, group, {TopicPartition(topic, p): PRODUCED[p] for p in range(4)})
+    settings = _settings(kafka, group, topic=topic)
+    source = KafkaSource(settings)
+    try:
+        before = await source.measure(settings, Scope.GROUP)
+        await asyncio.to_thread(
+            kafka.run_tool,
+            "org.apache.kafka.tools.TopicCommand",
+            "--bootstrap-server",
+            kafka.bootstrap,
+            "--alter",
+            "--topic",
+            topic,
+            "--partitions",
+            "6",
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap)
+        await producer.start()
+        try:
+            for _ in range(5):
+                await producer.send_and_wait(topic, b"new", partition=5)
+        finally:
+            await producer.stop()
+        after = await source.measure(settings, Scope.GROUP)
+    finally:
+        await source.close()
+    assert (before.value, before.replica_cap, len(before.detail)) == (0.0, 4, 4)
+    # Partitions 4 (empty) and 5 (5 new messages) have no commit: 1 each under latest. Kafka's tool
+    # lists only the partitions a member-less group committed, so it has nothing to say of them.
+    rows = {r.partition: r for r in await _tool(kafka, group) if r.topic == topic}
+    assert {p: r.lag for p, r in rows.items()} == {p: 0 for p in range(4)}
+    assert (after.detail[f"{topic}/4"], after.detail[f"{topic}/5"]) == (1.0, 1.0)
+    assert (after.value, after.replica_cap, after.active) == (2.0, 6, True)
+
+
+async def test_a_group_whose_offsets_expired_still_wakes_a_trigger_without_topic(kafka: Kafka) -> None:
+    topic, group = await _topic_with_messages(kafka), _name("expired")
+    await _commit(kafka, group, {TopicPartition(topic, p): PRODUCED[p] for p in range(4)})
+    settings = _settings(kafka, group)
+    source = KafkaSource(settings)
+    try:
+        caught_up = await source.measure(settings, Scope.GROUP)
+        # What offsets.retention.minutes does to an empty group, done now by Kafka's own tool.
+        await asyncio.to_thread(
+            kafka.run_tool,
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            "--bootstrap-server",
+            kafka.bootstrap,
+            "--delete",
+            "--group",
+            group,
+        )
+        with pytest.raises(KafkaToolError, match="not found"):
+            await _tool(kafka, group)
+        expired = await source.measure(settings, Scope.GROUP)
+        batched = (await source.measure_many([settings]))[settings]
+    finally:
+        await source.close()
+    assert (caught_up.value, caught_up.active) == (0.0, False)
+    # Every partition is uncommitted now: latest counts 1 each, so the trigger is active.
+    assert expired.detail == {f"{topic}/{p}": 1.0 for p in range(4)}
+    assert expired.active
+    assert isinstance(batched, Measurement)
+    assert batched.detail == expired.detail
 
 
 async def test_the_pool_shares_one_connection_per_cluster_and_closes_it_with_the_last_trigger(
@@ -295,3 +413,62 @@ async def test_a_broker_that_never_answers_is_a_timeout() -> None:
     finally:
         await source.close()
         server.close()
+
+
+async def test_read_committed_lag_reaches_zero_for_a_consumer_that_read_everything_it_can_see(
+    kafka: Kafka,
+) -> None:
+    topic, group = _name("txn"), _name("txn-group")
+    await asyncio.to_thread(kafka.create_topic, topic, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, transactional_id=_name("txn-producer"))
+    await producer.start()
+    open_transaction = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, transactional_id=_name("txn-open"))
+    await open_transaction.start()
+    try:
+        # Offsets: 0-2 data, 3 commit marker; 4-5 aborted data, 6 abort marker; 7-8 data, 9 commit marker.
+        for records, commit in ((3, True), (2, False), (2, True)):
+            await producer.begin_transaction()
+            for i in range(records):
+                await producer.send_and_wait(topic, f"{i}".encode(), partition=0)
+            await (producer.commit_transaction() if commit else producer.abort_transaction())
+        # And a transaction still open at the tail (offset 10): above the last stable offset.
+        await open_transaction.begin_transaction()
+        await open_transaction.send_and_wait(topic, b"pending", partition=0)
+
+        # What a read_committed consumer sees from offset 3: the two records of the last transaction.
+        reader = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, isolation_level="read_committed")
+        await reader.start()
+        try:
+            tp = TopicPartition(topic, 0)
+            reader.assign([tp])
+            reader.seek(tp, 3)
+            seen = [r.offset for batch in (await reader.getmany(tp, timeout_ms=2000)).values() for r in batch]
+        finally:
+            await reader.stop()
+        assert seen == [7, 8]
+
+        settings = _settings(kafka, group, topic=topic, **{"isolation-level": "read-committed"})
+        plain = _settings(kafka, group, topic=topic)
+        source = KafkaSource(settings)
+        readings: dict[int, tuple[float, float, float]] = {}
+        try:
+            # 3: after the first transaction; 9: after record 8, as an exactly-once consumer commits.
+            for committed in (3, 9):
+                await _commit(kafka, group, {TopicPartition(topic, 0): committed})
+                rc = await source.measure(settings, Scope.GROUP)
+                batched = (await source.measure_many([settings]))[settings]
+                assert isinstance(batched, Measurement)
+                ru = await source.measure(plain, Scope.GROUP)
+                readings[committed] = (rc.value, batched.value, ru.value)
+            rows = await _tool(kafka, group)
+        finally:
+            await source.close()
+    finally:
+        await open_transaction.abort_transaction()
+        await open_transaction.stop()
+        await producer.stop()
+
+    assert readings[3] == (2.0, 2.0, 8.0)  # read-uncommitted counts markers, aborted and open records
+    assert readings[9] == (0.0, 0.0, 2.0)
+    # Kafka's tool counts to the high watermark, as read-uncommitted does.
+    assert [(r.current_offset, r.log_end_offset, r.lag) for r in rows] == [(9, 11, 2)]

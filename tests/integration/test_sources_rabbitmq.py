@@ -7,14 +7,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aio_pika
 import pytest
 
 from tests.rig.rabbitmq import RabbitMQ
-from tidescale.errors import BrokerAuthFailed, SourceNotFound
-from tidescale.sources.base import Measurement, Scope
+from tidescale.errors import BrokerAuthFailed, SourceError, SourceNotFound
+from tidescale.sources.base import Measurement, MeasurementFailure, Scope
 from tidescale.sources.rabbitmq import RabbitMQSettings, RabbitMQSource, parse_rabbitmq_settings
 
 pytestmark = pytest.mark.rig
@@ -71,13 +71,15 @@ def _amqp(rabbitmq: RabbitMQ, credentials: dict[str, str], **fields: str) -> Rab
 
 
 @asynccontextmanager
-async def _queue_with_held_messages(rabbitmq: RabbitMQ, *, published: int, held: int) -> AsyncIterator[str]:
+async def _queue_with_held_messages(
+    rabbitmq: RabbitMQ, *, published: int, held: int, kind: str = "classic"
+) -> AsyncIterator[str]:
     """A queue of ``published`` messages, ``held`` of them delivered to one consumer and not acked."""
     name = _queue_name()
     connection = await aio_pika.connect(rabbitmq.amqp_url)
     async with connection:
         channel = await connection.channel()
-        await channel.declare_queue(name, durable=True)
+        await channel.declare_queue(name, durable=True, arguments={"x-queue-type": kind})
         for i in range(published):
             await channel.default_exchange.publish(aio_pika.Message(f"{i}".encode()), routing_key=name)
         consumer = await connection.channel()
@@ -99,12 +101,18 @@ async def _queue_with_held_messages(rabbitmq: RabbitMQ, *, published: int, held:
 async def _settled(
     source: RabbitMQSource, settings: RabbitMQSettings, scope: Scope, done: Callable[[Measurement], bool]
 ) -> Measurement:
-    """The management API samples statistics (every second on the rig): read until they catch up, or 15 s."""
+    """The management API samples statistics (every second on the rig): read until they catch up, or
+    15 s. A queue just declared has no statistics yet (a SourceError) until the first sample."""
     deadline = time.monotonic() + 15
     while True:
-        m = await source.measure(settings, scope)
-        if done(m) or time.monotonic() > deadline:
-            return m
+        try:
+            m = await source.measure(settings, scope)
+        except SourceError:
+            if time.monotonic() > deadline:
+                raise
+        else:
+            if done(m) or time.monotonic() > deadline:
+                return m
         await asyncio.sleep(0.25)
 
 
@@ -214,3 +222,111 @@ async def test_a_wrong_password_is_broker_auth_failed(
             await source.measure(settings, Scope.GROUP)
     finally:
         await source.close()
+
+
+async def test_a_quorum_queue_counts_equal_rabbitmqctl(
+    rabbitmq: RabbitMQ, credentials: dict[str, str]
+) -> None:
+    async with _queue_with_held_messages(rabbitmq, published=8, held=3, kind="quorum") as queue:
+        # A quorum queue's counts reach rabbitmqctl through its periodic metrics: wait for them.
+        deadline = time.monotonic() + 15
+        while (row := await asyncio.to_thread(_ctl, rabbitmq, queue)).messages != 8:
+            assert time.monotonic() < deadline, f"rabbitmqctl never showed 8 messages: {row}"
+            await asyncio.sleep(0.5)
+        settings = _http(rabbitmq, credentials, queue=queue)
+        source = RabbitMQSource(settings)
+        try:
+            m = await _settled(source, settings, Scope.GROUP, lambda m: m.value == row.messages)
+            ready = await source.measure(replace(settings, exclude_unacknowledged=True), Scope.GROUP)
+        finally:
+            await source.close()
+    assert (row.messages, row.ready, row.unacked) == (8, 5, 3)
+    assert m.value == row.messages
+    assert ready.value == row.ready
+
+
+async def test_a_stream_queue_is_refused_rather_than_counting_its_retained_log(
+    rabbitmq: RabbitMQ, credentials: dict[str, str]
+) -> None:
+    name = _queue_name()
+    connection = await aio_pika.connect(rabbitmq.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "stream"})
+        for i in range(3):
+            await channel.default_exchange.publish(aio_pika.Message(f"{i}".encode()), routing_key=name)
+    settings = _http(rabbitmq, credentials, queue=name)
+    source = RabbitMQSource(settings)
+    try:
+        with pytest.raises(SourceError, match="is a stream"):
+            await _settled(source, settings, Scope.GROUP, lambda m: False)
+        batched = (await source.measure_many([settings]))[settings]
+    finally:
+        await source.close()
+    assert isinstance(batched, MeasurementFailure)
+    assert "is a stream" in batched.error
+
+
+async def test_queue_match_substring_selects_what_keda_selects_and_whole_what_the_pattern_says(
+    rabbitmq: RabbitMQ, credentials: dict[str, str]
+) -> None:
+    prefix = f"match-{uuid.uuid4().hex[:6]}"
+    counts = {
+        f"{prefix}-orders": 2,
+        f"{prefix}-orders-dlq": 3,
+        f"old-{prefix}-orders": 4,
+        f"{prefix}-other": 9,
+    }
+    connection = await aio_pika.connect(rabbitmq.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for name, count in counts.items():
+            await channel.declare_queue(name)
+            for _ in range(count):
+                await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=name)
+        pattern = f"{prefix}-orders"
+        whole = _http(rabbitmq, credentials, **{"queue-pattern": pattern})
+        substring = _http(rabbitmq, credentials, **{"queue-pattern": pattern, "queue-match": "substring"})
+        source = RabbitMQSource(whole)
+        try:
+            m_whole = await _settled(source, whole, Scope.GROUP, lambda m: m.value == 2)
+            m_sub = await _settled(source, substring, Scope.GROUP, lambda m: m.value == 9)
+            batched = await source.measure_many([whole, substring])
+        finally:
+            await source.close()
+        rows = {name: (await asyncio.to_thread(_ctl, rabbitmq, name)).messages for name in counts}
+    assert m_whole.detail == {f"{prefix}-orders": float(rows[f"{prefix}-orders"])}
+    assert m_sub.detail == {name: float(rows[name]) for name in counts if pattern in name}
+    assert m_sub.value == 2 + 3 + 4
+    assert batched[whole] == replace(m_whole, taken_at=batched[whole].taken_at)
+    assert batched[substring] == replace(m_sub, taken_at=batched[substring].taken_at)
+
+
+async def test_the_vhost_named_by_the_amqp_url_path_is_the_one_measured(
+    rabbitmq: RabbitMQ, credentials: dict[str, str]
+) -> None:
+    vhost, queue = f"vh-{uuid.uuid4().hex[:6]}", _queue_name()
+    await asyncio.to_thread(rabbitmq.rabbitmqctl, "add_vhost", vhost)
+    await asyncio.to_thread(
+        rabbitmq.rabbitmqctl, "set_permissions", "-p", vhost, rabbitmq.username, ".*", ".*", ".*"
+    )
+    base = f"amqp://{rabbitmq.username}:{rabbitmq.password}@{rabbitmq.host}:{rabbitmq.amqp_port}"
+    connection = await aio_pika.connect(f"{base}/{vhost}")
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(queue, durable=True)
+        for _ in range(4):
+            await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=queue)
+    url = f"amqp://{rabbitmq.username}@{rabbitmq.host}:{rabbitmq.amqp_port}/{vhost}"
+    settings = parse_rabbitmq_settings("rabbitmq", {"amqp-url": url, "queue": queue, **credentials})
+    source = RabbitMQSource(settings)
+    try:
+        m = await source.measure(settings, Scope.GROUP)
+    finally:
+        await source.close()
+    ctl = await asyncio.to_thread(
+        rabbitmq.rabbitmqctl, "-q", "--no-table-headers", "list_queues", "-p", vhost, "name", "messages"
+    )
+    assert settings.vhost == vhost
+    assert f"{queue}\t4" in ctl
+    assert m.value == 4.0

@@ -197,7 +197,8 @@ class ControlPlane:
 
     @property
     def audit_log(self) -> Path:
-        """JSON lines, one per audited request: writes to Deployments, their scale, and Leases."""
+        """JSON lines, one per audited request: writes to Deployments, their scale, and Leases;
+        reads and writes of the HPA differential test's scale targets."""
         return self.directory / "audit.log"
 
     def audit_events(self) -> list[dict[str, Any]]:
@@ -224,6 +225,15 @@ class ControlPlane:
                     "resources": [
                         {"group": "apps", "resources": ["deployments", "deployments/scale"]},
                         {"group": "coordination.k8s.io", "resources": ["leases"]},
+                    ],
+                },
+                {
+                    # The HPA differential test reads every scale read and write of its targets,
+                    # with the replica count written (the request body).
+                    "level": "Request",
+                    "verbs": ["get", "update", "patch"],
+                    "resources": [
+                        {"group": "hpadiff.rig.tidescale.dev", "resources": ["scaletargets/scale"]}
                     ],
                 },
                 {"level": "None"},
@@ -296,6 +306,13 @@ class ControlPlane:
                 f"--cluster-signing-cert-file={pki.ca.cert_file}",
                 f"--cluster-signing-key-file={pki.ca.key_file}",
                 f"--controllers={_CONTROLLERS}",
+                # The HPA differential test (tests/integration/test_hpa_differential.py): a 1 s
+                # sync; a worker per HPA, as its scripted metrics server holds each query up
+                # to 1.6 s; and client rate limits that do not delay dozens of HPAs' writes.
+                "--horizontal-pod-autoscaler-sync-period=1s",
+                "--concurrent-horizontal-pod-autoscaler-syncs=64",
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
             ],
         )
         self.processes.append(manager)
@@ -400,6 +417,18 @@ class ControlPlane:
             self._http = None
         while self.processes:
             self.processes.pop().stop()
+
+    def restart_apiserver(self, supervisor: Supervisor, *, down_seconds: float = 0.0) -> None:
+        """Stops kube-apiserver, waits ``down_seconds``, starts it again with the same flags and
+        port; etcd (the data) and the controller manager keep running. For fault tests."""
+        old = next(p for p in self.processes if p.name == "kube-apiserver")
+        old.stop()
+        self.processes.remove(old)
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        time.sleep(down_seconds)
+        self._start_apiserver(supervisor)
 
     def open_listeners(self) -> list[Listener]:
         """The control plane's listeners that still accept connections (none after stop)."""

@@ -8,15 +8,21 @@ injection with hints (min-replicas 0), then produces a burst of messages every s
 often and prints what tidescale does about it, as it happens: scale-up, scale-down,
 the handoff to the waker at zero, and the wake-up on the next burst.
 Ctrl-C stops everything it started; ``DEMO_SECONDS=N`` stops after N seconds.
+It ends by writing a PNG of lag and replicas over time, park and wake marked, and prints
+its path (``DEMO_PNG=path`` chooses it; default ``<run dir>/demo.png``).
+``DEMO_PROFILE=short`` runs one cycle fast (shorter windows, a smaller burst, the second
+burst as soon as the Deployment is parked) and stops once it has woken: the test's profile.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from tests.integration.rigkube import (
@@ -33,6 +39,7 @@ from tests.rig.helm import CHART, Helm
 from tests.rig.kafka import Kafka
 from tests.rig.network import Network
 from tests.rig.paths import RigNotBuilt, new_run_dir
+from tests.rig.plot import Timeline, write_png
 from tests.rig.podrunner import PodRunner
 from tests.rig.processes import Supervisor
 
@@ -43,6 +50,11 @@ TOPIC = "orders"
 PARTITIONS = 8
 BURST = 400
 BURST_EVERY = 90.0
+SHORT = os.environ.get("DEMO_PROFILE", "") == "short"
+"""One burst, park, a second burst at zero, wake; then stop."""
+if SHORT:
+    BURST = 200
+COMPONENTS = ("tidescale-agent", "tidescale-waker")
 
 
 def say(text: str = "") -> None:
@@ -73,7 +85,7 @@ def _new_events(plane: ControlPlane, seen: set[str]) -> list[dict[str, Any]]:
     fresh = []
     for event in items(plane, "events", NAMESPACE):
         uid = event["metadata"]["uid"]
-        if uid not in seen and event.get("source", {}).get("component") == "tidescale-agent":
+        if uid not in seen and event.get("source", {}).get("component") in COMPONENTS:
             seen.add(uid)
             fresh.append(event)
     return sorted(fresh, key=lambda e: e.get("lastTimestamp") or "")
@@ -81,6 +93,7 @@ def _new_events(plane: ControlPlane, seen: set[str]) -> list[dict[str, Any]]:
 
 def run(seconds: float | None) -> None:
     run_dir = new_run_dir()
+    timeline = Timeline()
     supervisor = Supervisor(run_dir=run_dir)
     network = Network().open()
     runner: PodRunner | None = None
@@ -112,8 +125,8 @@ def run(seconds: float | None) -> None:
                 "min-replicas": "0",
                 "max-replicas": "6",
                 "kafka.lag-threshold": "50",
-                "scale-down-stabilization": "15s",
-                "cooldown": "20s",
+                "scale-down-stabilization": "5s" if SHORT else "15s",
+                "cooldown": "10s" if SHORT else "20s",
             },
         )
         deployment = consumer_deployment(
@@ -148,8 +161,11 @@ def run(seconds: float | None) -> None:
         say(f"pod {pod['metadata']['name']}: containers {', '.join(containers)} (the agent injected)")
         say(f"agent leading: {_lease_holder(plane)}")
         say()
-        _watch(plane, kafka, seconds)
+        _watch(plane, kafka, seconds, timeline, run_dir / "consumed.txt")
     finally:
+        if timeline.samples:
+            picture = write_png(timeline, Path(os.environ.get("DEMO_PNG") or run_dir / "demo.png"))
+            say(f"\npicture of lag and replicas over time (park and wake marked): {picture}")
         say("\nstopping: pods, pod runner, Kafka, control plane")
         if runner is not None:
             runner.stop()
@@ -167,7 +183,7 @@ def _install(plane: ControlPlane, run_dir: Any) -> None:
     for component in ("injector", "waker"):
         wait_for(
             f"the {component} pods to be Ready",
-            lambda component=component: _ready(plane, SYSTEM, component),
+            functools.partial(_ready, plane, SYSTEM, component),
             timeout=120,
         )
     say(f"ready in {time.monotonic() - began:4.1f}s")
@@ -201,22 +217,47 @@ def _lease_holder(plane: ControlPlane) -> str | None:
     return None
 
 
-def _watch(plane: ControlPlane, kafka: Kafka, seconds: float | None) -> None:
+def _consumed(record_file: Path) -> int:
+    """Distinct messages the consumers recorded (one id a line)."""
+    try:
+        return len(set(record_file.read_text().split()))
+    except FileNotFoundError:
+        return 0
+
+
+def _watch(
+    plane: ControlPlane, kafka: Kafka, seconds: float | None, timeline: Timeline, record_file: Path
+) -> None:
     began = time.monotonic()
     next_burst = began
     burst_number = 0
+    produced = 0
     seen: set[str] = set()
     last = _replicas(plane)
+    last_state: str | None = None
     say(f"[{0:6.1f}s] replicas {last}")
     while seconds is None or time.monotonic() - began < seconds:
         now = time.monotonic()
-        if now >= next_burst:
+        parked = any(mark.kind == "park" for mark in timeline.marks)
+        due = (burst_number == 0 or (parked and burst_number == 1)) if SHORT else now >= next_burst
+        if due:
             burst_number += 1
             ids = [f"b{burst_number}-{i}" for i in range(BURST)]
             produce(kafka, TOPIC, ids)
+            produced += BURST
             say(f"[{now - began:6.1f}s] produced a burst of {BURST} messages to {TOPIC}")
             next_burst = now + BURST_EVERY
-        replicas = _replicas(plane)
+        deployment = get(plane, "deployment", DEPLOYMENT, NAMESPACE)
+        replicas = int(deployment["spec"]["replicas"])
+        state = (deployment["metadata"].get("labels") or {}).get("tidescale.io/state")
+        if state != last_state:
+            say(f"[{time.monotonic() - began:6.1f}s] state {last_state or '-'} -> {state or '-'}")
+            last_state = state
+        timeline.add(time.monotonic() - began, max(produced - _consumed(record_file), 0), replicas)
+        woke = [mark.t for mark in timeline.marks if mark.kind == "wake"]
+        if SHORT and woke and time.monotonic() - began > woke[0] + 5:
+            say(f"[{time.monotonic() - began:6.1f}s] parked and woken: the short profile ends here")
+            return
         for event in _new_events(plane, seen):
             say(f"[{time.monotonic() - began:6.1f}s] Event {event['reason']}: {event['message']}")
         if replicas != last:

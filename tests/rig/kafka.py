@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from tests.rig.certs import CertificateAuthority, KeyPair
 from tests.rig.network import Network
 from tests.rig.paths import kafka_classpath
 from tests.rig.processes import Managed, RigStartError, Supervisor, free_port, port_open, run_tool, wait_until
@@ -50,6 +51,27 @@ appender.out.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = {level}
 rootLogger.appenderRef.out.ref = out
 """
+
+
+SCRAM_USERS = {
+    "SCRAM-SHA-256": ("scram256-user", "scram256-secret-1"),
+    "SCRAM-SHA-512": ("scram512-user", "scram512-secret-1"),
+}
+"""Created by Kafka's own storage tool (``--add-scram``), each user for its mechanism only, so a
+client that negotiates the other mechanism fails."""
+PLAIN_USER, PLAIN_PASSWORD = "plain-user", "plain-secret-1"
+"""A SASL PLAIN user of the SASL_SSL listener (a JAAS ``user_`` entry)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KafkaAuth:
+    """The broker's authenticated listeners: SASL_SSL (PLAIN and SCRAM users above) and SSL with
+    client certificates required, both serving a certificate of the rig's own CA."""
+
+    sasl_ssl_port: int
+    ssl_port: int
+    ca: CertificateAuthority
+    server: KeyPair
 
 
 class KafkaToolError(RuntimeError):
@@ -147,10 +169,23 @@ class Kafka:
     classpath: str
     process: Managed
     start_seconds: float  # from launch to a broker that answers metadata requests
+    auth: KafkaAuth | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """The SASL_SSL listener (TLS with the rig CA, then PLAIN or SCRAM)."""
+        assert self.auth is not None
+        return f"{self.host}:{self.auth.sasl_ssl_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        """The SSL listener that requires a client certificate of the rig CA."""
+        assert self.auth is not None
+        return f"{self.host}:{self.auth.ssl_port}"
 
     @classmethod
     def start(
@@ -164,8 +199,9 @@ class Kafka:
         port = free_port(host)
         controller_port = free_port("127.0.0.1")
         cluster_id = _kafka_uuid()
+        auth = _make_auth(directory / "tls", host)
         properties = directory / "server.properties"
-        properties.write_text(_server_properties(host, port, controller_port, directory / "data"))
+        properties.write_text(_server_properties(host, port, controller_port, directory / "data", auth))
         for level in ("INFO", "WARN"):
             (directory / f"log4j-{level}.properties").write_text(_LOG4J.format(level=level))
             (directory / f"log4j2-{level}.properties").write_text(_LOG4J2.format(level=level.lower()))
@@ -182,6 +218,11 @@ class Kafka:
                     f"--cluster-id={cluster_id}",
                     "--config",
                     str(properties),
+                    # SCRAM credentials exist before the broker starts, made by Kafka's own tool.
+                    *(
+                        f"--add-scram={mechanism}=[name={user},password={password}]"
+                        for mechanism, (user, password) in SCRAM_USERS.items()
+                    ),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -207,6 +248,7 @@ class Kafka:
             classpath=classpath,
             process=process,
             start_seconds=0.0,
+            auth=auth,
         )
         remaining = max(1.0, timeout - (time.monotonic() - began))
         wait_until(
@@ -303,6 +345,28 @@ class Kafka:
     def stop(self) -> None:
         self.process.stop()
 
+    def start_again(self, supervisor: Supervisor, *, timeout: float = 120.0) -> None:
+        """After :meth:`stop`: the same broker again (same port, cluster id and data), for tests
+        of a broker outage; returns once it answers metadata requests."""
+        if self.process.alive():
+            raise KafkaToolError(f"kafka (pid {self.process.pid}) is still running: stop it first")
+        self.process = supervisor.start(
+            "kafka",
+            [
+                *_java(self.classpath, self.directory, "INFO", BROKER_JVM),
+                "kafka.Kafka",
+                str(self.directory / "server.properties"),
+            ],
+            cwd=self.directory,
+        )
+        wait_until(
+            "kafka answering metadata requests again",
+            self._answers_metadata,
+            timeout=timeout,
+            process=self.process,
+            interval=0.5,
+        )
+
 
 def _java(classpath: str, directory: Path, level: str, jvm: tuple[str, ...]) -> list[str]:
     return [
@@ -315,17 +379,59 @@ def _java(classpath: str, directory: Path, level: str, jvm: tuple[str, ...]) -> 
     ]
 
 
-def _server_properties(host: str, port: int, controller_port: int, data: Path) -> str:
+def _make_auth(directory: Path, host: str) -> KafkaAuth:
+    ca = CertificateAuthority.create(directory, common_name="tidescale-rig-kafka-ca")
+    server = ca.issue_serving_cert("kafka", dns_names=("localhost",), ip_addresses=(host,))
+    # Kafka's PEM keystore: the (unencrypted PKCS#8) key followed by the certificate chain.
+    (directory / "keystore.pem").write_bytes(server.key_file.read_bytes() + server.cert_pem)
+    return KafkaAuth(sasl_ssl_port=free_port(host), ssl_port=free_port(host), ca=ca, server=server)
+
+
+def _auth_properties(auth: KafkaAuth) -> dict[str, str]:
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    plain = (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'user_{PLAIN_USER}="{PLAIN_PASSWORD}";'
+    )
+    tls = {
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(auth.ca.directory / "keystore.pem"),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(auth.ca.cert_file),
+    }
+    settings = {
+        f"listener.name.{name}.{key}": value for name in ("sasl_ssl", "ssl") for key, value in tls.items()
+    }
+    settings.update(
+        {
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config": plain,
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": scram,
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": scram,
+            "listener.name.ssl.ssl.client.auth": "required",
+        }
+    )
+    return settings
+
+
+def _server_properties(
+    host: str, port: int, controller_port: int, data: Path, auth: KafkaAuth | None = None
+) -> str:
+    listeners = f"PLAINTEXT://{host}:{port}"
+    if auth is not None:
+        listeners += f",SASL_SSL://{host}:{auth.sasl_ssl_port},SSL://{host}:{auth.ssl_port}"
     settings = {
         "process.roles": "broker,controller",
         "node.id": str(NODE_ID),
         # A static quorum of one: no --standalone bootstrap step to get wrong.
         "controller.quorum.voters": f"{NODE_ID}@127.0.0.1:{controller_port}",
-        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+        "listeners": f"{listeners},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": listeners,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": (
+            "PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,CONTROLLER:PLAINTEXT"
+        ),
         "log.dirs": str(data),
         "auto.create.topics.enable": "false",
         # One broker: every internal topic has one replica, and few partitions so the
@@ -343,5 +449,6 @@ def _server_properties(host: str, port: int, controller_port: int, data: Path) -
         "num.network.threads": "2",
         "num.io.threads": "2",
         "background.threads": "2",
+        **(_auth_properties(auth) if auth is not None else {}),
     }
     return "".join(f"{key}={value}\n" for key, value in settings.items())

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.rig.certs import CertificateAuthority, KeyPair
 from tests.rig.network import Network
 from tests.rig.paths import rabbitmq_scripts
 from tests.rig.processes import Managed, Supervisor, free_port, port_open, run_tool, wait_until
@@ -44,6 +45,14 @@ class RabbitMQ:
     process: Managed
     epmd: Managed
     start_seconds: float  # from launch to a management API that answers
+    tls_port: int = 0
+    """AMQPS listener: a certificate of ``tls_ca``; client certificates verified when sent (EXTERNAL)."""
+    tls_ca: CertificateAuthority | None = None
+
+    @property
+    def amqps_address(self) -> str:
+        """host:port of the AMQPS listener."""
+        return f"{self.host}:{self.tls_port}"
 
     @property
     def amqp_url(self) -> str:
@@ -76,10 +85,16 @@ class RabbitMQ:
         cookie = home / ".erlang.cookie"
         cookie.write_text(secrets.token_hex(20))
         cookie.chmod(0o400)
+        tls_port = free_port(host)
+        tls_ca = CertificateAuthority.create(directory / "tls", common_name="tidescale-rig-rabbitmq-ca")
+        tls_server = tls_ca.issue_serving_cert("rabbitmq", dns_names=("localhost",), ip_addresses=(host,))
         config = directory / "rabbitmq.conf"
-        config.write_text(_config(host, amqp_port, management_port, password))
+        config.write_text(
+            _config(host, amqp_port, management_port, password)
+            + _tls_config(host, tls_port, tls_ca.cert_file, tls_server)
+        )
         plugins = directory / "enabled_plugins"
-        plugins.write_text("[rabbitmq_management].\n")
+        plugins.write_text("[rabbitmq_management,rabbitmq_auth_mechanism_ssl].\n")
         env_file = directory / "rabbitmq-env.conf"
         env_file.write_text("# empty: keeps /etc/rabbitmq/rabbitmq-env.conf out of the rig's node\n")
 
@@ -131,8 +146,10 @@ class RabbitMQ:
             process=process,
             epmd=epmd,
             start_seconds=0.0,
+            tls_port=tls_port,
+            tls_ca=tls_ca,
         )
-        for what, port in (("AMQP", amqp_port), ("management", management_port)):
+        for what, port in (("AMQP", amqp_port), ("management", management_port), ("AMQPS", tls_port)):
             remaining = max(1.0, timeout - (time.monotonic() - began))
             wait_until(
                 f"rabbitmq {what} listener on {host}:{port}",
@@ -177,6 +194,51 @@ class RabbitMQ:
         """Stops the node, then its epmd (which the node deregisters from on the way out)."""
         self.process.stop(grace=20)
         self.epmd.stop()
+
+    def stop_node(self) -> None:
+        """Stops the node and keeps its epmd: a broker outage, ended by :meth:`start_node_again`."""
+        self.process.stop(grace=20)
+
+    def start_node_again(self, supervisor: Supervisor, *, timeout: float = 120.0) -> None:
+        """After :meth:`stop_node`: the same node (name, ports, users, durable queues) again;
+        returns once its management API answers."""
+        if self.process.alive():
+            raise RabbitMQCtlError(f"rabbitmq (pid {self.process.pid}) is still running: stop it first")
+        directory = Path(self.env["RABBITMQ_MNESIA_BASE"]).parent
+        self.process = supervisor.start(
+            "rabbitmq", [self.scripts / "rabbitmq-server"], env=self.env, cwd=directory
+        )
+        for what, port in (("AMQP", self.amqp_port), ("management", self.management_port)):
+            wait_until(
+                f"rabbitmq {what} listener on {self.host}:{port} again",
+                functools.partial(port_open, self.host, port),
+                timeout=timeout,
+                process=self.process,
+            )
+        wait_until(
+            "rabbitmq management API answering again",
+            self._api_answers,
+            timeout=timeout,
+            process=self.process,
+        )
+
+
+def _tls_config(host: str, port: int, ca_file: Path, server: KeyPair) -> str:
+    """An AMQPS listener; a client certificate, when sent, must be of the rig CA, and its common name
+    is the user for the EXTERNAL mechanism (rabbitmq_auth_mechanism_ssl)."""
+    settings = {
+        "listeners.ssl.1": f"{host}:{port}",
+        "ssl_options.cacertfile": str(ca_file),
+        "ssl_options.certfile": str(server.cert_file),
+        "ssl_options.keyfile": str(server.key_file),
+        "ssl_options.verify": "verify_peer",
+        "ssl_options.fail_if_no_peer_cert": "false",
+        "auth_mechanisms.1": "PLAIN",
+        "auth_mechanisms.2": "AMQPLAIN",
+        "auth_mechanisms.3": "EXTERNAL",
+        "ssl_cert_login_from": "common_name",
+    }
+    return "".join(f"{key} = {value}\n" for key, value in settings.items())
 
 
 def _config(host: str, amqp_port: int, management_port: int, password: str) -> str:

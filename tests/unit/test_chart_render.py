@@ -11,6 +11,7 @@ import functools
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ RELEASE, NAMESPACE = "demo", "tidescale-system"
 INJECTOR, WAKER = "demo-tidescale-injector", "demo-tidescale-waker"
 SECRET_VALUES = ("--set", "certificates.mode=secret", "--set", "certificates.existingSecret=my-tls")
 CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+DIGEST = "sha256:" + "ab" * 32
 
 
 @functools.cache
@@ -129,6 +131,11 @@ def test_the_default_render_has_the_injector_the_waker_and_the_agent_role(defaul
             f"Role/{WAKER}-lease",
             f"RoleBinding/{WAKER}-lease",
             "ClusterRole/tidescale-agent",
+            "ClusterRole/tidescale-agent-binder",
+            "ValidatingAdmissionPolicy/tidescale-agent",
+            "ValidatingAdmissionPolicyBinding/tidescale-agent",
+            f"NetworkPolicy/{INJECTOR}",
+            f"NetworkPolicy/{WAKER}",
         ]
     )
 
@@ -137,7 +144,11 @@ def test_every_resource_carries_the_recommended_labels_and_namespaced_ones_the_r
     default: Rendered,
 ) -> None:
     cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
-    cluster_scoped.add("ValidatingWebhookConfiguration")
+    cluster_scoped |= {
+        "ValidatingWebhookConfiguration",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
     for doc in default.docs:
         labels = doc["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "tidescale", doc["metadata"]["name"]
@@ -262,7 +273,11 @@ def test_the_generated_certificate_names_the_service_and_is_signed_by_the_ca_in_
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert f"{INJECTOR}.{NAMESPACE}.svc" in names.get_values_for_type(x509.DNSName)
     validity = cert.not_valid_after_utc - cert.not_valid_before_utc
-    assert 3649 <= validity.days <= 3651
+    assert 364 <= validity.days <= 366  # one year (issue 11: it was ten)
+    not_after = datetime.fromisoformat(
+        secret["metadata"]["annotations"]["tidescale.io/certificate-not-after"]
+    )
+    assert abs((not_after - cert.not_valid_after_utc).total_seconds()) < 120
 
 
 def test_the_injector_environment_parses_into_the_injector_config_the_values_describe(
@@ -413,6 +428,81 @@ def test_the_waker_roles_have_exactly_the_rules_of_deploy_waker_rbac() -> None:
     assert binding["subjects"] == [subject]
 
 
+def test_the_agent_policy_is_exactly_deploy_agent_policy_and_keys_on_the_marker_rule(
+    default: Rendered,
+) -> None:
+    reference = {
+        d["kind"]: d for d in yaml.safe_load_all((REPO_ROOT / "deploy" / "agent-policy.yaml").read_text())
+    }
+    policy = default.get("ValidatingAdmissionPolicy", "tidescale-agent")
+    binding = default.get("ValidatingAdmissionPolicyBinding", "tidescale-agent")
+    assert policy["spec"] == reference["ValidatingAdmissionPolicy"]["spec"]
+    assert binding["spec"] == reference["ValidatingAdmissionPolicyBinding"]["spec"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    # The marker the policy's match condition checks is a rule of the agent ClusterRole.
+    marker = {"apiGroups": ["tidescale.io"], "resources": ["agentscopes"], "verbs": ["confine"]}
+    assert marker in default.get("ClusterRole", "tidescale-agent")["rules"]
+    condition = next(c for c in policy["spec"]["matchConditions"] if c["name"] == "bound-to-the-agent-role")
+    assert "resource('agentscopes')" in condition["expression"]
+    assert "check('confine')" in condition["expression"]
+
+
+def test_namespace_admins_may_bind_the_agent_cluster_role_and_nothing_else(default: Rendered) -> None:
+    binder = default.get("ClusterRole", "tidescale-agent-binder")
+    assert binder["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert binder["rules"] == [
+        {
+            "apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["clusterroles"],
+            "verbs": ["bind"],
+            "resourceNames": ["tidescale-agent"],
+        }
+    ]
+
+
+def test_the_validating_webhook_sees_only_objects_with_tidescale_keys_and_fails_open(
+    default: Rendered,
+) -> None:
+    hook = webhook(default, "ValidatingWebhookConfiguration")
+    assert hook["failurePolicy"] == "Ignore"
+    (condition,) = hook["matchConditions"]
+    for place in (
+        "object.metadata.annotations",
+        "object.metadata.labels",
+        "object.spec.template.metadata.labels",
+        "object.spec.template.metadata.annotations",
+    ):
+        assert f"{place}.exists(k, k.startsWith('tidescale.io/'))" in condition["expression"]
+    assert "matchConditions" not in webhook(default, "MutatingWebhookConfiguration")
+
+
+@pytest.mark.parametrize(
+    ("mode_values", "source"),
+    [
+        ((), {"secret": {"name": f"{INJECTOR}-tls", "key": "ca.crt"}}),
+        (
+            (*SECRET_VALUES, "--set-string", f"certificates.caBundle={CA_PEM}"),
+            {"configMap": {"name": f"{INJECTOR}-ca", "key": "ca.crt"}},
+        ),
+    ],
+    ids=["helm", "secret-with-ca-bundle"],
+)
+def test_the_service_monitor_verifies_the_injector_with_the_webhooks_ca(
+    mode_values: tuple[str, ...], source: dict[str, Any]
+) -> None:
+    rendered = render(*mode_values, *sets(**{"metrics.serviceMonitor.enabled": "true"}))
+    (endpoint,) = rendered.get("ServiceMonitor", INJECTOR)["spec"]["endpoints"]
+    assert endpoint["tlsConfig"] == {"serverName": f"{INJECTOR}.{NAMESPACE}.svc", "ca": source}
+    assert "insecureSkipVerify" not in rendered.text
+    if "configMap" in source:
+        assert rendered.get("ConfigMap", f"{INJECTOR}-ca")["data"]["ca.crt"] == CA_PEM
+
+
+def test_a_renewal_window_as_long_as_the_validity_is_refused_with_the_reason() -> None:
+    error = render_error(*sets(**{"certificates.validityDays": "30", "certificates.renewBeforeDays": "30"}))
+    assert "certificates.renewBeforeDays (30) must be less than certificates.validityDays (30)" in error
+
+
 # -- certificate modes ------------------------------------------------------------------------
 
 
@@ -478,12 +568,20 @@ def test_secret_mode_without_a_secret_name_or_a_ca_is_refused_with_the_reason() 
 
 
 def test_the_validity_of_the_generated_certificate_follows_its_value() -> None:
-    rendered = render(*sets(**{"certificates.validityDays": "30"}))
+    rendered = render(*sets(**{"certificates.validityDays": "30", "certificates.renewBeforeDays": "7"}))
     cert = x509.load_pem_x509_certificate(
         base64.b64decode(rendered.get("Secret", f"{INJECTOR}-tls")["data"]["tls.crt"])
     )
     assert 29 <= (cert.not_valid_after_utc - cert.not_valid_before_utc).days <= 31
-    cm = render(*sets(**{"certificates.mode": "certManager", "certificates.validityDays": "30"}))
+    cm = render(
+        *sets(
+            **{
+                "certificates.mode": "certManager",
+                "certificates.validityDays": "30",
+                "certificates.renewBeforeDays": "7",
+            }
+        )
+    )
     assert cm.get("Certificate", f"{INJECTOR}-ca")["spec"]["duration"] == "720h"
 
 
@@ -532,10 +630,11 @@ CASES: list[tuple[tuple[str, ...], Check]] = [
     (sets(logLevel="debug"), lambda r: env(r.get("Deployment", WAKER))["TIDESCALE_LOG_LEVEL"] == "debug"),
     (sets(**{"injector.replicas": "3"}), lambda r: r.get("Deployment", INJECTOR)["spec"]["replicas"] == 3),
     (
+        # Injection follows the value; the validating webhook always fails open (issue 11, item 9).
         sets(**{"injector.failurePolicy": "Fail"}),
         lambda r: (
             webhook(r, "MutatingWebhookConfiguration")["failurePolicy"] == "Fail"
-            and webhook(r, "ValidatingWebhookConfiguration")["failurePolicy"] == "Fail"
+            and webhook(r, "ValidatingWebhookConfiguration")["failurePolicy"] == "Ignore"
         ),
     ),
     (
@@ -676,13 +775,37 @@ CASES: list[tuple[tuple[str, ...], Check]] = [
         sets(**{"metrics.podMonitor.enabled": "true", "waker.enabled": "false"}),
         lambda r: r.has("PodMonitor", "demo-tidescale-agents") and not r.has("PodMonitor", WAKER),
     ),
+    (sets(**{"networkPolicy.enabled": "false"}), lambda r: not r.all("NetworkPolicy")),
     (
-        sets(**{"networkPolicy.enabled": "true"}),
+        sets(**{"image.digest": DIGEST}),
         lambda r: (
-            r.get("NetworkPolicy", INJECTOR)["spec"]["ingress"]
-            == [{"ports": [{"port": 8443, "protocol": "TCP"}]}]
-            and r.get("NetworkPolicy", WAKER)["spec"]["ingress"]
-            == [{"ports": [{"port": 9465, "protocol": "TCP"}]}]
+            container(r.get("Deployment", WAKER))["image"] == f"ghcr.io/tidescale/tidescale@{DIGEST}"
+            and container(r.get("Deployment", INJECTOR))["image"] == f"ghcr.io/tidescale/tidescale@{DIGEST}"
+            and env(r.get("Deployment", INJECTOR))["TIDESCALE_AGENT_IMAGE"]
+            == f"ghcr.io/tidescale/tidescale@{DIGEST}"
+        ),
+    ),
+    (
+        sets(**{"image.digest": DIGEST, "agent.image.tag": "9.9"}),
+        lambda r: (
+            env(r.get("Deployment", INJECTOR))["TIDESCALE_AGENT_IMAGE"] == "ghcr.io/tidescale/tidescale:9.9"
+        ),
+    ),
+    (
+        sets(**{"agent.image.repository": "reg.local/agent", "agent.image.digest": DIGEST}),
+        lambda r: (
+            env(r.get("Deployment", INJECTOR))["TIDESCALE_AGENT_IMAGE"] == f"reg.local/agent@{DIGEST}"
+            and container(r.get("Deployment", WAKER))["image"].endswith(":0.1.0")
+        ),
+    ),
+    (
+        sets(**{"agent.confinement.enabled": "false"}),
+        lambda r: not r.all("ValidatingAdmissionPolicy") and not r.all("ValidatingAdmissionPolicyBinding"),
+    ),
+    (
+        sets(**{"agent.adminsMayBind": "false"}),
+        lambda r: (
+            not r.has("ClusterRole", "tidescale-agent-binder") and r.has("ClusterRole", "tidescale-agent")
         ),
     ),
     (
@@ -761,8 +884,9 @@ def _leaves(values: dict[str, Any], prefix: str = "") -> Iterator[str]:
 
 
 def test_every_value_of_the_chart_is_exercised_by_a_test() -> None:
-    """A value that no test sets is either dead or unchecked; both are bugs."""
-    source = Path(__file__).read_text()
+    """A value that no test sets is either dead or unchecked; both are bugs. The chart's render
+    tests may live in any tests/unit/test_*chart*.py (the waker's are in test_waker_chart.py)."""
+    source = "".join(path.read_text() for path in sorted(Path(__file__).parent.glob("test_*chart*.py")))
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     untested = [leaf for leaf in _leaves(values) if f'"{leaf}' not in source and f"{leaf}=" not in source]
     assert untested == []
@@ -795,6 +919,8 @@ def test_the_schema_rejects_a_misspelled_key_at_any_depth(key: str, misspelled: 
         "injector.reinvocationPolicy=Always",
         "agent.bindings[0].namespace=shop",
         "waker.port=0",
+        "image.digest=latest",
+        "certificates.renewBeforeDays=0",
     ],
 )
 def test_the_schema_rejects_a_value_of_the_wrong_form(value: str) -> None:

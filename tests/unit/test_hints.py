@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,9 @@ def test_the_defaults_are_the_contracts_and_the_kubernetes_ones() -> None:
 
 def test_every_documented_default_parses_to_the_dataclass_default() -> None:
     given = {knob.annotation: knob.default for knob in KNOBS if knob.default is not None}
-    assert parse_hints(given) == Hints()
+    # Giving a behaviour knob, even at its default, takes the HPA's behaviour path (as a
+    # ScaledObject's advanced.horizontalPodAutoscalerConfig.behavior does): that alone differs.
+    assert parse_hints(given) == replace(Hints(), behavior=True)
 
 
 def test_every_documented_example_parses_on_its_own() -> None:
@@ -72,6 +75,12 @@ def test_every_documented_example_parses_on_its_own() -> None:
             given[P + "lease-duration"] = "30s"
         if knob.name == "lease-retry-period":
             given[P + "lease-renew-deadline"] = "5s"
+        if knob.name.startswith("scaling-modifiers-"):  # a formula needs its triggers and a target
+            for trigger in ("orders", "payments"):
+                given[P + trigger + ".type"] = "kafka"
+                given |= {k.replace("kafka.", trigger + "."): v for k, v in KAFKA.items()}
+            given.setdefault(P + "scaling-modifiers-formula", "(orders + payments) / 2")
+            given.setdefault(P + "scaling-modifiers-target", "100")
         assert validate_hints(given) == (), knob.name
 
 
@@ -257,6 +266,7 @@ def test_a_problem_reads_as_annotation_value_and_expected_form() -> None:
     (problem,) = validate_hints({P + "cooldown": "5"})
     assert str(problem) == (
         'tidescale.io/cooldown is \'5\': expected a duration such as "30s", "5m" or "1m30s" from 0s to 24h'
+        " (did you mean '5s'?)"  # KEDA's bare seconds (cooldownPeriod: 300): the unit is suggested
     )
     assert (problem.annotation, problem.value) == (P + "cooldown", "5")
 

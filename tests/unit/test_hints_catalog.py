@@ -96,10 +96,10 @@ CATALOG: list[tuple[str, dict[str, str], str, str]] = [
         "is missing",
     ),
     (
-        "zero failure threshold",
-        {P + "fallback-failure-threshold": "0", P + "fallback-replicas": "2"},
+        "negative failure threshold",
+        {P + "fallback-failure-threshold": "-1", P + "fallback-replicas": "2"},
         P + "fallback-failure-threshold",
-        "from 1",
+        "from 0",
     ),
     (
         "fallback above max",

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.rig.certs import CertificateAuthority
-from tidescale.httpserver import HttpServer, Limits, Request, Response
+from tidescale.httpserver import HttpServer, Limits, Request, Response, _BodyBudget
 
 
 async def echo(request: Request) -> Response:
@@ -23,7 +25,11 @@ async def boom(request: Request) -> Response:
     raise RuntimeError("handler bug")
 
 
-ROUTES = {"/echo": {"POST": echo, "GET": echo}, "/boom": {"GET": boom}}
+async def ok(request: Request) -> Response:
+    return Response(body=b"ok")
+
+
+ROUTES = {"/echo": {"POST": echo, "GET": echo}, "/boom": {"GET": boom}, "/readyz": {"GET": ok}}
 LIMITS = Limits(
     max_header_bytes=1024,
     max_headers=10,
@@ -144,21 +150,148 @@ async def test_http_1_0_closes_after_one_response(server: HttpServer) -> None:
     assert b"Connection: close" in response
 
 
-async def test_connections_beyond_the_limit_are_dropped_and_the_server_recovers(server: HttpServer) -> None:
+async def test_at_the_connection_limit_a_new_connection_closes_the_longest_idle_one(
+    server: HttpServer,
+) -> None:
     held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(LIMITS.max_connections)]
     await asyncio.sleep(0.05)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(b"GET /echo HTTP/1.1\r\n\r\n")
-    answer = b""
+    evicted_before = server.connections_evicted
+    response = await exchange(server.port, b"GET /readyz HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert status_of(response) == 200
+    assert server.connections_evicted == evicted_before + 1
+    # The one closed is the first opened: it has been idle longest.
     async with asyncio.timeout(3):
-        with contextlib.suppress(ConnectionResetError):  # aborted: a reset, or a plain close
-            answer = await reader.read(-1)
-    assert answer == b""
+        assert await held[0][0].read(-1) == b""
     for _, w in held:
         w.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def patient_server() -> AsyncIterator[HttpServer]:
+    """Slow requests stay busy for seconds; two reserved connections past the limit of four."""
+    limits = Limits(
+        max_body_bytes=100,
+        max_inflight_body_bytes=150,
+        body_wait_timeout=0.3,
+        request_timeout=5.0,
+        max_connections=4,
+        reserved_connections=2,
+    )
+    http = HttpServer(ROUTES, host="127.0.0.1", port=0, limits=limits)
+    await http.start()
+    try:
+        yield http
+    finally:
+        await http.stop(grace=0.1)
+
+
+async def busy_connections(port: int, count: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """Connections each in the middle of a request (a header line that never ends)."""
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(count)]
+    for _, writer in held:
+        writer.write(b"GET /echo HTTP/1.1\r\nX-Slow: ")
+        await writer.drain()
     await asyncio.sleep(0.1)
-    response = await exchange(server.port, b"GET /echo HTTP/1.1\r\nConnection: close\r\n\r\n")
-    assert status_of(response) == 200
+    return held
+
+
+async def test_when_every_connection_is_busy_reserved_ones_answer_probes_and_nothing_else(
+    patient_server: HttpServer,
+) -> None:
+    held = await busy_connections(patient_server.port, 4)
+    try:
+        probe = await exchange(patient_server.port, b"GET /readyz HTTP/1.1\r\n\r\n")
+        assert status_of(probe) == 200
+        assert b"Connection: close" in probe  # one request per reserved connection
+        other = await exchange(patient_server.port, b"GET /echo HTTP/1.1\r\n\r\n")
+        assert status_of(other) == 503
+        assert b"only probes" in other
+        more = await busy_connections(patient_server.port, 2)  # the two reserved slots, held
+        reader, writer = await asyncio.open_connection("127.0.0.1", patient_server.port)
+        writer.write(b"GET /readyz HTTP/1.1\r\n\r\n")
+        answer = b""
+        async with asyncio.timeout(3):
+            with contextlib.suppress(ConnectionResetError):  # aborted: a reset, or a plain close
+                answer = await reader.read(-1)
+        assert answer == b""
+        assert patient_server.connections_refused >= 1
+        held += more
+    finally:
+        for _, w in held:
+            w.close()
+    await asyncio.sleep(0.1)
+    again = await exchange(patient_server.port, b"GET /echo HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert status_of(again) == 200
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+        b"GET /readyz HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+        b"DELETE /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+        b"POST /nowhere HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+    ],
+    ids=["get-with-body", "probe-with-huge-body", "method-without-handler", "unknown-path"],
+)
+async def test_a_body_sent_where_none_is_taken_is_refused_before_it_is_read(
+    patient_server: HttpServer, raw: bytes
+) -> None:
+    # No body bytes follow the headers: the answer can only come from the headers alone.
+    response = await exchange(patient_server.port, raw)
+    assert status_of(response) == 413
+    assert b"takes no request body" in response
+    assert b"Connection: close" in response
+
+
+async def test_bodies_in_flight_never_exceed_the_budget_and_a_late_one_gets_a_503(
+    patient_server: HttpServer,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", patient_server.port)
+    writer.write(b"POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\n" + b"a" * 10)
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    assert patient_server.body_bytes_in_flight == 100
+    late = await exchange(
+        patient_server.port, b"POST /echo HTTP/1.1\r\nContent-Length: 60\r\n\r\n" + b"b" * 60
+    )
+    assert status_of(late) == 503
+    assert patient_server.body_bytes_in_flight == 100
+    small = await exchange(
+        patient_server.port,
+        b"POST /echo HTTP/1.1\r\nContent-Length: 50\r\nConnection: close\r\n\r\n" + b"c" * 50,
+    )
+    assert status_of(small) == 200
+    writer.write(b"a" * 90)
+    head, body = await read_response(reader)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == b"POST " + b"a" * 100
+    writer.close()
+    await asyncio.sleep(0.05)
+    assert patient_server.body_bytes_in_flight == 0
+
+
+async def test_a_body_waiting_for_room_is_read_once_room_is_made(patient_server: HttpServer) -> None:
+    first_reader, first = await asyncio.open_connection("127.0.0.1", patient_server.port)
+    first.write(b"POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\n")
+    await first.drain()
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(
+        exchange(
+            patient_server.port,
+            b"POST /echo HTTP/1.1\r\nContent-Length: 100\r\nConnection: close\r\n\r\n" + b"z" * 100,
+        )
+    )
+    await asyncio.sleep(0.05)
+    first.write(b"y" * 100)
+    await read_response(first_reader)
+    first.close()
+    assert status_of(await second) == 200
+
+
+def test_a_budget_smaller_than_one_body_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match=r"max_inflight_body_bytes .* must be at least max_body_bytes"):
+        Limits(max_body_bytes=10, max_inflight_body_bytes=5)
 
 
 async def test_random_garbage_never_stops_the_server(server: HttpServer) -> None:
@@ -173,7 +306,7 @@ async def test_random_garbage_never_stops_the_server(server: HttpServer) -> None
         async with asyncio.timeout(3):
             answer = await reader.read(-1)
         writer.close()
-        assert answer == b"" or status_of(answer) in (400, 404, 405, 408, 411, 413, 431, 505)
+        assert answer == b"" or status_of(answer) in (400, 404, 405, 408, 411, 413, 431, 503, 505)
     response = await exchange(server.port, b"GET /echo HTTP/1.1\r\nConnection: close\r\n\r\n")
     assert status_of(response) == 200
 
@@ -245,3 +378,55 @@ async def test_plain_http_on_a_tls_port_is_dropped_and_the_server_keeps_serving(
         assert status_of(response) == 200
     finally:
         await http.stop()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=100), min_size=1, max_size=40),
+    total=st.integers(min_value=100, max_value=400),
+    holds=st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=40),
+)
+def test_the_body_budget_never_holds_more_than_its_total_and_every_waiter_gets_room(
+    sizes: list[int], total: int, holds: list[int]
+) -> None:
+    async def scenario() -> tuple[int, int]:
+        budget = _BodyBudget(total)
+        peak = 0
+
+        async def one(index: int, size: int) -> None:
+            nonlocal peak
+            await budget.acquire(size)
+            peak = max(peak, budget.used)
+            for _ in range(holds[index % len(holds)]):
+                await asyncio.sleep(0)
+            budget.release(size)
+
+        async with asyncio.timeout(5):
+            await asyncio.gather(*(one(i, size) for i, size in enumerate(sizes)))
+        return peak, budget.used
+
+    peak, left = asyncio.run(scenario())
+    assert peak <= total
+    assert left == 0
+
+
+async def test_one_client_address_holds_at_most_its_share_of_the_reserved_connections() -> None:
+    limits = Limits(request_timeout=5.0, max_connections=2, reserved_connections=4, reserved_per_peer=1)
+    http = HttpServer(ROUTES, host="127.0.0.1", port=0, limits=limits)
+    await http.start()
+    held = []
+    for _ in range(3):  # two regular, then one reserved: all from 127.0.0.1, each busy before the next
+        held += await busy_connections(http.port, 1)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", http.port)
+        writer.write(b"GET /readyz HTTP/1.1\r\n\r\n")
+        answer = b""
+        async with asyncio.timeout(3):
+            with contextlib.suppress(ConnectionResetError):
+                answer = await reader.read(-1)
+        assert answer == b""  # refused: this address already holds its one reserved connection
+        assert http.connections_refused == 1
+    finally:
+        for _, w in held:
+            w.close()
+        await http.stop(grace=0.1)

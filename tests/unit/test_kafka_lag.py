@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from tidescale.sources.base import Scope
@@ -20,6 +21,7 @@ from tidescale.sources.kafka import (
     local_partitions,
     partition_lag,
     select_partitions,
+    track_commits,
 )
 
 BASE = KafkaSettings(name="kafka", bootstrap_servers=("k:9092",), consumer_group="g", topics=("orders",))
@@ -29,7 +31,7 @@ def _offsets(
     partition: int = 0,
     *,
     committed: int | None,
-    log_end: int,
+    log_end: int | None,
     log_start: int | None = None,
     topic: str = "orders",
 ) -> PartitionOffsets:
@@ -42,71 +44,124 @@ def _snapshot(*partitions: PartitionOffsets, total: int | None = None) -> KafkaS
     return KafkaSnapshot(partitions=partitions, topic_partitions=len(partitions) if total is None else total)
 
 
-def _measure(settings: KafkaSettings, *partitions: PartitionOffsets, previous: KafkaSnapshot | None = None):
-    return kafka_measurement(_snapshot(*partitions), settings, previous=previous, taken_at=1.0)
+def _measure(settings: KafkaSettings, *partitions: PartitionOffsets):
+    return kafka_measurement(_snapshot(*partitions), settings, taken_at=1.0)
+
+
+def _unchanged_for(seconds: float, snapshot: KafkaSnapshot, now: float = 100.0):
+    """The commit history of ``snapshot`` as if every committed offset had stood still ``seconds``."""
+    return track_commits(track_commits({}, snapshot, now - seconds), snapshot, now)
 
 
 # -- one partition: the rows of the table ---------------------------------------------------------
 
 
 def test_lag_is_log_end_minus_committed_offset() -> None:
-    assert partition_lag(_offsets(committed=40, log_end=100), BASE, None).metric == 60
+    assert partition_lag(_offsets(committed=40, log_end=100), BASE).metric == 60
 
 
 @pytest.mark.parametrize("policy", ["latest", "earliest"])
 def test_committed_offset_wins_over_the_reset_policy(policy: str) -> None:
     settings = replace(BASE, offset_reset_policy=policy)  # type: ignore[arg-type]
-    assert partition_lag(_offsets(committed=7, log_end=10, log_start=5), settings, None).metric == 3
+    assert partition_lag(_offsets(committed=7, log_end=10, log_start=5), settings).metric == 3
 
 
 def test_a_committed_offset_ahead_of_log_end_counts_zero_not_negative() -> None:
-    assert partition_lag(_offsets(committed=12, log_end=10), BASE, None).metric == 0
+    assert partition_lag(_offsets(committed=12, log_end=10), BASE).metric == 0
 
 
 def test_no_committed_offset_under_latest_counts_one() -> None:
-    assert partition_lag(_offsets(committed=None, log_end=500), BASE, None).metric == 1
+    assert partition_lag(_offsets(committed=None, log_end=500), BASE).metric == 1
 
 
 def test_no_committed_offset_under_latest_counts_zero_with_scale_to_zero_on_invalid_offset() -> None:
     settings = replace(BASE, scale_to_zero_on_invalid_offset=True)
-    lag = partition_lag(_offsets(committed=None, log_end=500), settings, None)
+    lag = partition_lag(_offsets(committed=None, log_end=500), settings)
     assert (lag.metric, lag.activation) == (0, 0)
 
 
 def test_no_committed_offset_under_earliest_counts_retained_messages_only() -> None:
     # The fix: KEDA says 500 here, counting 300 messages retention already deleted.
     settings = replace(BASE, offset_reset_policy="earliest")
-    assert partition_lag(_offsets(committed=None, log_end=500, log_start=300), settings, None).metric == 200
+    assert partition_lag(_offsets(committed=None, log_end=500, log_start=300), settings).metric == 200
 
 
 def test_no_committed_offset_under_earliest_on_an_untrimmed_log_counts_log_end() -> None:
     settings = replace(BASE, offset_reset_policy="earliest")
-    assert partition_lag(_offsets(committed=None, log_end=500, log_start=0), settings, None).metric == 500
+    assert partition_lag(_offsets(committed=None, log_end=500, log_start=0), settings).metric == 500
 
 
 def test_no_committed_offset_under_earliest_counts_zero_with_scale_to_zero_on_invalid_offset() -> None:
     settings = replace(BASE, offset_reset_policy="earliest", scale_to_zero_on_invalid_offset=True)
-    assert partition_lag(_offsets(committed=None, log_end=500, log_start=300), settings, None).metric == 0
+    assert partition_lag(_offsets(committed=None, log_end=500, log_start=300), settings).metric == 0
+
+
+def test_a_commit_below_log_start_counts_only_the_retained_messages() -> None:
+    # Retention deleted offsets 40..299: the consumer resumes at 300. KEDA counts 460.
+    assert partition_lag(_offsets(committed=40, log_end=500, log_start=300), BASE).metric == 200
+
+
+def test_a_commit_at_or_above_log_start_counts_from_the_commit() -> None:
+    assert partition_lag(_offsets(committed=300, log_end=500, log_start=300), BASE).metric == 200
+    assert partition_lag(_offsets(committed=301, log_end=500, log_start=300), BASE).metric == 199
+
+
+def test_a_partition_the_broker_left_out_of_list_offsets_reads_zero_as_keda_reads_it() -> None:
+    lag = partition_lag(_offsets(committed=40, log_end=None), BASE)
+    assert (lag.metric, lag.activation) == (0, 0)
+    earliest = replace(BASE, offset_reset_policy="earliest")
+    assert partition_lag(_offsets(committed=None, log_end=None), earliest).metric == 0
+
+
+def test_an_uncommitted_partition_left_out_of_list_offsets_still_counts_one_under_latest() -> None:
+    assert partition_lag(_offsets(committed=None, log_end=None), BASE).metric == 1
 
 
 def test_persistent_lag_counts_zero_for_the_metric_but_not_for_activation() -> None:
-    settings = replace(BASE, exclude_persistent_lag=True)
-    lag = partition_lag(_offsets(committed=40, log_end=100), settings, previous_committed=40)
+    lag = partition_lag(
+        _offsets(committed=40, log_end=100), replace(BASE, exclude_persistent_lag=True), persistent=True
+    )
     assert (lag.metric, lag.activation) == (0, 60)
 
 
-def test_lag_of_a_moving_committed_offset_counts_with_exclude_persistent_lag() -> None:
-    settings = replace(BASE, exclude_persistent_lag=True)
-    assert partition_lag(_offsets(committed=41, log_end=100), settings, previous_committed=40).metric == 59
+def test_a_commit_unmoved_for_the_whole_window_is_persistent() -> None:
+    settings = replace(BASE, exclude_persistent_lag=True, persistent_lag_window=15.0)
+    snapshot = _snapshot(_offsets(committed=40, log_end=100))
+    m = kafka_measurement(snapshot, settings, commits=_unchanged_for(15.0, snapshot), taken_at=100.0)
+    assert (m.value, m.active) == (0.0, True)
+
+
+def test_a_commit_unmoved_for_less_than_the_window_still_counts() -> None:
+    # A consumer committing every 5 s, polled every second: KEDA's previous-poll rule drops it.
+    settings = replace(BASE, exclude_persistent_lag=True, persistent_lag_window=15.0)
+    snapshot = _snapshot(_offsets(committed=40, log_end=100))
+    m = kafka_measurement(snapshot, settings, commits=_unchanged_for(4.0, snapshot), taken_at=100.0)
+    assert m.value == 60.0
+
+
+def test_a_commit_that_moved_restarts_the_window() -> None:
+    settings = replace(BASE, exclude_persistent_lag=True, persistent_lag_window=15.0)
+    before = _snapshot(_offsets(committed=40, log_end=100))
+    after = _snapshot(_offsets(committed=41, log_end=100))
+    seen = track_commits(track_commits({}, before, 0.0), after, 99.0)
+    assert seen == {"orders/0": (41, 99.0)}
+    assert kafka_measurement(after, settings, commits=seen, taken_at=100.0).value == 59.0
 
 
 def test_the_first_measurement_counts_all_lag_with_exclude_persistent_lag() -> None:
     settings = replace(BASE, exclude_persistent_lag=True)
-    assert partition_lag(_offsets(committed=40, log_end=100), settings, previous_committed=None).metric == 60
+    snapshot = _snapshot(_offsets(committed=40, log_end=100))
+    assert (
+        kafka_measurement(snapshot, settings, commits=track_commits({}, snapshot, 5.0), taken_at=5.0).value
+        == 60
+    )
 
 
 def test_unchanged_offsets_count_without_exclude_persistent_lag() -> None:
-    assert partition_lag(_offsets(committed=40, log_end=100), BASE, previous_committed=40).metric == 60
+    snapshot = _snapshot(_offsets(committed=40, log_end=100))
+    assert (
+        kafka_measurement(snapshot, BASE, commits=_unchanged_for(60.0, snapshot), taken_at=100.0).value == 60
+    )
 
 
 # -- the measurement --------------------------------------------------------------------------------
@@ -137,16 +192,14 @@ def test_no_lag_at_all_is_inactive_with_the_default_threshold() -> None:
 def test_persistent_lag_keeps_the_trigger_active_while_the_metric_drops_to_zero() -> None:
     settings = replace(BASE, exclude_persistent_lag=True)
     first = _snapshot(_offsets(committed=40, log_end=100))
-    m = kafka_measurement(
-        _snapshot(_offsets(committed=40, log_end=120)), settings, previous=first, taken_at=2.0
-    )
+    second = _snapshot(_offsets(committed=40, log_end=120))
+    seen = track_commits(track_commits({}, first, 0.0), second, 20.0)
+    m = kafka_measurement(second, settings, commits=seen, taken_at=20.0)
     assert (m.value, m.active) == (0.0, True)
 
 
 def test_replicas_are_capped_at_the_topic_partitions() -> None:
-    m = kafka_measurement(
-        _snapshot(_offsets(committed=0, log_end=1000), total=6), BASE, previous=None, taken_at=0
-    )
+    m = kafka_measurement(_snapshot(_offsets(committed=0, log_end=1000), total=6), BASE, taken_at=0)
     assert m.replica_cap == 6
 
 
@@ -172,22 +225,24 @@ def test_the_cap_never_drops_below_one_with_limit_to_partitions_with_lag() -> No
 
 
 def test_taken_at_is_the_callers_clock() -> None:
-    m = kafka_measurement(_snapshot(_offsets(committed=0, log_end=1)), BASE, previous=None, taken_at=42.5)
+    m = kafka_measurement(_snapshot(_offsets(committed=0, log_end=1)), BASE, taken_at=42.5)
     assert m.taken_at == 42.5
 
 
 lag_rows = st.builds(
-    lambda partition, committed, start, extra, extra2: _offsets(
+    lambda partition, start, retained, committed_at, missing: _offsets(
         partition,
-        committed=None if committed is None else start + committed,
+        committed=None if committed_at is None else max(0, start + committed_at),
         log_start=start,
-        log_end=start + extra + (committed or 0) + extra2,
+        log_end=None if missing else start + retained,
     ),
     st.integers(0, 999),
-    st.none() | st.integers(0, 10**6),
     st.integers(0, 10**9),
     st.integers(0, 10**6),
-    st.integers(0, 10**6),
+    # Committed offsets anywhere: none, below log-start (retention deleted past them), inside the
+    # retained log, or past log-end (a commit the listing has not caught up with).
+    st.none() | st.integers(-(10**7), 2 * 10**6),
+    st.sampled_from([False, False, False, True]),  # now and then left out of ListOffsets
 )
 
 settings_variants = st.builds(
@@ -208,13 +263,13 @@ settings_variants = st.builds(
 @given(
     rows=st.lists(lag_rows, max_size=40, unique_by=lambda p: p.partition),
     settings=settings_variants,
-    keep_previous=st.booleans(),
+    unmoved_for=st.floats(0, 100),
 )
 def test_total_lag_is_the_sum_of_the_per_partition_lags_it_reports(
-    rows: list[PartitionOffsets], settings: KafkaSettings, keep_previous: bool
+    rows: list[PartitionOffsets], settings: KafkaSettings, unmoved_for: float
 ) -> None:
     snapshot = _snapshot(*rows)
-    m = kafka_measurement(snapshot, settings, previous=snapshot if keep_previous else None, taken_at=0)
+    m = kafka_measurement(snapshot, settings, commits=_unchanged_for(unmoved_for, snapshot), taken_at=100.0)
     assert m.value == sum(m.detail.values())
     assert len(m.detail) == len(rows)
     assert all(v >= 0 for v in m.detail.values())
@@ -223,27 +278,51 @@ def test_total_lag_is_the_sum_of_the_per_partition_lags_it_reports(
 @given(
     rows=st.lists(lag_rows, min_size=1, max_size=40, unique_by=lambda p: p.partition),
     settings=settings_variants,
+    unmoved_for=st.floats(0, 100),
 )
 def test_excluding_persistent_lag_never_raises_the_metric_nor_changes_activation(
-    rows: list[PartitionOffsets], settings: KafkaSettings
+    rows: list[PartitionOffsets], settings: KafkaSettings, unmoved_for: float
 ) -> None:
     snapshot = _snapshot(*rows)
+    commits = _unchanged_for(unmoved_for, snapshot)
     plain = kafka_measurement(
-        snapshot, replace(settings, exclude_persistent_lag=False), previous=snapshot, taken_at=0
+        snapshot, replace(settings, exclude_persistent_lag=False), commits=commits, taken_at=100.0
     )
     excluded = kafka_measurement(
-        snapshot, replace(settings, exclude_persistent_lag=True), previous=snapshot, taken_at=0
+        snapshot, replace(settings, exclude_persistent_lag=True), commits=commits, taken_at=100.0
     )
     assert excluded.value <= plain.value
     assert excluded.active == plain.active
 
 
-@given(rows=st.lists(lag_rows, min_size=1, max_size=40, unique_by=lambda p: p.partition))
-def test_the_earliest_fix_never_counts_more_than_keda_would(rows: list[PartitionOffsets]) -> None:
-    settings = replace(BASE, offset_reset_policy="earliest")
+@given(
+    rows=st.lists(lag_rows, min_size=1, max_size=40, unique_by=lambda p: p.partition),
+    settings=settings_variants,
+)
+def test_a_partition_never_counts_more_than_the_messages_a_consumer_could_still_read(
+    rows: list[PartitionOffsets], settings: KafkaSettings
+) -> None:
+    # What is left to read: from where the consumer resumes (its commit, or log-start when retention
+    # deleted past it, or log-start under earliest with no commit) to log-end. The one exception is
+    # KEDA's rule that an uncommitted partition under latest counts 1, so that the workload wakes.
     for row in rows:
-        keda = row.log_end if row.committed is None else row.log_end - row.committed
-        assert partition_lag(row, settings, None).metric <= keda
+        lag = partition_lag(row, settings).metric
+        start = row.log_start or 0
+        if row.committed is None and settings.offset_reset_policy == "latest":
+            assert lag == (0 if settings.scale_to_zero_on_invalid_offset else 1)
+            continue
+        resume = start if row.committed is None else max(row.committed, start)
+        readable = 0 if row.log_end is None else max(0, row.log_end - resume)
+        assert lag <= readable
+
+
+@given(rows=st.lists(lag_rows, min_size=1, max_size=40, unique_by=lambda p: p.partition))
+def test_a_committed_partition_counts_exactly_what_is_left_to_read(rows: list[PartitionOffsets]) -> None:
+    for row in rows:
+        if row.committed is None or row.log_end is None:
+            continue
+        resume = max(row.committed, row.log_start or 0)
+        assert partition_lag(row, BASE).metric == max(0, row.log_end - resume)
 
 
 # -- partition subsets and this pod's share --------------------------------------------------------
@@ -281,6 +360,9 @@ def test_an_empty_or_truncated_assignment_owns_nothing(blob: bytes) -> None:
     assert decode_assignment(blob) == ()
 
 
+@hypothesis_settings(
+    deadline=None
+)  # the first example imports aiokafka, which takes longer than the default 200 ms
 @given(
     st.dictionaries(
         st.text("abc.-_", min_size=1, max_size=20), st.lists(st.integers(0, 2**31 - 1), max_size=20)
@@ -331,5 +413,5 @@ def test_a_local_snapshot_keeps_the_topic_wide_cap() -> None:
     snapshot = KafkaSnapshot(
         partitions=(_offsets(committed=0, log_end=50),), topic_partitions=12, scope=Scope.LOCAL
     )
-    m = kafka_measurement(snapshot, BASE, previous=None, taken_at=0)
+    m = kafka_measurement(snapshot, BASE, taken_at=0)
     assert (m.value, m.replica_cap) == (50.0, 12)

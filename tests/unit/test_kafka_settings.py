@@ -149,10 +149,33 @@ def test_sasl_credentials_without_a_mechanism_are_refused() -> None:
     )
 
 
-def test_a_credentials_secret_is_enough_for_sasl() -> None:
+def test_a_credentials_secret_alone_is_refused_for_sasl_because_the_agent_cannot_read_it() -> None:
+    problems = _problems({**REQUIRED, "sasl": "plain", "credentials-secret": "kafka"})
+    assert "credentials-secret serves the waker only" in problems["tidescale.io/kafka.sasl-username-env"]
+    assert "credentials-secret serves the waker only" in problems["tidescale.io/kafka.sasl-password-file"]
+
+
+def test_a_credentials_secret_beside_the_agents_own_sources_is_accepted_for_sasl() -> None:
+    s = parse_kafka_settings(
+        "kafka",
+        {
+            **REQUIRED,
+            "sasl": "scram-sha-256",
+            "sasl-username-env": "KAFKA_USER",
+            "sasl-password-env": "KAFKA_PASSWORD",
+            "credentials-secret": "kafka",
+        },
+    )
+    assert (s.sasl, s.credentials_secret) == ("scram-sha-256", "kafka")
+
+
+def test_the_persistent_lag_window_defaults_to_kedas_fifteen_seconds_and_parses_durations() -> None:
+    assert parse_kafka_settings("kafka", REQUIRED).persistent_lag_window == 15.0
     assert (
-        parse_kafka_settings("kafka", {**REQUIRED, "sasl": "plain", "credentials-secret": "kafka"}).sasl
-        == "plain"
+        parse_kafka_settings("kafka", {**REQUIRED, "persistent-lag-window": "1m"}).persistent_lag_window == 60
+    )
+    assert "tidescale.io/kafka.persistent-lag-window" in _problems(
+        {**REQUIRED, "persistent-lag-window": "0s"}
     )
 
 
@@ -166,3 +189,37 @@ def test_triggers_on_the_same_brokers_share_a_cluster_key() -> None:
     b = parse_kafka_settings("b", {"bootstrap-servers": "kafka-1:9092,kafka-0:9092", "consumer-group": "two"})
     c = parse_kafka_settings("c", {**REQUIRED, "tls": "true"})
     assert a.cluster_key == b.cluster_key != c.cluster_key
+
+
+def test_a_key_password_source_needs_the_key_it_decrypts_and_only_one_source() -> None:
+    alone = _problems({**REQUIRED, "tls": "true", "tls-key-password-env": "KEY_PASSWORD"})
+    assert "tls-key-file" in alone["tidescale.io/kafka.tls-key-password-env"]
+    both = _problems(
+        {
+            **REQUIRED,
+            "tls": "true",
+            "tls-cert-file": "/tls/tls.crt",
+            "tls-key-file": "/tls/tls.key",
+            "tls-key-password-env": "KEY_PASSWORD",
+            "tls-key-password-file": "/tls/password",
+        }
+    )
+    assert "not both" in both["tidescale.io/kafka.tls-key-password-file"]
+
+
+def test_an_encrypted_client_key_with_its_password_source_parses() -> None:
+    s = parse_kafka_settings(
+        "kafka",
+        {
+            **REQUIRED,
+            "tls": "true",
+            "tls-cert-file": "/tls/tls.crt",
+            "tls-key-file": "/tls/tls.key",
+            "tls-key-password-file": "/tls/password",
+        },
+    )
+    assert (s.tls_key_file, s.tls_key_password_file, s.tls_key_password_env) == (
+        "/tls/tls.key",
+        "/tls/password",
+        None,
+    )

@@ -11,6 +11,7 @@ import pytest
 from tidescale_injector.config import AGENT_NAME, Bounds, InjectorConfig, Resources
 from tidescale_injector.patch import (
     INJECTED_ANNOTATION,
+    SKIP_REASONS,
     TOKEN_MOUNT_PATH,
     TOKEN_VOLUME,
     build_patch,
@@ -124,9 +125,46 @@ def test_the_deployment_is_the_replica_set_name_minus_the_template_hash(
 ) -> None:
     metadata = {
         "labels": {"pod-template-hash": hash_label},
-        "ownerReferences": [{"kind": "ReplicaSet", "name": rs_name}],
+        "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs_name, "controller": True}
+        ],
     }
     assert owning_deployment(metadata) == expected
+
+
+@pytest.mark.parametrize(
+    "owner",
+    [
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f8c6b5"},
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9f8c6b5", "controller": False},
+        {"apiVersion": "example.com/v1", "kind": "ReplicaSet", "name": "web-7d9f8c6b5", "controller": True},
+    ],
+    ids=["no-controller-field", "controller-false", "other-api-group"],
+)
+def test_only_a_controller_reference_to_an_apps_replica_set_names_the_deployment(
+    owner: dict[str, Any],
+) -> None:
+    pod = make_pod()
+    pod["metadata"]["ownerReferences"] = [owner]
+    assert owning_deployment(pod["metadata"]) is None
+    assert build_patch(pod, NATIVE).skipped == "no-deployment"
+
+
+def test_a_host_network_pod_is_skipped_with_its_reason() -> None:
+    injection = build_patch(make_pod(hostNetwork=True), NATIVE)
+    assert injection.skipped == "host-network"
+    assert injection.ops == ()
+    assert "host-network" in SKIP_REASONS
+
+
+def test_a_deployment_name_too_long_for_its_pod_names_gets_a_warning() -> None:
+    name = "a" * 47  # 47 + "-" + 9-character hash + "-" = 58 characters: still whole
+    pod = make_pod()
+    pod["metadata"]["ownerReferences"][0]["name"] = f"{name}-7d9f8c6b5"
+    assert not [w for w in build_patch(pod, NATIVE).warnings if "too long" in w]
+    pod["metadata"]["ownerReferences"][0]["name"] = f"{name}b-7d9f8c6b5"
+    (warning,) = [w for w in build_patch(pod, NATIVE).warnings if "too long" in w]
+    assert "at most 47 characters" in warning
 
 
 def test_a_pod_without_a_replica_set_owner_is_skipped() -> None:
@@ -263,7 +301,7 @@ def test_a_pod_that_opts_out_of_token_automount_gets_a_projected_token_for_the_a
     [volume] = pod["spec"]["volumes"]
     assert volume["name"] == TOKEN_VOLUME
     sources = volume["projected"]["sources"]
-    assert sources[0] == {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}
+    assert sources[0] == {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}
     assert sources[1]["configMap"] == {
         "name": "kube-root-ca.crt",
         "items": [{"key": "ca.crt", "path": "ca.crt"}],

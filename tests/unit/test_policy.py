@@ -8,10 +8,13 @@ from collections.abc import Iterable
 import pytest
 
 from tidescale.hints import Hints, parse_hints
-from tidescale.policy import Decision, History, decide
+from tidescale.policy import Decision, History, Limit, decide
 from tidescale.sources.base import Measurement, MeasurementFailure
 
 P = "tidescale.io/"
+V2 = {"scale_up_select": "max"}
+"""A behaviour knob at its default value: the HPA's behaviour path with the defaulted rules
+(defaults.go), where no behaviour knob at all takes the nil-behaviour path (issue 12 row 4)."""
 
 
 def kafka_hints(**knobs: str) -> Hints:
@@ -57,8 +60,12 @@ class Run:
         self.current = current
         self.history = history or History()
 
-    def poll(self, now: float, readings: Iterable[Measurement | MeasurementFailure]) -> Decision:
-        decision = decide(readings, current=self.current, hints=self.hints, now=now, history=self.history)
+    def poll(
+        self, now: float, readings: Iterable[Measurement | MeasurementFailure], **extra: int
+    ) -> Decision:
+        decision = decide(
+            readings, current=self.current, hints=self.hints, now=now, history=self.history, **extra
+        )
         self.history = decision.history
         self.current = decision.desired
         return decision
@@ -109,7 +116,7 @@ def test_a_custom_tolerance_widens_the_dead_band() -> None:
 
 def test_hpa_doc_default_scale_up_adds_at_most_4_pods_or_100_percent_per_15s() -> None:
     # Default scaleUp: policies 4 Pods/15s and 100%/15s, selectPolicy Max, no stabilization.
-    run = Run(kafka_hints(max_replicas="50"), current=1)
+    run = Run(kafka_hints(max_replicas="50", **V2), current=1)
     assert run.lag(0, 4000).desired == 5  # max(1 + 4, 1 * 2)
     assert run.lag(1, 4000).desired == 5  # the period that allowed +4 has not passed
     assert run.lag(14, 4000).desired == 5
@@ -120,7 +127,7 @@ def test_hpa_doc_default_scale_up_adds_at_most_4_pods_or_100_percent_per_15s() -
 
 def test_hpa_doc_default_scale_down_waits_300s_then_goes_to_the_highest_recommendation() -> None:
     # Default scaleDown: stabilization 300 s using the highest recommendation, 100%/15s.
-    run = Run(kafka_hints(), current=10)
+    run = Run(kafka_hints(**V2), current=10)
     assert run.lag(0, 1000).desired == 10
     held = run.lag(60, 200)
     assert held.desired == 10
@@ -163,7 +170,9 @@ def test_hpa_doc_limit_scale_down_to_10_percent_or_5_pods_per_minute_with_select
     run = Run(hints, current=80)
     decision = run.lag(0, 1000)
     assert decision.desired == 75  # 10% would remove 8; the smaller change, 5 pods, applies
-    assert decision.capped_by == "scale-down policy 5 pods/1m"
+    assert str(decision.capped_by) == "scale-down policy 5 pods/1m"
+    assert decision.capped_by is not None
+    assert decision.capped_by.limit is Limit.SCALE_DOWN_POLICY
     assert run.lag(30, 1000).desired == 75
     assert run.lag(60, 1000).desired == 70
 
@@ -172,7 +181,7 @@ def test_hpa_doc_disabled_scale_down_never_removes_replicas() -> None:
     run = Run(kafka_hints(scale_down_select="disabled", scale_down_stabilization="0s"), current=6)
     decision = run.lag(0, 0, active=True)
     assert decision.desired == 6
-    assert decision.capped_by == "scale-down-select disabled"
+    assert str(decision.capped_by) == "scale-down-select disabled"
 
 
 def test_hpa_doc_a_60s_scale_down_window_scales_down_after_60s() -> None:
@@ -187,7 +196,7 @@ def test_scale_up_stabilization_uses_the_lowest_recommendation_of_its_window() -
     assert run.lag(0, 200).desired == 2
     held = run.lag(10, 2000)
     assert held.desired == 2
-    assert held.capped_by == "scale-up stabilization 30s"
+    assert str(held.capped_by) == "scale-up stabilization 30s"
     assert run.lag(31, 2000).desired == 6  # lowest since t=1 is 20, rate limit 2 + 4
 
 
@@ -199,13 +208,13 @@ def test_scale_up_select_min_applies_the_smaller_change() -> None:
 def test_a_count_above_max_goes_straight_to_max() -> None:
     decision = Run(kafka_hints(max_replicas="10"), current=15).lag(0, 2000)
     assert decision.desired == 10
-    assert decision.capped_by == "max-replicas 10"
+    assert str(decision.capped_by) == "max-replicas 10"
 
 
 def test_a_count_below_min_goes_straight_to_min() -> None:
     decision = Run(kafka_hints(min_replicas="3"), current=1).lag(0, 0, active=True)
     assert decision.desired == 3
-    assert decision.capped_by == "min-replicas 3"
+    assert str(decision.capped_by) == "min-replicas 3"
 
 
 # ---------------------------------------------------------------- KEDA: lag to replicas
@@ -234,14 +243,14 @@ def test_keda_replicas_are_capped_at_the_partition_count() -> None:
     run = Run(kafka_hints(max_replicas="100", scale_up_policies="100 pods/15s"), current=1)
     decision = run.lag(0, 4210, cap=12)
     assert decision.desired == 12
-    assert decision.capped_by == "12 partitions of orders"
+    assert str(decision.capped_by) == "12 partitions of orders"
     assert decision.reason == (
         "lag 4,210 over threshold 100 on orders: 1 -> 12, capped by 12 partitions of orders"
     )
 
 
 def test_the_reason_reads_well_in_an_event() -> None:
-    decision = Run(kafka_hints(), current=4).lag(0, 4210)
+    decision = Run(kafka_hints(**V2), current=4).lag(0, 4210)
     assert decision.desired == 8
     assert decision.reason == (
         "lag 4,210 over threshold 100 on orders: 4 -> 8, capped by scale-up policy 4 pods/15s"
@@ -254,13 +263,17 @@ def test_keda_an_inactive_trigger_leaves_a_deployment_at_zero() -> None:
     assert decision.reason == "no trigger active: stays at 0"
 
 
-def test_keda_activation_wakes_a_deployment_to_the_wake_count() -> None:
+def test_at_zero_the_engine_leaves_waking_to_the_waker_and_records_nothing() -> None:
+    # KEDA's HPA does not scale at 0 (horizontal.go: "scaling is disabled since the replica count
+    # of the target is zero"); waking is the waker's, so the engine neither wakes nor remembers.
     run = Run(kafka_hints(min_replicas="0", wake_replicas="2"), current=0)
     decision = run.lag(0, 4210)
-    assert decision.desired == 2
-    assert decision.reason == "lag 4,210 over threshold 100 on orders is active: 0 -> 2"
-    # Once running, the HPA arithmetic takes over from there.
-    assert run.lag(1, 4210).desired == 6
+    assert decision.desired == 0
+    assert (
+        decision.reason
+        == "lag 4,210 over threshold 100 on orders is active: stays at 0 (waking is the waker's)"
+    )
+    assert decision.history.recommendations == (type(decision.history.recommendations[0])(at=0, replicas=0),)
 
 
 def test_a_running_deployment_never_scales_below_one_replica_by_arithmetic() -> None:
@@ -277,18 +290,20 @@ def test_cooldown_passes_before_handing_over_to_zero() -> None:
     run = Run(kafka_hints(min_replicas="0", cooldown="5m"), current=1)
     assert run.lag(0, 50).wants_zero is False
     assert run.lag(100, 0, active=False).wants_zero is False
-    assert run.lag(299, 0, active=False).wants_zero is False
-    decision = run.lag(300, 0, active=False)
+    assert (
+        run.lag(300, 0, active=False).wants_zero is False
+    )  # KEDA: lastActive + cooldown strictly before now
+    decision = run.lag(301, 0, active=False)
     assert decision.wants_zero is True
     assert decision.desired == 1  # zero is the waker's: desired stays at a running count
-    assert decision.reason == "no trigger active for 5m (cooldown 5m): 1 -> 0, handing over to the waker"
+    assert decision.reason == "no trigger active for 5m1s (cooldown 5m): 1 -> 0, handing over to the waker"
 
 
 def test_idle_past_the_cooldown_above_one_replica_says_it_steps_down_first() -> None:
     # The default 5m scale-down window holds 3 replicas as long as the cooldown runs.
     run = Run(kafka_hints(min_replicas="0", cooldown="5m"), current=3)
     assert run.lag(0, 0, active=False).desired == 3
-    decision = run.lag(300, 0, active=False)
+    decision = run.lag(301, 0, active=False)
     assert decision.wants_zero is True
     assert decision.desired == 1
     assert decision.reason.endswith("3 -> 1 first, then zero through the waker")
@@ -298,14 +313,14 @@ def test_activity_restarts_the_cooldown() -> None:
     run = Run(kafka_hints(min_replicas="0", cooldown="60s"), current=1)
     run.lag(0, 0, active=False)
     run.lag(50, 5)
-    assert run.lag(100, 0, active=False).wants_zero is False
-    assert run.lag(110, 0, active=False).wants_zero is True
+    assert run.lag(110, 0, active=False).wants_zero is False
+    assert run.lag(111, 0, active=False).wants_zero is True
 
 
 def test_a_fresh_leader_counts_its_start_as_activity() -> None:
     run = Run(kafka_hints(min_replicas="0", cooldown="60s"), current=1)
     assert run.lag(1000, 0, active=False).wants_zero is False
-    assert run.lag(1060, 0, active=False).wants_zero is True
+    assert run.lag(1061, 0, active=False).wants_zero is True
 
 
 def test_a_fresh_leader_does_not_scale_down_within_the_window() -> None:
@@ -320,11 +335,11 @@ def test_zero_is_never_wanted_with_min_replicas_above_zero() -> None:
     assert run.lag(1000, 0, active=False).wants_zero is False
 
 
-def test_zero_is_never_wanted_while_a_trigger_fails() -> None:
+def test_zero_is_never_wanted_while_a_trigger_fails_without_a_zero_fallback() -> None:
     run = Run(kafka_hints(min_replicas="0", cooldown="0s"), current=1)
     decision = run.poll(10, [failure(10)])
     assert decision.wants_zero is False
-    assert decision.reason == "orders failing (broker kafka:9092 unreachable), holding: stays at 1"
+    assert decision.reason == "orders failing (broker kafka:9092 unreachable), no opinion: stays at 1"
 
 
 def test_min_replicas_above_zero_lifts_a_deployment_found_at_zero() -> None:
@@ -355,15 +370,47 @@ def test_a_failing_trigger_holds_the_count_but_another_can_scale_up() -> None:
     assert decision.reason.startswith("queue length 200 over threshold 20 on jobs: 4 -> 8")
 
 
-def test_fallback_applies_after_the_threshold_of_consecutive_failures() -> None:
-    run = Run(kafka_hints(fallback_failure_threshold="3", fallback_replicas="6"), current=2)
-    assert run.poll(0, [failure(0)]).desired == 2
-    assert run.poll(1, [failure(1)]).desired == 2
-    decision = run.poll(2, [failure(2)])
+def test_fallback_applies_once_the_failures_exceed_the_threshold() -> None:
+    run = Run(kafka_hints(fallback_failure_threshold="3", fallback_replicas="6", **V2), current=2)
+    assert [run.poll(t, [failure(t)]).desired for t in (0, 1, 2)] == [2, 2, 2]
+    decision = run.poll(3, [failure(3)])
     assert decision.desired == 6
     assert decision.reason == (
-        "orders failed 3 times in a row (broker kafka:9092 unreachable), fallback 6 replicas: 2 -> 6"
+        "orders failed 4 times in a row (broker kafka:9092 unreachable), fallback 6 replicas: 2 -> 6"
     )
+
+
+def test_a_failure_interval_counts_at_most_one_failure_per_interval() -> None:
+    # KEDA counts one failure per HPA metric request and per poll; a 10s interval makes a
+    # threshold of 3 fall back after the 4th counted failure, 30s after the first.
+    hints = kafka_hints(
+        fallback_failure_threshold="3", fallback_replicas="6", fallback_failure_interval="10s", **V2
+    )
+    run = Run(hints, current=2)
+    assert {run.poll(t, [failure(t)]).desired for t in range(30)} == {2}
+    assert run.history.failures_of("orders") == 3
+    assert run.poll(30, [failure(30)]).desired == 6
+
+
+@pytest.mark.parametrize(
+    ("behavior", "current", "desired"),
+    [
+        ("currentReplicas", 4, 4),
+        ("currentReplicasIfHigher", 8, 8),
+        ("currentReplicasIfHigher", 2, 6),
+        ("currentReplicasIfLower", 8, 6),
+        ("currentReplicasIfLower", 3, 3),
+    ],
+)
+def test_keda_fallback_behaviours_pick_the_count_to_report(behavior: str, current: int, desired: int) -> None:
+    # fallback.go doFallback: static, currentReplicas, currentReplicasIfHigher, currentReplicasIfLower.
+    hints = kafka_hints(
+        fallback_failure_threshold="0",
+        fallback_replicas="6",
+        fallback_behavior=behavior,
+        scale_down_stabilization="0s",
+    )
+    assert Run(hints, current=current).poll(0, [failure(0)]).desired == desired
 
 
 def test_a_success_resets_the_failure_count() -> None:
@@ -381,7 +428,9 @@ def test_a_stale_measurement_counts_as_a_failure() -> None:
     assert decision.wants_zero is False
     assert decision.recommendations[0].state == "failing"
     assert "3.5s old" in decision.reason
-    assert run.poll(11, [lag(5000, at=8.0)]).desired == 7  # exactly three intervals old is fresh
+    assert (
+        run.poll(11, [lag(5000, at=8.0)]).desired == 6
+    )  # fresh at three intervals; nil-behaviour limit 2 x 3
 
 
 def test_a_trigger_without_a_measurement_counts_as_failing() -> None:
@@ -407,7 +456,7 @@ def test_several_triggers_take_the_largest_recommendation() -> None:
         P + "refunds.bootstrap-servers": "kafka:9092",
         P + "refunds.consumer-group": "refunds",
     }
-    run = Run(parse_hints(annotations), current=2)
+    run = Run(parse_hints({**annotations, P + "scale-up-select": "max"}), current=2)
     decision = run.poll(0, [lag(300, at=0), lag(500, at=0, trigger="refunds")])
     assert decision.desired == 5
     assert "on refunds" in decision.reason
@@ -432,14 +481,77 @@ def test_no_triggers_hold_the_count_within_bounds() -> None:
 
 
 def test_an_unwritten_decision_leaves_no_scale_event_behind() -> None:
+    decision = Run(kafka_hints(**V2), current=1).lag(0, 4000)
+    assert [e.change for e in decision.history.scale_up_events] == [4]
+    assert decision.history_unapplied.scale_up_events == ()
+
+
+def test_the_nil_behaviour_path_keeps_no_scale_events() -> None:
+    # horizontal.go storeScaleEvent: "we should not store any event as they will not be used".
     decision = Run(kafka_hints(), current=1).lag(0, 4000)
-    assert [e.change for e in decision.history.scale_events] == [4]
-    assert decision.history_unapplied.scale_events == ()
+    assert decision.desired == 4
+    assert decision.history.scale_up_events == ()
 
 
 def test_the_history_stays_bounded_over_a_long_run() -> None:
-    run = Run(kafka_hints(max_replicas="50"), current=1)
-    for second in range(5000):
-        run.lag(second, (second % 700) * 10)
-    assert len(run.history.recommendations) <= 301
-    assert len(run.history.scale_events) <= 15
+    # The HPA reuses one old slot per sync: a 300s window at 1 s keeps its 301 samples (the
+    # nil-behaviour cutoff is inclusive), the newest, and the initial one that is never reused.
+    for knobs in ({}, V2):
+        run = Run(kafka_hints(max_replicas="50", **knobs), current=1)
+        for second in range(5000):
+            run.lag(second, (second % 700) * 10)
+        assert len(run.history.recommendations) <= 303
+        assert len(run.history.scale_up_events) + len(run.history.scale_down_events) <= 40
+
+
+# ---------------------------------------------------------------- KEDA knobs added by issue 12
+
+
+def test_paused_scale_in_never_scales_down_nor_to_zero() -> None:
+    # KEDA sets the HPA's scaleDown selectPolicy to Disabled (controllers/keda/hpa.go) and
+    # scaleToZeroOrIdle returns early on NeedToPauseScaleIn.
+    run = Run(
+        kafka_hints(min_replicas="0", cooldown="0s", paused_scale_in="true", scale_down_stabilization="0s"),
+        current=5,
+    )
+    decision = run.lag(400, 0, active=False)
+    assert (decision.desired, decision.wants_zero) == (5, False)
+    assert decision.capped_by is not None
+    assert decision.capped_by.limit is Limit.SCALE_DOWN_DISABLED
+    assert run.lag(401, 4000).desired == 10  # scaling up is untouched
+
+
+def test_paused_scale_out_never_scales_up() -> None:
+    run = Run(kafka_hints(paused_scale_out="true", scale_down_stabilization="0s"), current=2)
+    assert run.lag(0, 4000).desired == 2
+    assert run.lag(1, 100).desired == 1
+
+
+def test_a_value_metric_compares_the_total_with_the_target_for_the_ready_pods() -> None:
+    # replica_calculator.go GetExternalMetricReplicas -> getUsageRatioReplicaCount:
+    # ceil(usage / target x ready pods) = ceil(2 x 3) from 4 replicas of which 3 exist.
+    run = Run(kafka_hints(metric_type="Value", max_replicas="20", **V2), current=4)
+    decision = run.poll(
+        0, [Measurement(trigger="orders", value=2000, target=1000, active=True, taken_at=0)], pods=3
+    )
+    assert decision.desired == 6
+    within = Run(kafka_hints(metric_type="Value"), current=4).lag(0, 105)
+    assert within.desired == 4  # 105 / 100 is within tolerance: the spec count stays
+
+
+def test_the_replica_cap_rule_can_cap_the_recommendation_instead_of_the_value() -> None:
+    # The rule tidescale had before issue 12, kept as a named option: 5000 lag, 11 partitions,
+    # 10 replicas -> 11 (KEDA's metric-value rule gives 10: 1100 / 1000 is within tolerance).
+    hints = kafka_hints(max_replicas="20", replica_cap="replicas")
+    decision = Run(hints, current=10).lag(0, 5000, cap=11)
+    assert decision.desired == 11
+    assert str(decision.capped_by) == "11 partitions of orders"
+
+
+def test_capped_by_is_a_structured_value_naming_the_limit() -> None:
+    decision = Run(kafka_hints(max_replicas="50"), current=3).lag(0, 4000)
+    assert decision.desired == 6
+    assert decision.capped_by is not None
+    assert decision.capped_by.limit is Limit.SCALE_UP_LIMIT
+    assert not decision.capped_by.holds
+    assert decision.reason.endswith("3 -> 6, capped by the scale-up limit 6 (twice the replicas, at least 4)")

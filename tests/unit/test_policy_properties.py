@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidescale.hints import Hints, parse_hints
+from tidescale.hints import BEHAVIOR_KNOBS, Hints, parse_hints
 from tidescale.policy import Decision, History, decide
 from tidescale.sources.base import Measurement, MeasurementFailure
 
@@ -18,10 +18,16 @@ EXAMPLES = settings(max_examples=200, deadline=None)
 
 @st.composite
 def hints_strategy(
-    draw: st.DrawFn, *, allow_zero: bool = True, allow_pause: bool = True, free: bool = False
+    draw: st.DrawFn,
+    *,
+    allow_zero: bool = True,
+    allow_pause: bool = True,
+    free: bool = False,
+    behavior: bool | None = None,
 ) -> Hints:
     """Random hints; ``free`` ones have no stabilization and no effective rate limit, so that
-    every change of the raw recommendation shows in the decision."""
+    every change of the raw recommendation shows in the decision. ``behavior`` False drops
+    every behaviour knob (the HPA's nil-behaviour path), True keeps them, None draws."""
     low = draw(st.integers(0 if allow_zero else 1, 5))
     high = draw(st.integers(max(low, 1), max(low, 1) + 25))
     annotations = {
@@ -47,8 +53,10 @@ def hints_strategy(
             annotations[P + f"scale-{direction}-stabilization"] = "0s"
             annotations[P + f"scale-{direction}-policies"] = "1000 pods/1s"
             annotations[P + f"scale-{direction}-select"] = "max"
+    if behavior is False or (behavior is None and not free and draw(st.booleans())):
+        annotations = {k: v for k, v in annotations.items() if k[len(P) :] not in BEHAVIOR_KNOBS}
     if draw(st.booleans()):
-        annotations[P + "fallback-failure-threshold"] = str(draw(st.integers(1, 4)))
+        annotations[P + "fallback-failure-threshold"] = str(draw(st.integers(0, 4)))
         annotations[P + "fallback-replicas"] = str(draw(st.integers(0, high)))
     if allow_pause:
         pause = draw(st.sampled_from(["none", "none", "none", "none", "paused", "pinned"]))
@@ -120,7 +128,10 @@ def check_safety(decision: Decision, *, current: int, hints: Hints) -> None:
     assert hints.min_replicas <= decision.desired <= hints.max_replicas, decision
     if current >= 1:
         assert decision.desired >= 1, decision  # zero only through the waker
-    busy = any(t.active or t.state != "ok" for t in decision.recommendations)
+    # KEDA's RequestScale: an active trigger, or a failing one with a non-zero (or no) fallback,
+    # keeps a Deployment off zero; a failing trigger whose fallback is 0 does not (issue 12 row 16).
+    zero_fallback = hints.fallback is not None and hints.fallback.replicas == 0
+    busy = any(t.active or (t.state == "failing" and not zero_fallback) for t in decision.recommendations)
     if decision.wants_zero:
         assert hints.min_replicas == 0
         assert not busy, decision
@@ -175,7 +186,7 @@ def test_more_lag_never_yields_fewer_replicas_at_the_same_moment(
 
 
 @EXAMPLES
-@given(hints_strategy(allow_zero=False, allow_pause=False), st.integers(1, 40), steps)
+@given(hints_strategy(allow_zero=False, allow_pause=False, behavior=True), st.integers(1, 40), steps)
 def test_stabilization_keeps_each_change_within_its_windows_recommendations(
     hints: Hints, start: int, plan: list[tuple[float, tuple[Reading, Reading], bool]]
 ) -> None:
@@ -185,7 +196,15 @@ def test_stabilization_keeps_each_change_within_its_windows_recommendations(
         now += dt
         taken = [r.at(t.name, now) for t, r in zip(hints.triggers, pair, strict=False)]
         decision = decide(taken, current=current, hints=hints, now=now, history=history)
-        raw = max(t.replicas for t in decision.recommendations)
+        # What the HPA records (computeReplicasForMetrics): the largest valid opinion, unless the
+        # count is out of range, every trigger failed, or one failed and the rest would scale down.
+        valid = [t.replicas for t in decision.recommendations if t.state != "failing"]
+        failed = len(valid) < len(decision.recommendations)
+        in_range = max(hints.min_replicas, 1) <= current <= hints.max_replicas
+        raw = max(valid, default=0)
+        if not in_range or not valid or (failed and raw < current):
+            current, history = decision.desired, decision.history
+            continue
         down_window = [raw, *(r for at, r in seen if at > now - hints.scale_down.stabilization)]
         up_window = [raw, *(r for at, r in seen if at > now - hints.scale_up.stabilization)]
         seen.append((now, raw))

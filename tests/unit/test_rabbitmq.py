@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidescale.errors import HintsInvalid
+from tidescale.errors import HintsInvalid, SourceError
 from tidescale.sources.rabbitmq import (
     LocalShare,
     QueueStats,
@@ -172,6 +172,41 @@ def test_message_rate_is_the_publish_rate() -> None:
     assert _measure(settings, _queue(ready=500, rate=None)).value == 0.0
 
 
+def test_message_rate_stays_active_while_a_backlog_remains_after_publishing_stops() -> None:
+    settings = replace(BASE, mode="message-rate", activation_value=2)
+    m = _measure(settings, _queue(ready=3, unacked=0, rate=None))
+    assert (m.value, m.active, m.detail["total:backlog"]) == (0.0, True, 3.0)
+    assert not _measure(settings, _queue(ready=2, unacked=0, rate=None)).active
+    assert not _measure(settings, _queue(ready=0, unacked=0, rate=1.0)).active
+
+
+def test_message_rate_backlog_counts_messages_in_flight_unless_excluded() -> None:
+    settings = replace(BASE, mode="message-rate")
+    assert _measure(settings, _queue(ready=0, unacked=1, rate=0.0)).active
+    assert not _measure(replace(settings, exclude_unacknowledged=True), _queue(ready=0, unacked=1)).active
+
+
+@given(
+    queues=st.lists(
+        st.tuples(st.integers(0, 1000), st.integers(0, 1000), st.none() | st.floats(0, 1000)),
+        min_size=1,
+        max_size=10,
+    ),
+    activation=st.integers(0, 1000),
+    operation=st.sampled_from(["sum", "avg", "max"]),
+)
+def test_message_rate_is_active_whenever_queue_length_mode_would_be(
+    queues: list[tuple[int, int, float | None]], activation: int, operation: str
+) -> None:
+    stats = [_queue(f"q{i}", ready=r, unacked=u, rate=rate) for i, (r, u, rate) in enumerate(queues)]
+    by_length = replace(
+        BASE, queue=None, queue_pattern=".*", operation=operation, activation_value=activation
+    )  # type: ignore[arg-type]
+    by_rate = replace(by_length, mode="message-rate")
+    if _measure(by_length, *stats).active:
+        assert _measure(by_rate, *stats).active
+
+
 def test_activation_is_strictly_above_the_activation_value() -> None:
     settings = replace(BASE, activation_value=4)
     assert not _measure(settings, _queue(ready=4)).active
@@ -222,10 +257,33 @@ def test_queue_stats_read_the_management_payload() -> None:
     )
 
 
-def test_a_queue_still_starting_reads_as_empty() -> None:
-    assert queue_stats_from_api({"name": "fresh"}) == QueueStats(
-        name="fresh", ready=0, unacked=0, consumers=0
-    )
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"name": "fresh"},
+        {"name": "fresh", "messages_ready": 3},
+        {"name": "fresh", "messages_unacknowledged": 0},
+    ],
+)
+def test_a_queue_without_statistics_is_unknown_and_keeps_the_trigger_active(
+    payload: dict[str, object],
+) -> None:
+    stats = queue_stats_from_api(payload)
+    assert not stats.known
+    m = _measure(replace(BASE, activation_value=5), stats, _queue("seen", ready=1))
+    assert m.active
+    assert m.detail["total:unknown"] == 1.0
+
+
+def test_known_empty_queues_are_inactive_and_carry_no_unknown_count() -> None:
+    m = _measure(BASE, queue_stats_from_api({"name": "q", "messages_ready": 0, "messages_unacknowledged": 0}))
+    assert not m.active
+    assert "total:unknown" not in m.detail
+
+
+def test_a_queue_that_never_saw_a_publish_has_no_rate_but_known_counts() -> None:
+    payload = {"name": "idle", "messages_ready": 0, "messages_unacknowledged": 0, "consumers": 1}
+    assert queue_stats_from_api(payload) == QueueStats(name="idle", ready=0, unacked=0, consumers=1)
 
 
 def test_own_channels_are_those_whose_peer_is_the_pod() -> None:
@@ -236,3 +294,103 @@ def test_own_channels_are_those_whose_peer_is_the_pod() -> None:
         {"channel_details": []},
     ]
     assert own_channels(consumers, "10.0.0.5") == ["10.0.0.5:1 -> 10.0.0.1:5672 (1)"] * 2
+
+
+# -- migration traps ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "vhost"),
+    [
+        ("amqp://rabbit:5672", "/"),
+        ("amqp://rabbit:5672/", "/"),
+        ("amqp://rabbit:5672/orders", "orders"),
+        ("amqps://rabbit/%2F", "/"),
+        ("amqp://rabbit/team%2Forders", "team/orders"),
+    ],
+)
+def test_the_vhost_is_read_from_the_amqp_url_path_as_keda_reads_it(url: str, vhost: str) -> None:
+    assert parse_rabbitmq_settings("jobs", {"amqp-url": url, "queue": "q"}).vhost == vhost
+
+
+def test_a_vhost_hint_contradicting_the_amqp_url_path_is_refused() -> None:
+    problems = _problems({"amqp-url": "amqp://rabbit/orders", "queue": "q", "vhost": "billing"})
+    assert "'orders'" in problems["tidescale.io/jobs.vhost"]
+    s = parse_rabbitmq_settings("jobs", {"amqp-url": "amqp://rabbit/orders", "queue": "q", "vhost": "orders"})
+    assert s.vhost == "orders"
+
+
+def test_queue_match_defaults_to_whole_names_and_takes_substring() -> None:
+    plain = parse_rabbitmq_settings("jobs", {"management-url": "http://r:15672", "queue-pattern": "o"})
+    assert plain.queue_match == "whole"
+    s = parse_rabbitmq_settings(
+        "jobs", {"management-url": "http://r:15672", "queue-pattern": "o", "queue-match": "substring"}
+    )
+    assert s.queue_match == "substring"
+    assert "tidescale.io/jobs.queue-match" in _problems({**HTTP, "queue-match": "substring"})
+
+
+def test_queue_match_decides_which_names_a_pattern_selects() -> None:
+    from tidescale.sources._fields import compile_linear
+    from tidescale.sources.rabbitmq import _matches
+
+    pattern = compile_linear("orders")
+    names = ["orders", "orders-dlq", "old-orders", "refunds"]
+    whole = replace(BASE, queue=None, queue_pattern="orders")
+    substring = replace(whole, queue_match="substring")
+    assert [n for n in names if _matches(pattern, n, whole)] == ["orders"]
+    assert [n for n in names if _matches(pattern, n, substring)] == ["orders", "orders-dlq", "old-orders"]
+
+
+def test_a_stream_queue_is_refused_with_the_reason() -> None:
+    payload = {"name": "events", "type": "stream", "messages_ready": 900, "messages_unacknowledged": 0}
+    with pytest.raises(SourceError, match="is a stream"):
+        queue_stats_from_api(payload)
+
+
+@pytest.mark.parametrize("kind", ["classic", "quorum"])
+def test_classic_and_quorum_queues_are_measured(kind: str) -> None:
+    payload = {"name": "jobs", "type": kind, "messages_ready": 4, "messages_unacknowledged": 1}
+    assert queue_stats_from_api(payload).messages == 5
+
+
+# -- TLS and EXTERNAL ---------------------------------------------------------------------------------
+
+
+def test_tls_files_need_a_tls_url_and_the_certificate_its_key() -> None:
+    problems = _problems({**HTTP, "tls-ca-file": "/tls/ca.crt", "tls-cert-file": "/tls/tls.crt"})
+    assert "https:// or amqps://" in problems["tidescale.io/jobs.tls-ca-file"]
+    assert "go together" in problems["tidescale.io/jobs.tls-key-file"]
+    s = parse_rabbitmq_settings(
+        "jobs",
+        {
+            "amqp-url": "amqps://worker@rabbit:5671",
+            "queue": "q",
+            "tls-ca-file": "/tls/ca.crt",
+            "tls-cert-file": "/tls/tls.crt",
+            "tls-key-file": "/tls/tls.key",
+        },
+    )
+    assert (s.tls_ca_file, s.tls_cert_file, s.tls_key_file, s.auth_mechanism) == (
+        "/tls/ca.crt",
+        "/tls/tls.crt",
+        "/tls/tls.key",
+        "plain",
+    )
+
+
+def test_external_login_needs_amqps_without_management_and_a_client_certificate() -> None:
+    problems = _problems({**HTTP, "auth-mechanism": "external"})
+    assert "amqps:// amqp-url and no management-url" in problems["tidescale.io/jobs.auth-mechanism"]
+    assert "tidescale.io/jobs.tls-cert-file" in problems
+    s = parse_rabbitmq_settings(
+        "jobs",
+        {
+            "amqp-url": "amqps://rabbit:5671",
+            "queue": "q",
+            "auth-mechanism": "external",
+            "tls-cert-file": "/tls/tls.crt",
+            "tls-key-file": "/tls/tls.key",
+        },
+    )
+    assert s.auth_mechanism == "external"

@@ -12,11 +12,16 @@ import pytest
 
 from tests.unit.test_patch import make_pod
 from tidescale_injector.config import AGENT_NAME, InjectorConfig
-from tidescale_injector.review import mutate, validate
+from tidescale_injector.review import MAX_REVIEW_BYTES, mutate, validate
 
 CONFIG = InjectorConfig(image="tidescale:test", version="1.2.3")
 STRICT = InjectorConfig(image="tidescale:test", version="1.2.3", strict=True)
-GOOD_HINTS = {"tidescale.io/max-replicas": "5"}
+GOOD_HINTS = {
+    "tidescale.io/max-replicas": "5",
+    # A trigger: a labelled Deployment without one is warned about (it would never scale).
+    "tidescale.io/kafka.bootstrap-servers": "kafka:9092",
+    "tidescale.io/kafka.consumer-group": "web",
+}
 BAD_HINTS = {"tidescale.io/max-replica": "3", "tidescale.io/min-replicas": "x"}
 
 
@@ -132,6 +137,7 @@ def test_resource_override_warnings_reach_the_response() -> None:
             "object",
         ),
         (b" " * (9 * 2**20), "exceeds"),
+        (b"[" + b"[]," * 400_000 + b"[]]", "JSON objects and arrays exceed"),
     ],
 )
 def test_a_malformed_review_gets_a_400_naming_the_problem(body: bytes, fragment: str) -> None:
@@ -225,3 +231,36 @@ def test_annotations_that_are_not_strings_are_a_400() -> None:
 def test_a_pod_sent_to_validate_is_allowed_unchanged() -> None:
     outcome = validate(review_of(pod_request(make_pod())), CONFIG)
     assert response_of(outcome.body) == {"uid": "abc-123", "allowed": True}
+
+
+def test_a_nested_empty_container_bomb_is_refused_before_it_is_parsed() -> None:
+    """8 MiB of "[]," would parse into ~200 MiB of Python lists: refused from a byte count."""
+    import resource
+
+    body = b"[" + b"[]," * (MAX_REVIEW_BYTES // 3 - 1) + b"[]]"
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    outcome = mutate(body, CONFIG)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert outcome.status == 400
+    assert grown_kib < 64 * 1024  # the parse (~200 MiB) never happened
+
+
+def test_a_review_as_large_as_the_api_server_sends_still_parses() -> None:
+    pod = make_pod()
+    # ~3 MiB with one JSON object per ~45 bytes, a dense real shape (a long env list).
+    pod["spec"]["containers"][0]["env"] = [{"name": f"VAR_{i}", "value": f"v{i:020d}"} for i in range(60_000)]
+    body = orjson.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "operation": "CREATE",
+                "namespace": "shop",
+                "object": pod,
+            },
+        }
+    )
+    assert 2 * 2**20 < len(body) < 4 * 2**20
+    assert mutate(body, CONFIG).result == "injected"

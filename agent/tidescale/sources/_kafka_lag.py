@@ -1,19 +1,39 @@
 """Kafka lag arithmetic: pure functions of an offsets snapshot and the trigger's settings.
 
-Lag of one partition (KEDA's rules, see ../shared/anchors.md, with one fix):
+Lag of one partition (KEDA's rules, see ../shared/anchors.md, with fixes marked *):
 
 ==========================  ==================  ======================================
 committed offset            offset-reset-policy lag
 ==========================  ==================  ======================================
-present                     either              log-end - committed (never below 0)
+present, >= log-start       either              log-end - committed (never below 0)
+present, < log-start *      either              log-end - log-start: retention deleted the
+                                                rest, the consumer resumes at log-start.
+                                                KEDA counts the deleted messages too.
 absent                      latest              1 (0 with scale-to-zero-on-invalid-offset)
 absent                      earliest            log-end - log-start (0 with scale-to-zero-
-                                                on-invalid-offset). KEDA counts log-end,
+                                                on-invalid-offset). * KEDA counts log-end,
                                                 which includes messages retention deleted.
 ==========================  ==================  ======================================
 
-exclude-persistent-lag: a partition whose committed offset equals the one in the
-previous snapshot counts 0 for the metric; activation still sees its lag.
+isolation-level read-committed: log-end is the last stable offset (LSO: nothing at or
+past it is visible to a read_committed consumer yet), and where the tail between the
+consumer's resume point and the LSO was read (``readable``), the lag is the number of
+data records there that a read_committed consumer would get: transaction markers
+(control batches) and records of aborted transactions left out. The LSO alone is not
+enough: an exactly-once consumer commits the offset after its last record, which is the
+commit marker's own offset, so LSO - committed stays 1 per partition forever.
+
+A partition the broker left out of its ListOffsets answer (Azure Event Hubs does,
+KEDA #7414) has no log-end: it reads as KEDA reads it, whose missing map entry is
+0, so lag 0 (1 for an uncommitted partition under latest, which KEDA decides before
+looking at log-end); the source logs a warning naming it.
+
+exclude-persistent-lag: a partition whose committed offset has not moved for
+``persistent-lag-window`` (default 15 s) counts 0 for the metric; activation still
+sees its lag. KEDA compares with its previous read of the offsets, which with its
+defaults is at most 15 s earlier (the HPA asks for the metric every 15 s, between
+the operator's 30 s activation polls): a window of time keeps that meaning when we
+poll every second, so a consumer committing every 5 s is never "persistent".
 """
 
 from __future__ import annotations
@@ -28,11 +48,14 @@ from tidescale.sources._kafka_settings import KafkaSettings
 from tidescale.sources.base import Measurement, Scope
 
 __all__ = [
+    "TAIL_LIMIT",
+    "CommitSeen",
     "GroupMember",
     "KafkaSnapshot",
     "PartitionLag",
     "PartitionOffsets",
     "assemble_snapshot",
+    "count_readable",
     "decode_assignment",
     "fetch_plan",
     "kafka_measurement",
@@ -41,6 +64,7 @@ __all__ = [
     "own_members",
     "partition_lag",
     "select_partitions",
+    "track_commits",
 ]
 
 TopicPartition = tuple[str, int]
@@ -54,10 +78,14 @@ class PartitionOffsets:
     partition: int
     committed: int | None
     """The group's committed offset; None when the group never committed one."""
-    log_end: int
-    """The high watermark: offset of the next message to be written."""
+    log_end: int | None
+    """The high watermark: offset of the next message to be written; None when the broker's
+    ListOffsets answer left the partition out."""
     log_start: int | None = None
-    """The earliest retained offset; only fetched when a rule needs it (earliest, nothing committed)."""
+    """The earliest retained offset; None when the broker did not give it."""
+    readable: int | None = None
+    """read-committed only: data records a read_committed consumer can still read from its resume
+    point to log-end (the LSO), counted in the log's tail; None when the tail was not read."""
 
     @property
     def key(self) -> str:
@@ -97,36 +125,66 @@ class GroupMember:
     """The consumer-protocol assignment blob; empty while the group rebalances."""
 
 
+CommitSeen = tuple[int | None, float]
+"""A partition's committed offset and since when (caller's clock) it has had that value."""
+
+
+def track_commits(
+    earlier: Mapping[str, CommitSeen], snapshot: KafkaSnapshot, now: float
+) -> dict[str, CommitSeen]:
+    """Since when each partition of ``snapshot`` has had its committed offset, given what was
+    known before (``earlier``, this function's previous result for the same trigger and scope)."""
+    seen: dict[str, CommitSeen] = {}
+    for p in snapshot.partitions:
+        before = earlier.get(p.key)
+        seen[p.key] = before if before is not None and before[0] == p.committed else (p.committed, now)
+    return seen
+
+
 def partition_lag(
-    offsets: PartitionOffsets, settings: KafkaSettings, previous_committed: int | None
+    offsets: PartitionOffsets, settings: KafkaSettings, *, persistent: bool = False
 ) -> PartitionLag:
-    """One partition's lag under the rules of the module docstring."""
+    """One partition's lag under the rules of the module docstring. ``persistent``: its committed
+    offset has not moved for the persistent-lag window (only read with exclude-persistent-lag)."""
+    start = offsets.log_start or 0
     if offsets.committed is None:
         if settings.scale_to_zero_on_invalid_offset:
             lag = 0
         elif settings.offset_reset_policy == "latest":
             lag = 1
         else:
-            lag = max(0, offsets.log_end - (offsets.log_start or 0))
+            lag = max(0, (offsets.log_end or 0) - start)
         return PartitionLag(key=offsets.key, metric=lag, activation=lag)
-    lag = max(0, offsets.log_end - offsets.committed)
-    persistent = settings.exclude_persistent_lag and previous_committed == offsets.committed
-    return PartitionLag(key=offsets.key, metric=0 if persistent else lag, activation=lag)
+    if offsets.log_end is None:
+        return PartitionLag(key=offsets.key, metric=0, activation=0)
+    lag = max(0, offsets.log_end - max(offsets.committed, start))
+    if offsets.readable is not None:
+        lag = min(lag, max(0, offsets.readable))
+    excluded = settings.exclude_persistent_lag and persistent
+    return PartitionLag(key=offsets.key, metric=0 if excluded else lag, activation=lag)
 
 
 def kafka_measurement(
     snapshot: KafkaSnapshot,
     settings: KafkaSettings,
     *,
-    previous: KafkaSnapshot | None,
+    commits: Mapping[str, CommitSeen] | None = None,
     taken_at: float,
 ) -> Measurement:
-    """The measurement of one snapshot. ``previous`` is the last snapshot of the same trigger and scope
-    (exclude-persistent-lag compares committed offsets with it)."""
-    earlier: dict[str, int | None] = {}
-    if previous is not None:
-        earlier = {p.key: p.committed for p in previous.partitions}
-    lags = [partition_lag(p, settings, earlier.get(p.key)) for p in snapshot.partitions]
+    """The measurement of one snapshot. ``commits`` is :func:`track_commits` of this snapshot
+    (exclude-persistent-lag reads since when each committed offset has not moved)."""
+    seen = commits or {}
+
+    def persistent(p: PartitionOffsets) -> bool:
+        since = seen.get(p.key)
+        return (
+            p.committed is not None
+            and since is not None
+            and since[0] == p.committed
+            and taken_at - since[1] >= settings.persistent_lag_window
+        )
+
+    lags = [partition_lag(p, settings, persistent=persistent(p)) for p in snapshot.partitions]
     value = sum(lag.metric for lag in lags)
     activation_total = sum(lag.activation for lag in lags)
     return Measurement(
@@ -219,7 +277,9 @@ def select_partitions(
 
 
 def needs_log_start(settings: KafkaSettings) -> bool:
-    """Whether an uncommitted partition's lag needs its log-start offset (the earliest rule)."""
+    """Whether an uncommitted partition's lag needs its log-start offset (the earliest rule).
+    Committed partitions always need it (a commit below log-start counts from log-start), so the
+    sources read log-start for every partition; this only says whether uncommitted ones use it."""
     return settings.offset_reset_policy == "earliest" and not settings.scale_to_zero_on_invalid_offset
 
 
@@ -232,6 +292,7 @@ def assemble_snapshot(
     log_end: Mapping[TopicPartition, int],
     log_start: Mapping[TopicPartition, int],
     scope: Scope,
+    readable: Mapping[TopicPartition, int] | None = None,
 ) -> KafkaSnapshot:
     """One trigger's snapshot from offsets read for it alone or for a whole batch (the maps may hold
     other triggers' partitions too: only ``wanted`` is read, so both paths give the same snapshot)."""
@@ -241,8 +302,9 @@ def assemble_snapshot(
                 topic=t,
                 partition=p,
                 committed=committed.get((t, p)),
-                log_end=log_end[(t, p)],
+                log_end=log_end.get((t, p)),
                 log_start=log_start.get((t, p)),
+                readable=(readable or {}).get((t, p)),
             )
             for t, p in wanted
         ),
@@ -276,3 +338,38 @@ def fetch_plan(
             by_topic[topic].append(partition)
         plan[group] = tuple((topic, tuple(parts)) for topic, parts in sorted(by_topic.items()))
     return plan
+
+
+TAIL_LIMIT = 1000
+"""Most offsets between a read-committed consumer's resume point and the LSO for which the tail is
+read; past it the lag is LSO minus the resume point (markers in it are a rounding error then)."""
+
+
+def count_readable(
+    batches: Iterable[tuple[int, int, bool, bool, int, Sequence[int]]],
+    aborted: Iterable[tuple[int, int]],
+    *,
+    start: int,
+    stable: int,
+) -> tuple[int, int]:
+    """Data records a read_committed consumer gets in offsets [start, stable) of one partition,
+    and the offset the batches reach (``stable`` when they covered the whole range).
+
+    ``batches``: (base offset, next offset, is transactional, is control, producer id, record
+    offsets) in log order; ``aborted``: the Fetch answer's (producer id, first offset) of aborted
+    transactions. As the Java consumer does: a producer's batches from an aborted transaction's
+    first offset up to its abort marker are skipped, and control batches are never records."""
+    pending = sorted(aborted, key=lambda a: a[1])
+    aborting: set[int] = set()
+    count, reached = 0, start
+    for base, next_offset, transactional, control, producer, offsets in batches:
+        if base >= stable:
+            break
+        while pending and pending[0][1] < next_offset:
+            aborting.add(pending.pop(0)[0])
+        if control:
+            aborting.discard(producer)  # the marker ends the producer's transaction either way
+        elif not (transactional and producer in aborting):
+            count += sum(1 for o in offsets if start <= o < stable)
+        reached = max(reached, next_offset)
+    return count, min(reached, stable)

@@ -13,14 +13,15 @@ from tidescale._values import (
     parse_duration,
     parse_int,
     parse_list,
-    parse_ranges,
 )
 from tidescale.errors import HintError
 from tidescale.sources._fields import (
     FieldCollector,
     FieldDoc,
+    PartitionRanges,
     parse_env_name,
     parse_file_path,
+    parse_partitions,
     parse_regex,
     parse_secret_name,
 )
@@ -29,6 +30,7 @@ __all__ = ["KAFKA_FIELDS", "KafkaSettings", "parse_kafka_settings"]
 
 SaslMechanism = Literal["none", "plain", "scram-sha-256", "scram-sha-512"]
 OffsetResetPolicy = Literal["latest", "earliest"]
+IsolationLevel = Literal["read-uncommitted", "read-committed"]
 
 _SERVER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):(\d{1,5})")
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -48,14 +50,20 @@ class KafkaSettings:
     offset_reset_policy: OffsetResetPolicy = "latest"
     allow_idle_consumers: bool = False
     exclude_persistent_lag: bool = False
+    persistent_lag_window: float = 15.0
+    """Seconds a committed offset must stay put for its lag to count as persistent."""
+    isolation_level: IsolationLevel = "read-uncommitted"
+    """read-committed: lag is what a read_committed consumer can still read (see _kafka_lag)."""
     scale_to_zero_on_invalid_offset: bool = False
     limit_to_partitions_with_lag: bool = False
-    partitions: frozenset[int] | None = None
-    """Only these partition numbers (of every named topic); None: all."""
+    partitions: PartitionRanges | None = None
+    """Only these partition numbers (of every named topic), kept as ranges; None: all."""
     tls: bool = False
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    tls_key_password_env: str | None = None
+    tls_key_password_file: str | None = None
     sasl: SaslMechanism = "none"
     sasl_username_env: str | None = None
     sasl_password_env: str | None = None
@@ -75,6 +83,8 @@ class KafkaSettings:
             self.tls_ca_file,
             self.tls_cert_file,
             self.tls_key_file,
+            self.tls_key_password_env,
+            self.tls_key_password_file,
             self.sasl,
             self.sasl_username_env,
             self.sasl_password_env,
@@ -137,6 +147,15 @@ def _parse_timeout(annotation: str, value: str) -> float:
     return parse_duration(annotation, value, minimum=0.1, maximum=120.0)
 
 
+def _parse_isolation(annotation: str, value: str) -> IsolationLevel:
+    choice = parse_choice(annotation, value, ("read-uncommitted", "read-committed"))
+    return "read-committed" if choice == "read-committed" else "read-uncommitted"
+
+
+def _parse_window(annotation: str, value: str) -> float:
+    return parse_duration(annotation, value, minimum=1.0, maximum=86400.0)
+
+
 KAFKA_FIELDS: tuple[FieldDoc, ...] = (
     FieldDoc(
         field="bootstrap-servers",
@@ -183,6 +202,17 @@ KAFKA_FIELDS: tuple[FieldDoc, ...] = (
         example="earliest",
     ),
     FieldDoc(
+        field="isolation-level",
+        type="read-uncommitted | read-committed",
+        default="read-uncommitted",
+        meaning="read-committed (for transactional producers and exactly-once consumers): lag is what a "
+        "read_committed consumer can still read, up to the last stable offset, leaving out transaction "
+        "markers and aborted records, so a consumer that has read everything it can see reads 0. Costs "
+        "one Fetch per partition leader whose partitions lag by at most 1000 offsets (their tail is "
+        "read); KEDA counts up to log-end, markers included.",
+        example="read-committed",
+    ),
+    FieldDoc(
         field="allow-idle-consumers",
         type="bool",
         default="false",
@@ -193,9 +223,19 @@ KAFKA_FIELDS: tuple[FieldDoc, ...] = (
         field="exclude-persistent-lag",
         type="bool",
         default="false",
-        meaning="A partition whose committed offset did not move since the previous measurement counts 0 "
+        meaning="A partition whose committed offset has not moved for persistent-lag-window counts 0 "
         "for scaling (a stuck consumer is not helped by more replicas); activation still sees its lag.",
         example="true",
+    ),
+    FieldDoc(
+        field="persistent-lag-window",
+        type="duration",
+        default="15s",
+        meaning="How long a committed offset must stay put for exclude-persistent-lag to call its lag "
+        "persistent. The default is KEDA's effective window: KEDA compares with its previous read, at "
+        "most 15 s earlier with its defaults (the HPA's metric queries). Longer than the consumers' "
+        "commit interval, or they drop out of the metric between commits.",
+        example="1m",
     ),
     FieldDoc(
         field="scale-to-zero-on-invalid-offset",
@@ -242,6 +282,20 @@ KAFKA_FIELDS: tuple[FieldDoc, ...] = (
         default=None,
         meaning="Client private key for mutual TLS (needs tls and tls-cert-file).",
         example="/etc/kafka-tls/tls.key",
+    ),
+    FieldDoc(
+        field="tls-key-password-env",
+        type="env var name",
+        default=None,
+        meaning="Environment variable of the agent holding the password of an encrypted tls-key-file.",
+        example="KAFKA_KEY_PASSWORD",
+    ),
+    FieldDoc(
+        field="tls-key-password-file",
+        type="absolute path",
+        default=None,
+        meaning="File in the agent's container holding the password of an encrypted tls-key-file.",
+        example="/etc/kafka-tls/key-password",
     ),
     FieldDoc(
         field="sasl",
@@ -310,13 +364,17 @@ def parse_kafka_settings(trigger: str, raw: Mapping[str, str]) -> KafkaSettings:
         offset_reset_policy=fields.get("offset-reset-policy", _parse_policy, "latest"),
         allow_idle_consumers=fields.get("allow-idle-consumers", parse_bool, False),
         exclude_persistent_lag=fields.get("exclude-persistent-lag", parse_bool, False),
+        persistent_lag_window=fields.get("persistent-lag-window", _parse_window, 15.0),
+        isolation_level=fields.get("isolation-level", _parse_isolation, "read-uncommitted"),
         scale_to_zero_on_invalid_offset=fields.get("scale-to-zero-on-invalid-offset", parse_bool, False),
         limit_to_partitions_with_lag=fields.get("limit-to-partitions-with-lag", parse_bool, False),
-        partitions=fields.get("partitions", parse_ranges, None),
+        partitions=fields.get("partitions", parse_partitions, None),
         tls=fields.get("tls", parse_bool, False),
         tls_ca_file=fields.get("tls-ca-file", parse_file_path, None),
         tls_cert_file=fields.get("tls-cert-file", parse_file_path, None),
         tls_key_file=fields.get("tls-key-file", parse_file_path, None),
+        tls_key_password_env=fields.get("tls-key-password-env", parse_env_name, None),
+        tls_key_password_file=fields.get("tls-key-password-file", parse_file_path, None),
         sasl=fields.get("sasl", _parse_sasl, "none"),
         sasl_username_env=fields.get("sasl-username-env", parse_env_name, None),
         sasl_password_env=fields.get("sasl-password-env", parse_env_name, None),
@@ -340,19 +398,30 @@ def _check_combinations(fields: FieldCollector, s: KafkaSettings) -> None:
             fields.problem(name, 'to be set only together with tls: "true"')
     if s.tls_key_file is not None and not s.tls:
         fields.problem("tls-key-file", 'to be set only together with tls: "true"')
+    for name in ("tls-key-password-env", "tls-key-password-file"):
+        if fields.has(name) and s.tls_key_file is None:
+            fields.problem(name, "to be set only together with tls-key-file (it decrypts that key)")
+    if s.tls_key_password_env is not None and s.tls_key_password_file is not None:
+        fields.problem(
+            "tls-key-password-file", "either tls-key-password-file or tls-key-password-env, not both"
+        )
     if (s.tls_cert_file is None) != (s.tls_key_file is None):
         missing = "tls-key-file" if s.tls_key_file is None else "tls-cert-file"
         fields.problem(missing, "a value: tls-cert-file and tls-key-file go together")
     if s.sasl != "none":
-        if s.sasl_username_env is None and s.credentials_secret is None:
+        # credentials-secret is read by the waker only: the agent in the pod measures too, and
+        # needs its own sources, or every poll of the agent fails to log in.
+        if s.sasl_username_env is None:
             fields.problem(
-                "sasl-username-env", f"a value when sasl is {s.sasl!r} (or set credentials-secret)"
+                "sasl-username-env",
+                f"a value when sasl is {s.sasl!r}: the agent in the pod reads the username from it "
+                "(credentials-secret serves the waker only)",
             )
-        has_password = s.sasl_password_env or s.sasl_password_file or s.credentials_secret
-        if not has_password:
+        if not (s.sasl_password_env or s.sasl_password_file):
             fields.problem(
                 "sasl-password-file",
-                f"a value when sasl is {s.sasl!r} (or set sasl-password-env or credentials-secret)",
+                f"a value (or sasl-password-env) when sasl is {s.sasl!r}: the agent in the pod reads "
+                "the password from it (credentials-secret serves the waker only)",
             )
     elif any(fields.has(f) for f in ("sasl-username-env", "sasl-password-env", "sasl-password-file")):
         fields.problem(

@@ -5,6 +5,14 @@ flight keeps the workload up; ``messages_ready`` with exclude-unacknowledged, an
 always over AMQP, which sees ready messages only. MessageRate is
 ``message_stats.publish_details.rate``. Queues matched by a pattern combine with
 sum, avg or max.
+
+A queue the management API has no statistics for yet keeps the trigger active
+(counting 0 towards the metric): its counts are unknown, not 0.
+
+Activation in message-rate mode holds while either the rate or the backlog (the
+queue-length metric of the same queues) is above activation-value, as KEDA does:
+on the rate alone a Deployment parks when publishing stops with messages still
+queued, and parked, nothing is published to wake it.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
+from tidescale.errors import SourceError
 from tidescale.sources._rabbitmq_settings import RabbitMQSettings
 from tidescale.sources.base import Measurement
 
@@ -21,10 +30,17 @@ __all__ = [
     "QueueStats",
     "RabbitMQSnapshot",
     "own_channels",
+    "queue_length",
     "queue_metric",
     "queue_stats_from_api",
     "rabbitmq_measurement",
 ]
+
+UNKNOWN_KEY = "total:unknown"
+"""Detail key: how many queues had no statistics yet (present only when some had none)."""
+
+BACKLOG_KEY = "total:backlog"
+"""Detail key, in message-rate mode, of the combined queue length that activation also looks at."""
 
 LOCAL_PREFIX = "local:"
 """Detail keys of this pod's own consumers' share (``local:consumers``, ``local:unacked``,
@@ -55,6 +71,7 @@ class QueuePayload(TypedDict, total=False):
     """The fields read from ``GET /api/queues/{vhost}/{queue}``."""
 
     name: str
+    type: str
     messages: int
     messages_ready: int
     messages_unacknowledged: int
@@ -72,6 +89,8 @@ class QueueStats:
     consumers: int
     publish_rate: float | None = None
     """Messages published per second; None when the broker reports no rate (no publishes yet, or AMQP)."""
+    known: bool = True
+    """False while the management API has no message counts for the queue (ready/unacked read 0)."""
 
     @property
     def messages(self) -> int:
@@ -95,7 +114,17 @@ class RabbitMQSnapshot:
 
 
 def queue_stats_from_api(payload: Mapping[str, Any]) -> QueueStats:
-    """A queue of the management API; fields missing while the queue starts up read as 0."""
+    """A queue of the management API. Its message counts are unknown, not 0, until the broker has
+    published statistics for it (a few seconds after it is declared, or never with statistics
+    collection off): such a queue counts 0 towards the metric but keeps the trigger active (see
+    ``rabbitmq_measurement``), so a workload never parks on counts nobody has seen. A missing
+    publish rate is no publishing (0). A stream queue raises a SourceError."""
+    if payload.get("type") == "stream":
+        raise SourceError(
+            f"queue {payload.get('name', '')!r} is a stream: its message count is the retained log, which "
+            "consuming never drains, so it cannot drive scaling; measure a classic or quorum queue"
+        )
+    known = all(payload.get(f) is not None for f in ("messages_ready", "messages_unacknowledged"))
     stats = payload.get("message_stats") or {}
     publish = stats.get("publish_details") if isinstance(stats, Mapping) else None
     rate = publish.get("rate") if isinstance(publish, Mapping) else None
@@ -105,6 +134,7 @@ def queue_stats_from_api(payload: Mapping[str, Any]) -> QueueStats:
         unacked=int(payload.get("messages_unacknowledged") or 0),
         consumers=int(payload.get("consumers") or 0),
         publish_rate=float(rate) if isinstance(rate, int | float) else None,
+        known=known,
     )
 
 
@@ -121,23 +151,39 @@ def own_channels(consumer_details: Iterable[Mapping[str, Any]], pod_ip: str) -> 
 def queue_metric(queue: QueueStats, settings: RabbitMQSettings) -> float:
     if settings.mode == "message-rate":
         return queue.publish_rate or 0.0
+    return queue_length(queue, settings)
+
+
+def queue_length(queue: QueueStats, settings: RabbitMQSettings) -> float:
+    """The queue-length metric of one queue, whatever the mode (message-rate activation reads it too)."""
     if settings.exclude_unacknowledged or queue.unacked is None:
         return float(queue.ready)
     return float(queue.messages)
 
 
+def _combine(values: list[float], settings: RabbitMQSettings) -> float:
+    if not values:
+        return 0.0
+    if settings.operation == "max":
+        return max(values)
+    if settings.operation == "avg":
+        return sum(values) / len(values)
+    return sum(values)
+
+
 def rabbitmq_measurement(stats: RabbitMQSnapshot, settings: RabbitMQSettings, taken_at: float) -> Measurement:
     per_queue = {q.name: queue_metric(q, settings) for q in stats.queues}
-    values = list(per_queue.values())
-    if not values:
-        value = 0.0
-    elif settings.operation == "max":
-        value = max(values)
-    elif settings.operation == "avg":
-        value = sum(values) / len(values)
-    else:
-        value = sum(values)
+    value = _combine(list(per_queue.values()), settings)
+    active = value > settings.activation_value
     detail: dict[str, float] = dict(per_queue)
+    if unknown := sum(1 for q in stats.queues if not q.known):
+        # Counts nobody has seen yet are not "empty": hold the workload until they are known.
+        active = True
+        detail[UNKNOWN_KEY] = float(unknown)
+    if settings.mode == "message-rate":
+        backlog = _combine([queue_length(q, settings) for q in stats.queues], settings)
+        active = active or backlog > settings.activation_value
+        detail[BACKLOG_KEY] = backlog
     if stats.local is not None:
         detail[LOCAL_PREFIX + "consumers"] = float(stats.local.consumers)
         detail[LOCAL_PREFIX + "unacked"] = float(stats.local.unacked)
@@ -146,7 +192,7 @@ def rabbitmq_measurement(stats: RabbitMQSnapshot, settings: RabbitMQSettings, ta
         trigger=settings.name,
         value=value,
         target=settings.value,
-        active=value > settings.activation_value,
+        active=active,
         replica_cap=None,
         detail=detail,
         taken_at=taken_at,

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from tidescale._values import parse_bool, parse_choice, parse_duration, parse_float
 from tidescale.errors import HintError
@@ -23,6 +24,8 @@ __all__ = ["RABBITMQ_FIELDS", "RabbitMQSettings", "parse_rabbitmq_settings"]
 
 Mode = Literal["queue-length", "message-rate"]
 Operation = Literal["sum", "avg", "max"]
+QueueMatch = Literal["whole", "substring"]
+AuthMechanism = Literal["plain", "external"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -35,6 +38,8 @@ class RabbitMQSettings:
     vhost: str = "/"
     queue: str | None = None
     queue_pattern: str | None = None
+    queue_match: QueueMatch = "whole"
+    """How queue-pattern matches a queue name: the whole name, or anywhere in it (KEDA's way)."""
     operation: Operation = "sum"
     mode: Mode = "queue-length"
     value: float = 20.0
@@ -44,6 +49,10 @@ class RabbitMQSettings:
     password_env: str | None = None
     password_file: str | None = None
     credentials_secret: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    auth_mechanism: AuthMechanism = "plain"
     timeout: float = 5.0
 
     @property
@@ -54,7 +63,15 @@ class RabbitMQSettings:
     @property
     def cluster_key(self) -> tuple[object, ...]:
         """Triggers with equal keys share one connection (HTTP client, or AMQP connection per vhost)."""
-        credentials = (self.username_env, self.password_env, self.password_file)
+        credentials = (
+            self.username_env,
+            self.password_env,
+            self.password_file,
+            self.tls_ca_file,
+            self.tls_cert_file,
+            self.tls_key_file,
+            self.auth_mechanism,
+        )
         if self.management_url is not None:
             return ("rabbitmq-http", self.management_url.rstrip("/"), *credentials)
         return ("rabbitmq-amqp", self.amqp_url, self.vhost, *credentials)
@@ -70,6 +87,27 @@ def _parse_queue(annotation: str, value: str) -> str:
     if not value.strip() or len(value.encode()) > 255:
         raise HintError(annotation, value, "a queue name (1 to 255 bytes)")
     return value
+
+
+def _parse_queue_match(annotation: str, value: str) -> QueueMatch:
+    return "substring" if parse_choice(annotation, value, ("whole", "substring")) == "substring" else "whole"
+
+
+def _vhost_of_amqp_url(url: str | None) -> str | None:
+    """The vhost an amqp(s) URL names in its path, as AMQP clients (and so KEDA) read it:
+    ``amqp://host/orders`` is vhost ``orders``, ``amqp://host/%2F`` is ``/``; no path (or ``/``)
+    names none, and the default ``/`` applies."""
+    if url is None:
+        return None
+    try:
+        path = urlsplit(url.strip()).path
+    except ValueError:
+        return None  # the URL's own parser reports it
+    return unquote(path[1:]) if len(path) > 1 else None
+
+
+def _parse_auth(annotation: str, value: str) -> AuthMechanism:
+    return "external" if parse_choice(annotation, value, ("plain", "external")) == "external" else "plain"
 
 
 def _parse_operation(annotation: str, value: str) -> Operation:
@@ -108,7 +146,8 @@ RABBITMQ_FIELDS: tuple[FieldDoc, ...] = (
         type="amqp(s) URL",
         default=None,
         meaning="AMQP URL, used when there is no management-url. Over AMQP only READY messages are "
-        "visible: messages being processed (unacknowledged) are not counted, so prefer management-url.",
+        "visible: messages being processed (unacknowledged) are not counted, so prefer management-url. "
+        "A path names the vhost, as in KEDA (amqp://host/orders; %2F for /).",
         example="amqp://worker@rabbitmq.messaging:5672",
     ),
     FieldDoc(
@@ -128,6 +167,14 @@ RABBITMQ_FIELDS: tuple[FieldDoc, ...] = (
         meaning="Measure every queue of the vhost whose whole name matches, combined by operation "
         "(needs management-url).",
         example="orders-.*",
+    ),
+    FieldDoc(
+        field="queue-match",
+        type="whole | substring",
+        default="whole",
+        meaning="How queue-pattern matches a queue name: the whole name, or anywhere in it. KEDA matches "
+        "anywhere (useRegex): set substring when migrating a KEDA trigger to keep its queues.",
+        example="substring",
     ),
     FieldDoc(
         field="operation",
@@ -196,6 +243,36 @@ RABBITMQ_FIELDS: tuple[FieldDoc, ...] = (
         example="rabbitmq-credentials",
     ),
     FieldDoc(
+        field="tls-ca-file",
+        type="absolute path",
+        default=None,
+        meaning="CA bundle to verify the broker (an amqps:// or https:// URL); absent: the system's CAs.",
+        example="/etc/rabbitmq-tls/ca.crt",
+    ),
+    FieldDoc(
+        field="tls-cert-file",
+        type="absolute path",
+        default=None,
+        meaning="Client certificate for mutual TLS (needs tls-key-file and an amqps:// or https:// URL).",
+        example="/etc/rabbitmq-tls/tls.crt",
+    ),
+    FieldDoc(
+        field="tls-key-file",
+        type="absolute path",
+        default=None,
+        meaning="Client private key (unencrypted) for mutual TLS (needs tls-cert-file).",
+        example="/etc/rabbitmq-tls/tls.key",
+    ),
+    FieldDoc(
+        field="auth-mechanism",
+        type="plain | external",
+        default="plain",
+        meaning="AMQP login: plain (username and password) or external (the client certificate's identity, "
+        "rabbitmq_auth_mechanism_ssl; needs an amqps:// amqp-url, tls-cert-file and tls-key-file, and no "
+        "management-url).",
+        example="external",
+    ),
+    FieldDoc(
         field="timeout",
         type="duration",
         default="5s",
@@ -208,13 +285,15 @@ RABBITMQ_FIELDS: tuple[FieldDoc, ...] = (
 def parse_rabbitmq_settings(trigger: str, raw: Mapping[str, str]) -> RabbitMQSettings:
     """``raw`` maps field names (no prefix) to strings; raises HintsInvalid listing every problem."""
     fields = FieldCollector(trigger, raw, (doc.field for doc in RABBITMQ_FIELDS))
+    url_vhost = _vhost_of_amqp_url(raw.get("amqp-url"))
     settings = RabbitMQSettings(
         name=trigger,
         management_url=fields.get("management-url", partial(parse_url, schemes=("http", "https")), None),
         amqp_url=fields.get("amqp-url", partial(parse_url, schemes=("amqp", "amqps")), None),
-        vhost=fields.get("vhost", _parse_vhost, "/"),
+        vhost=fields.get("vhost", _parse_vhost, url_vhost or "/"),
         queue=fields.get("queue", _parse_queue, None),
         queue_pattern=fields.get("queue-pattern", parse_regex, None),
+        queue_match=fields.get("queue-match", _parse_queue_match, "whole"),
         operation=fields.get("operation", _parse_operation, "sum"),
         mode=fields.get("mode", _parse_mode, "queue-length"),
         value=fields.get("value", _parse_value, 20.0),
@@ -224,14 +303,18 @@ def parse_rabbitmq_settings(trigger: str, raw: Mapping[str, str]) -> RabbitMQSet
         password_env=fields.get("password-env", parse_env_name, None),
         password_file=fields.get("password-file", parse_file_path, None),
         credentials_secret=fields.get("credentials-secret", parse_secret_name, None),
+        tls_ca_file=fields.get("tls-ca-file", parse_file_path, None),
+        tls_cert_file=fields.get("tls-cert-file", parse_file_path, None),
+        tls_key_file=fields.get("tls-key-file", parse_file_path, None),
+        auth_mechanism=fields.get("auth-mechanism", _parse_auth, "plain"),
         timeout=fields.get("timeout", _parse_timeout, 5.0),
     )
-    _check_combinations(fields, settings)
+    _check_combinations(fields, settings, url_vhost)
     fields.finish()
     return settings
 
 
-def _check_combinations(fields: FieldCollector, s: RabbitMQSettings) -> None:
+def _check_combinations(fields: FieldCollector, s: RabbitMQSettings, url_vhost: str | None) -> None:
     if not fields.has("management-url") and not fields.has("amqp-url"):
         fields.problem("management-url", "a value (or amqp-url): where to measure the queue")
     if fields.has("queue") == fields.has("queue-pattern"):
@@ -242,7 +325,33 @@ def _check_combinations(fields: FieldCollector, s: RabbitMQSettings) -> None:
         fields.problem("queue-pattern", "management-url to be set too (AMQP cannot list queues)")
     if no_management and s.mode == "message-rate":
         fields.problem("mode", "management-url to be set too (AMQP does not report rates)")
+    if url_vhost is not None and fields.has("vhost") and s.vhost != url_vhost:
+        fields.problem("vhost", f"the vhost the amqp-url path names ({url_vhost!r}), or no path in amqp-url")
+    _check_tls(fields, s)
+    if fields.has("queue-match") and not fields.has("queue-pattern"):
+        fields.problem("queue-match", "to be set only together with queue-pattern")
     if fields.has("operation") and not fields.has("queue-pattern"):
         fields.problem("operation", "to be set only together with queue-pattern")
     if s.password_env is not None and s.password_file is not None:
         fields.problem("password-file", "either password-file or password-env, not both")
+
+
+def _check_tls(fields: FieldCollector, s: RabbitMQSettings) -> None:
+    used = s.management_url if s.uses_management else s.amqp_url
+    secure = (used or "").strip().lower().startswith(("https://", "amqps://"))
+    for name in ("tls-ca-file", "tls-cert-file", "tls-key-file"):
+        if fields.has(name) and not secure:
+            which = "management-url" if s.uses_management else "amqp-url"
+            fields.problem(name, f"an https:// or amqps:// {which} (the URL measured) to go with it")
+    if (s.tls_cert_file is None) != (s.tls_key_file is None):
+        missing = "tls-key-file" if s.tls_key_file is None else "tls-cert-file"
+        fields.problem(missing, "a value: tls-cert-file and tls-key-file go together")
+    if s.auth_mechanism == "external":
+        if s.uses_management or not (s.amqp_url or "").strip().lower().startswith("amqps://"):
+            fields.problem(
+                "auth-mechanism",
+                "an amqps:// amqp-url and no management-url with external (the "
+                "management API has no certificate login)",
+            )
+        if s.tls_cert_file is None:
+            fields.problem("tls-cert-file", "a value with auth-mechanism external (the identity logged in)")

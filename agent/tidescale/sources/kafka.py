@@ -7,34 +7,52 @@ the first time a connection opens, never at module import.
 Requests per measurement (the coordinator and topic metadata are cached, so
 steady state is the lower figure):
 
-- GROUP scope: OffsetFetch (1) + ListOffsets latest (1 per partition leader)
-  [+ ListOffsets earliest, per leader, only under earliest with uncommitted partitions].
+- GROUP scope: Metadata (1) + OffsetFetch (1) + ListOffsets latest and earliest (2 per partition
+  leader, sent together: log-start bounds the lag of a commit that retention has overtaken).
 - LOCAL scope: DescribeGroups (1) + the same, restricted to this pod's partitions.
 - Cache misses add FindCoordinator (1) and Metadata (1).
 - A batch (:meth:`KafkaSource.measure_many`, the waker's poll), GROUP scope, any number of
-  triggers: OffsetFetch v8 (1 per group coordinator, every group it coordinates in one request)
-  + ListOffsets latest (1 per partition leader, for the union of every trigger's partitions).
+  triggers: Metadata (1, or 2 when triggers without topic name topics not yet cached) + OffsetFetch
+  v8 (1 per group coordinator, every group it coordinates in one request)
+  + ListOffsets latest and earliest (2 per partition leader, for the union of every trigger's
+  partitions).
+
+Partitions added to a topic are seen by the next GROUP measurement: each GROUP measurement (and
+each batch, once for all its triggers) reads the topics' layout afresh, one Metadata request. A
+LOCAL measurement keeps the cached layout (up to ``_METADATA_MAX_AGE``) unless this pod's
+assignment names a partition it lacks, which forces a refresh.
+
+A trigger without ``topic`` finds its topics in the group's committed offsets. When those
+expire (``offsets.retention.minutes`` after the group emptied, 7 days by default) the source
+measures the topics it last saw for that group, every partition uncommitted, so the offset
+reset policy decides (latest: lag 1 per partition, so the workload wakes). A process that
+never saw the group's topics cannot know them: that is a SourceError asking for ``topic``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound, SourceTimeout
 from tidescale.sources._kafka_lag import (
+    TAIL_LIMIT,
+    CommitSeen,
     GroupMember,
     KafkaSnapshot,
     PartitionLag,
     PartitionOffsets,
     assemble_snapshot,
+    count_readable,
     decode_assignment,
     fetch_plan,
     kafka_measurement,
@@ -43,6 +61,7 @@ from tidescale.sources._kafka_lag import (
     own_members,
     partition_lag,
     select_partitions,
+    track_commits,
 )
 from tidescale.sources._kafka_settings import KAFKA_FIELDS, KafkaSettings, parse_kafka_settings
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
@@ -56,6 +75,7 @@ __all__ = [
     "PartitionLag",
     "PartitionOffsets",
     "assemble_snapshot",
+    "count_readable",
     "decode_assignment",
     "fetch_plan",
     "kafka_measurement",
@@ -65,11 +85,17 @@ __all__ = [
     "parse_kafka_settings",
     "partition_lag",
     "select_partitions",
+    "track_commits",
 ]
+
+_log = logging.getLogger(__name__)
 
 _METADATA_MAX_AGE = 30.0
 """Seconds a topic's partition layout is trusted; a leader change is also noticed from errors."""
 _LATEST, _EARLIEST = -1, -2
+_READ_UNCOMMITTED, _READ_COMMITTED = 0, 1
+_TAIL_BYTES = 1 << 20
+"""Most bytes of one partition's tail read for read-committed (1 MiB; 4 MiB per Fetch)."""
 _COORDINATOR_NOT_AVAILABLE, _NOT_COORDINATOR, _LOAD_IN_PROGRESS = 15, 16, 14
 _GROUP_AUTH_FAILED, _TOPIC_AUTH_FAILED, _UNKNOWN_TOPIC = 30, 29, 3
 
@@ -81,16 +107,30 @@ class _Retry(Exception):
 class KafkaSource:
     """A connection to one Kafka cluster; measures consumer-group lag of any trigger naming it."""
 
-    def __init__(self, settings: KafkaSettings, *, pod_ip: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        pod_ip: str | None = None,
+        credentials: Credentials | None = None,
+        address_check: Callable[[str, int], Awaitable[str | None]] | None = None,
+    ) -> None:
         self._connection = settings
         self._pod_ip = pod_ip
+        self._credentials = credentials
+        """Given (by the waker): the SASL username and password; no *-env or *-file is read then."""
+        self._address_check = address_check
+        """Given (by the waker): vets every broker the cluster advertises before a connection to it."""
         self._client: Any = None
         self._open_lock = asyncio.Lock()
         self._coordinators: dict[str, int] = {}
         self._metadata: Any = None
         self._metadata_topics: frozenset[str] = frozenset()
         self._metadata_at = 0.0
-        self._previous: dict[tuple[KafkaSettings, Scope], KafkaSnapshot] = {}
+        self._previous: dict[tuple[KafkaSettings, Scope], dict[str, CommitSeen]] = {}
+        """Per trigger and scope: each partition's commit and since when (exclude-persistent-lag)."""
+        self._group_topics: dict[str, tuple[str, ...]] = {}
+        """Topics last seen in each group's committed offsets (for triggers without topic)."""
         self._closed = False
         self.requests = 0
         """Broker requests sent so far (the benchmark reads it)."""
@@ -111,12 +151,24 @@ class KafkaSource:
             waiting_for=f"Kafka at {self._servers} while reading group {settings.consumer_group!r}",
             advice="check the brokers' load and network, or raise timeout",
         )
+        return self._measurement(snapshot, settings, scope, time.monotonic())
+
+    def _measurement(
+        self, snapshot: KafkaSnapshot, settings: KafkaSettings, scope: Scope, taken_at: float
+    ) -> Measurement:
         key = (settings, scope)
-        measurement = kafka_measurement(
-            snapshot, settings, previous=self._previous.get(key), taken_at=time.monotonic()
-        )
-        self._previous[key] = snapshot
-        return measurement
+        commits = track_commits(self._previous.get(key, {}), snapshot, taken_at)
+        self._previous[key] = commits
+        missing = [p.key for p in snapshot.partitions if p.log_end is None]
+        if missing:
+            _log.warning(
+                "trigger %s: Kafka at %s left partitions %s out of its ListOffsets answer; they read "
+                "lag 0, as KEDA reads them",
+                settings.name,
+                self._servers,
+                ", ".join(missing),
+            )
+        return kafka_measurement(snapshot, settings, commits=commits, taken_at=taken_at)
 
     async def measure_many(
         self, settings: Iterable[TriggerSettings]
@@ -159,13 +211,11 @@ class KafkaSource:
             if isinstance(outcome, SourceError):
                 results[s] = MeasurementFailure(trigger=s.name, error=str(outcome), taken_at=taken_at)
                 continue
-            key = (s, Scope.GROUP)
-            results[s] = kafka_measurement(outcome, s, previous=self._previous.get(key), taken_at=taken_at)
-            self._previous[key] = outcome
+            results[s] = self._measurement(outcome, s, Scope.GROUP, taken_at)
         return results
 
     def forget(self, settings: TriggerSettings) -> None:
-        """Drop the state kept for a removed trigger (its previous snapshots)."""
+        """Drop the state kept for a removed trigger (its commit history)."""
         for key in [k for k in self._previous if k[0] == settings]:
             del self._previous[key]
 
@@ -195,6 +245,12 @@ class KafkaSource:
             raise self._translate(exc, settings) from exc
         except OSError as exc:
             raise BrokerUnreachable(f"lost the connection to Kafka at {self._servers}: {exc}") from exc
+        except (SourceError, TimeoutError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise SourceError(
+                f"measuring group {settings.consumer_group!r} on Kafka at {self._servers} failed: {exc!r}"
+            ) from exc
 
     async def snapshot_many(
         self, batch: Sequence[KafkaSettings]
@@ -216,12 +272,17 @@ class KafkaSource:
             raise self._translate(exc, batch[0]) from exc
         except OSError as exc:
             raise BrokerUnreachable(f"lost the connection to Kafka at {self._servers}: {exc}") from exc
+        except (SourceError, TimeoutError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise SourceError(f"measuring on Kafka at {self._servers} failed: {exc!r}") from exc
 
     async def _snapshot_batch(
         self, batch: Sequence[KafkaSettings]
     ) -> dict[KafkaSettings, KafkaSnapshot | SourceError]:
         # Connect first: a cluster that cannot be reached fails the batch once, not once per group.
         await self._ensure_client()
+        self._metadata_at = 0.0  # partitions added since the last round are seen in this one
         failed: dict[KafkaSettings, SourceError] = {}
         groups = sorted({s.consumer_group for s in batch})
         looked_up = await asyncio.gather(*map(self._coordinator_or_error, groups))
@@ -251,13 +312,11 @@ class KafkaSource:
                 failed[s] = offsets
             elif s.topics:
                 topics[s] = s.topics
-            elif found_topics := tuple(sorted({t for t, _ in offsets})):
-                topics[s] = found_topics
             else:
-                failed[s] = SourceNotFound(
-                    f"consumer group {s.consumer_group!r} has no committed offsets on Kafka at "
-                    f"{self._servers}, so there are no topics to measure: check the group name, or set topic"
-                )
+                try:
+                    topics[s] = self._topics_of_group(s.consumer_group, offsets)
+                except SourceError as exc:
+                    failed[s] = exc
         await self._ensure_metadata(frozenset(t for names in topics.values() for t in names))
         layouts: dict[KafkaSettings, dict[str, int]] = {}
         wanted: dict[KafkaSettings, tuple[tuple[str, int], ...]] = {}
@@ -269,19 +328,23 @@ class KafkaSource:
                 continue
             wanted[s] = select_partitions(layouts[s], s)
         topic_errors: dict[str, SourceError] = {}
-        log_end = await self._list_offsets(
-            sorted({tp for parts in wanted.values() for tp in parts}), _LATEST, topic_errors
+        every = sorted({tp for parts in wanted.values() for tp in parts})
+        stable_parts = sorted({tp for s, parts in wanted.items() if _committed_only(s) for tp in parts})
+        log_end, log_start, stable = await asyncio.gather(
+            self._list_offsets(every, _LATEST, topic_errors),
+            self._list_offsets(every, _EARLIEST, topic_errors),
+            self._list_offsets(stable_parts, _LATEST, topic_errors, isolation=_READ_COMMITTED),
         )
-        uncommitted = sorted(
-            {
-                tp
-                for s, parts in wanted.items()
-                if needs_log_start(s)
-                for tp in parts
-                if cast(dict[tuple[str, int], int | None], committed[s.consumer_group]).get(tp) is None
-            }
+        resumes: dict[KafkaSettings, dict[tuple[str, int], int]] = {
+            s: _tail_resumes(
+                parts, cast(dict[tuple[str, int], int | None], committed[s.consumer_group]), log_start, stable
+            )
+            for s, parts in wanted.items()
+            if _committed_only(s)
+        }
+        tails = await self._read_tails(
+            {(tp, resume) for by_tp in resumes.values() for tp, resume in by_tp.items()}, stable
         )
-        log_start = await self._list_offsets(uncommitted, _EARLIEST, topic_errors) if uncommitted else {}
         results: dict[KafkaSettings, KafkaSnapshot | SourceError] = dict(failed)
         for s, parts in wanted.items():
             if problem := next((topic_errors[t] for t, _ in parts if t in topic_errors), None):
@@ -292,9 +355,10 @@ class KafkaSource:
                 layout=layouts[s],
                 wanted=parts,
                 committed=cast(dict[tuple[str, int], int | None], committed[s.consumer_group]),
-                log_end=log_end,
+                log_end=stable if _committed_only(s) else log_end,
                 log_start=log_start,
                 scope=Scope.GROUP,
+                readable={tp: tails[(tp, resume)] for tp, resume in resumes.get(s, {}).items()},
             )
         return results
 
@@ -385,24 +449,29 @@ class KafkaSource:
             wanted = select_partitions(own, settings)
             committed = await self._committed(group, coordinator, wanted) if wanted else {}
         else:
+            self._metadata_at = 0.0  # partitions added since the last measurement are seen in this one
             if settings.topics:
                 layout = await self._layout(settings.topics)
                 wanted = select_partitions(layout, settings)
                 committed = await self._committed(group, coordinator, wanted)
             else:
                 committed = await self._committed(group, coordinator, None)
-                topics = tuple(sorted({t for t, _ in committed}))
-                if not topics:
-                    raise SourceNotFound(
-                        f"consumer group {group!r} has no committed offsets on Kafka at {self._servers}, "
-                        "so there are no topics to measure: check the group name, or set topic"
-                    )
+                topics = self._topics_of_group(group, committed)
                 layout = await self._layout(topics)
                 wanted = select_partitions(layout, settings)
-        log_end = await self._list_offsets(wanted, _LATEST)
-        uncommitted = [tp for tp in wanted if committed.get(tp) is None]
-        needs_start = needs_log_start(settings) and uncommitted
-        log_start = await self._list_offsets(uncommitted, _EARLIEST) if needs_start else {}
+        if any(layout.get(t, 0) <= p for t, p in wanted):
+            # A partition the cached layout lacks (added since): read the layout again now.
+            self._metadata_at = 0.0
+            layout = await self._layout(layout)
+        isolation = _READ_COMMITTED if _committed_only(settings) else _READ_UNCOMMITTED
+        log_end, log_start = await asyncio.gather(
+            self._list_offsets(wanted, _LATEST, isolation=isolation), self._list_offsets(wanted, _EARLIEST)
+        )
+        readable: dict[tuple[str, int], int] = {}
+        if _committed_only(settings):
+            resumes = _tail_resumes(wanted, committed, log_start, log_end)
+            tails = await self._read_tails(set(resumes.items()), log_end)
+            readable = {tp: tails[(tp, resume)] for tp, resume in resumes.items()}
         return assemble_snapshot(
             settings,
             layout=layout,
@@ -411,6 +480,94 @@ class KafkaSource:
             log_end=log_end,
             log_start=log_start,
             scope=scope,
+            readable=readable,
+        )
+
+    async def _read_tails(
+        self, wanted: set[tuple[tuple[str, int], int]], stable: Mapping[tuple[str, int], int]
+    ) -> dict[tuple[tuple[str, int], int], int]:
+        """For each (partition, resume offset): the data records a read_committed consumer gets from
+        there up to the partition's LSO (see ``count_readable``). One Fetch per partition leader,
+        from the lowest resume offset asked of each partition; what the answer does not reach
+        counts whole (LSO minus where the records stopped)."""
+        if not wanted:
+            return {}
+        from aiokafka.errors import for_code
+        from aiokafka.protocol.fetch import FetchRequest
+        from aiokafka.record.memory_records import MemoryRecords
+        from aiokafka.structs import TopicPartition
+
+        lowest: dict[tuple[str, int], int] = {}
+        for tp, resume in wanted:
+            lowest[tp] = min(resume, lowest.get(tp, resume))
+        by_leader: dict[int, dict[str, list[tuple[int, int, int]]]] = defaultdict(lambda: defaultdict(list))
+        for (topic, partition), resume in sorted(lowest.items()):
+            leader = self._metadata.leader_for_partition(TopicPartition(topic, partition))
+            if leader is None or leader < 0:
+                self._metadata_at = 0.0
+                raise _Retry
+            by_leader[leader][topic].append((partition, resume, _TAIL_BYTES))
+        requests = [
+            self._send(leader, FetchRequest(0, 0, _TAIL_BYTES * 4, _READ_COMMITTED, sorted(topics.items())))
+            for leader, topics in by_leader.items()
+        ]
+        fetched: dict[
+            tuple[str, int], tuple[list[tuple[int, int, bool, bool, int, list[int]]], list[Any]]
+        ] = {}
+        for response in await asyncio.gather(*requests):
+            for topic, partitions in response.topics:
+                for answer in partitions:
+                    partition, error_code, data = answer[0], answer[1], answer[-1]
+                    # v4: aborted transactions after the LSO; v5+ after log-start; v11 adds a field after.
+                    aborted = next((x for x in answer[2:-1] if isinstance(x, list | tuple)), ())
+                    if error_code in (6, 3):
+                        self._metadata_at = 0.0
+                        raise _Retry
+                    if error_code:
+                        raise for_code(error_code)(f"Fetch {topic}/{partition}")
+                    records, batches = MemoryRecords(bytes(data or b"")), []
+                    while (batch := records.next_batch()) is not None:
+                        batches.append(
+                            (
+                                int(batch.base_offset),
+                                int(batch.next_offset),
+                                bool(getattr(batch, "is_transactional", False)),
+                                bool(getattr(batch, "is_control_batch", False)),
+                                int(getattr(batch, "producer_id", -1)),
+                                [int(record.offset) for record in batch],
+                            )
+                        )
+                    fetched[(topic, partition)] = (batches, list(aborted or ()))
+        counts: dict[tuple[tuple[str, int], int], int] = {}
+        for tp, resume in wanted:
+            batches, aborted = fetched.get(tp, ([], []))
+            count, reached = count_readable(batches, aborted, start=resume, stable=stable[tp])
+            counts[(tp, resume)] = count + (stable[tp] - reached)
+        return counts
+
+    def _topics_of_group(
+        self, group: str, committed: Mapping[tuple[str, int], int | None]
+    ) -> tuple[str, ...]:
+        """The topics a trigger without topic measures: those of the group's committed offsets, or,
+        when they expired, those last seen (see the module docstring)."""
+        found = tuple(sorted({t for t, _ in committed}))
+        if found:
+            self._group_topics[group] = found
+            return found
+        remembered = self._group_topics.get(group)
+        if remembered:
+            _log.warning(
+                "consumer group %r has no committed offsets on Kafka at %s any more (expired?): measuring "
+                "the topics it last committed to, %s, as uncommitted",
+                group,
+                self._servers,
+                ", ".join(remembered),
+            )
+            return remembered
+        raise SourceNotFound(
+            f"consumer group {group!r} has no committed offsets on Kafka at {self._servers}, so there are "
+            "no topics to measure (they expire offsets.retention.minutes after the group empties): check "
+            "the group name, or set topic"
         )
 
     async def _ensure_client(self) -> Any:
@@ -421,7 +578,9 @@ class KafkaSource:
             from aiokafka.errors import KafkaConnectionError
 
             options = self._client_options()
-            client = AIOKafkaClient(
+            check = self._address_check
+            client_class = AIOKafkaClient if check is None else _checked_client(check)
+            client = client_class(
                 bootstrap_servers=list(self._connection.bootstrap_servers),
                 client_id="tidescale",
                 request_timeout_ms=int(self._connection.timeout * 1000),
@@ -444,11 +603,17 @@ class KafkaSource:
             try:
                 context = ssl.create_default_context(cafile=s.tls_ca_file)
                 if s.tls_cert_file is not None:
-                    context.load_cert_chain(s.tls_cert_file, s.tls_key_file)
-            except (OSError, ssl.SSLError) as exc:
+                    key_password = (
+                        _read_secret_file(s.tls_key_password_file)
+                        if s.tls_key_password_file
+                        else _env(s.tls_key_password_env)
+                    )
+                    context.load_cert_chain(s.tls_cert_file, s.tls_key_file, password=key_password)
+            except (OSError, ssl.SSLError, ValueError) as exc:
                 raise BrokerAuthFailed(
                     f"cannot load the TLS files for Kafka at {self._servers} ({exc}): check tls-ca-file, "
-                    "tls-cert-file and tls-key-file"
+                    "tls-cert-file, tls-key-file and, for an encrypted key, tls-key-password-env or "
+                    "tls-key-password-file"
                 ) from exc
             options["ssl_context"] = context
         if s.sasl != "none":
@@ -456,10 +621,16 @@ class KafkaSource:
             options["sasl_mechanism"] = {"plain": "PLAIN", "scram-sha-256": "SCRAM-SHA-256"}.get(
                 s.sasl, "SCRAM-SHA-512"
             )
-            options["sasl_plain_username"] = _env(s.sasl_username_env)
-            options["sasl_plain_password"] = (
-                _read_secret_file(s.sasl_password_file) if s.sasl_password_file else _env(s.sasl_password_env)
-            )
+            if self._credentials is not None:
+                options["sasl_plain_username"] = self._credentials.username
+                options["sasl_plain_password"] = self._credentials.password
+            else:
+                options["sasl_plain_username"] = _env(s.sasl_username_env)
+                options["sasl_plain_password"] = (
+                    _read_secret_file(s.sasl_password_file)
+                    if s.sasl_password_file
+                    else _env(s.sasl_password_env)
+                )
         elif s.tls:
             options["security_protocol"] = "SSL"
         return options
@@ -478,6 +649,11 @@ class KafkaSource:
                 )
                 conn.close()
                 reasons.append(f"{server}: connected on retry")
+            except ssl.SSLCertVerificationError as exc:
+                return BrokerAuthFailed(
+                    f"the TLS certificate of Kafka at {server} is not trusted ({exc.verify_message}): check "
+                    "tls-ca-file (the CA that signed the brokers' certificates)"
+                )
             except (SaslAuthenticationFailed, UnsupportedSaslMechanismError, ssl.SSLError) as exc:
                 return BrokerAuthFailed(
                     f"Kafka at {server} refused our credentials ({exc}): check sasl, the username "
@@ -622,6 +798,8 @@ class KafkaSource:
         partitions: Iterable[tuple[str, int]],
         timestamp: int,
         topic_errors: dict[str, SourceError] | None = None,
+        *,
+        isolation: int = 0,
     ) -> dict[tuple[str, int], int]:
         """One ListOffsets request per partition leader, sent concurrently.
 
@@ -639,7 +817,7 @@ class KafkaSource:
                 raise _Retry
             by_leader[leader][topic].append((partition, timestamp))
         requests = [
-            self._send(leader, OffsetRequest(-1, 0, sorted(topics.items())))
+            self._send(leader, OffsetRequest(-1, isolation, sorted(topics.items())))
             for leader, topics in by_leader.items()
         ]
         offsets: dict[tuple[str, int], int] = {}
@@ -792,13 +970,67 @@ def _offset_fetch_groups() -> Callable[
     return OffsetFetchGroupsRequest
 
 
+def _checked_client(check: Callable[[str, int], Awaitable[str | None]]) -> Any:
+    """An AIOKafkaClient that asks ``check`` before connecting to a broker the metadata names: a
+    cluster may advertise any address (169.254.169.254, the API server), and the bootstrap
+    servers were the only ones vetted. A refused broker fails like one that cannot be reached."""
+    import logging
+
+    from aiokafka.client import AIOKafkaClient, ConnectionGroup
+
+    log = logging.getLogger("tidescale.sources.kafka")
+
+    class CheckedClient(AIOKafkaClient):  # type: ignore[misc]  # aiokafka is untyped
+        async def _get_conn(
+            self, node_id: Any, *, group: Any = ConnectionGroup.DEFAULT, no_hint: bool = False
+        ) -> Any:
+            if (node_id, group) not in self._conns:
+                broker = self.cluster.broker_metadata(node_id)
+                if broker is not None:
+                    refused = await check(str(broker.host), int(broker.port))
+                    if refused is not None:
+                        log.warning("Kafka broker %s:%s refused: %s", broker.host, broker.port, refused)
+                        return None
+            return await super()._get_conn(node_id, group=group, no_hint=no_hint)
+
+    return CheckedClient
+
+
+_Batch = tuple[int, int, bool, bool, int, list[int]]
+"""A record batch as ``count_readable`` reads it."""
+
+
+def _committed_only(settings: KafkaSettings) -> bool:
+    return settings.isolation_level == "read-committed"
+
+
+def _tail_resumes(
+    wanted: Iterable[tuple[str, int]],
+    committed: Mapping[tuple[str, int], int | None],
+    log_start: Mapping[tuple[str, int], int],
+    stable: Mapping[tuple[str, int], int],
+) -> dict[tuple[str, int], int]:
+    """The partitions whose tail is read under read-committed, and from where: a committed partition
+    whose consumer resumes (at its commit, or log-start past it) at most TAIL_LIMIT offsets short of
+    the LSO, and not already there."""
+    resumes: dict[tuple[str, int], int] = {}
+    for tp in wanted:
+        at, lso = committed.get(tp), stable.get(tp)
+        if at is None or lso is None:
+            continue
+        resume = max(at, log_start.get(tp, 0))
+        if 0 < lso - resume <= TAIL_LIMIT:
+            resumes[tp] = resume
+    return resumes
+
+
 def _env(name: str | None) -> str | None:
     if name is None:
         return None
     value = os.environ.get(name)
     if value is None:
         raise BrokerAuthFailed(
-            f"the environment variable {name} (named by a sasl-*-env hint) is not set in the agent"
+            f"the environment variable {name} (named by a *-env hint) is not set in the agent"
         )
     return value
 
@@ -807,4 +1039,4 @@ def _read_secret_file(path: str) -> str:
     try:
         return Path(path).read_text().strip()
     except OSError as exc:
-        raise BrokerAuthFailed(f"cannot read the SASL password file {path}: {exc.strerror}") from exc
+        raise BrokerAuthFailed(f"cannot read the password file {path}: {exc.strerror}") from exc

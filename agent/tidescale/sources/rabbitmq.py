@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -24,7 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound, SourceTimeout
+from tidescale.sources._fields import compile_linear
 from tidescale.sources._rabbitmq_depth import (
     LocalShare,
     QueueStats,
@@ -52,17 +53,26 @@ __all__ = [
 ]
 
 _PAGE_SIZE = 500
-_PATTERN_COLUMNS = "name,messages_ready,messages_unacknowledged,consumers,message_stats.publish_details.rate"
+_PATTERN_COLUMNS = (
+    "name,type,messages_ready,messages_unacknowledged,consumers,message_stats.publish_details.rate"
+)
 _COLUMNS = _PATTERN_COLUMNS
 """What a batch lists of every queue of a vhost: the fields ``queue_stats_from_api`` reads."""
+MAX_RESPONSE_BYTES = 8 << 20
+"""Most bytes read of one management API answer (after decompression): about 50,000 queues of a
+listing's five columns. A larger answer fails that measurement instead of filling the memory."""
 
 
 class RabbitMQSource:
     """A connection to one RabbitMQ broker; measures any trigger naming it."""
 
-    def __init__(self, settings: RabbitMQSettings, *, pod_ip: str | None = None) -> None:
+    def __init__(
+        self, settings: RabbitMQSettings, *, pod_ip: str | None = None, credentials: Credentials | None = None
+    ) -> None:
         self._connection = settings
         self._pod_ip = pod_ip
+        self._credentials = credentials
+        """Given (by the waker): the username and password; no *-env or *-file is read then."""
         self._http: Any = None
         self._amqp: Any = None
         self._http_user: str | None = None
@@ -118,7 +128,11 @@ class RabbitMQSource:
                 results[s] = MeasurementFailure(trigger=s.name, error=str(exc), taken_at=time.monotonic())
 
         async def vhost(name: str, members: list[RabbitMQSettings]) -> None:
-            snapshots = await self._vhost_snapshots(name, members)
+            try:
+                snapshots = await self._vhost_snapshots(name, members)
+            except Exception as exc:  # whatever a broker answers fails only the triggers it concerns
+                failure = SourceError(f"{self._where} gave an unusable answer ({type(exc).__name__})")
+                snapshots = dict.fromkeys(members, failure)
             taken_at = time.monotonic()
             for s in members:
                 found = snapshots[s]
@@ -154,6 +168,9 @@ class RabbitMQSource:
                 raise SourceNotFound(f"{self._where} has no vhost {vhost!r}: check vhost")
         except SourceError as exc:
             return dict.fromkeys(members, exc)
+        if not isinstance(listing, list):
+            failure = SourceError(f"{self._where} answered the queue listing with something not a JSON list")
+            return dict.fromkeys(members, failure)
         queues = {str(item.get("name")): item for item in listing if isinstance(item, dict)}
         return {s: self._snapshot_from_listing(s, queues) for s in members}
 
@@ -164,15 +181,18 @@ class RabbitMQSource:
             names = [settings.queue] if settings.queue in queues else []
             what = f"queue {settings.queue!r}"
         else:
-            pattern = re.compile(settings.queue_pattern or "")
-            names = sorted(name for name in queues if pattern.fullmatch(name))
+            pattern = compile_linear(settings.queue_pattern or "")  # linear time, whatever the names
+            names = sorted(name for name in queues if _matches(pattern, name, settings))
             what = f"queue matching {settings.queue_pattern!r}"
         if not names:
             return SourceNotFound(
                 f"{self._where} has no {what} in vhost {settings.vhost!r}: check the queue name and that "
                 "the consumers declared it"
             )
-        stats = tuple(queue_stats_from_api(queues[name]) for name in names)
+        try:
+            stats = tuple(queue_stats_from_api(queues[name]) for name in names)
+        except SourceError as exc:
+            return exc
         return RabbitMQSnapshot(queues=stats, via="management")
 
     def forget(self, settings: TriggerSettings) -> None:
@@ -200,7 +220,20 @@ class RabbitMQSource:
         client = await self._http_client()
         self.requests += 1
         try:
-            response = await client.get(path, params=params)
+            async with client.stream("GET", path, params=params) as response:
+                if response.status_code in (401, 403):
+                    raise BrokerAuthFailed(
+                        f"the management API of {self._where} refused user {self._http_user!r} (HTTP "
+                        f"{response.status_code}): check the username/password sources and the user's tags "
+                        "and vhost permissions (monitoring is enough)"
+                    )
+                if response.status_code == 404:
+                    return None
+                if response.status_code >= 400:
+                    raise SourceError(
+                        f"the management API of {self._where} answered HTTP {response.status_code} to {path}"
+                    )
+                body = await self._read_capped(response, path)
         except httpx.TimeoutException as exc:
             raise SourceTimeout(f"{self._where} (management API) timed out on GET {path}") from exc
         except httpx.HTTPError as exc:
@@ -208,19 +241,27 @@ class RabbitMQSource:
                 f"cannot reach the management API of {self._where} ({exc or type(exc).__name__}): check "
                 "management-url, that the rabbitmq_management plugin is enabled, and network policies"
             ) from exc
-        if response.status_code in (401, 403):
-            raise BrokerAuthFailed(
-                f"the management API of {self._where} refused user {self._http_user!r} (HTTP "
-                f"{response.status_code}): check the username/password sources and the user's tags and "
-                "vhost permissions (monitoring is enough)"
-            )
-        if response.status_code == 404:
-            return None
-        if response.status_code >= 400:
+        import orjson
+
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
             raise SourceError(
-                f"the management API of {self._where} answered HTTP {response.status_code} to {path}"
-            )
-        return response.json()
+                f"the management API of {self._where} answered {path} with something not JSON"
+            ) from exc
+
+    async def _read_capped(self, response: Any, path: str) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise SourceError(
+                    f"the management API of {self._where} answered {path} with more than "
+                    f"{MAX_RESPONSE_BYTES >> 20} MiB: refused"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _http_client(self) -> Any:
         async with self._open_lock:
@@ -230,15 +271,27 @@ class RabbitMQSource:
                 settings = self._connection
                 url = settings.management_url or ""
                 parts = urlsplit(url)
-                username = _env(settings.username_env) if settings.username_env else parts.username
-                password = _password(settings)
+                username, password = self._login(parts.username)
                 base = urlunsplit((parts.scheme, _netloc_without_user(parts), parts.path.rstrip("/"), "", ""))
                 auth = httpx.BasicAuth(username or "", password or "") if username else None
+                verify: Any = self._tls_context() if parts.scheme == "https" else True
                 self._http = httpx.AsyncClient(
-                    base_url=base, auth=auth, timeout=settings.timeout, headers={"accept": "application/json"}
+                    base_url=base,
+                    auth=auth,
+                    timeout=settings.timeout,
+                    headers={"accept": "application/json"},
+                    verify=verify,
                 )
                 self._http_user = username
             return self._http
+
+    def _login(self, url_user: str | None) -> tuple[str | None, str | None]:
+        """The username and password: the given credentials, else the *-env and *-file sources."""
+        if self._credentials is not None:
+            return self._credentials.username, self._credentials.password
+        settings = self._connection
+        username = _env(settings.username_env) if settings.username_env else url_user
+        return username, _password(settings)
 
     async def _management_snapshot(self, settings: RabbitMQSettings, scope: Scope) -> RabbitMQSnapshot:
         vhost = quote(settings.vhost, safe="")
@@ -256,7 +309,7 @@ class RabbitMQSource:
         return RabbitMQSnapshot(queues=tuple(queues), via="management")
 
     async def _matching_queues(self, settings: RabbitMQSettings) -> list[QueueStats]:
-        pattern = re.compile(settings.queue_pattern or "")
+        pattern = compile_linear(settings.queue_pattern or "")
         vhost = quote(settings.vhost, safe="")
         queues: list[QueueStats] = []
         page = 1
@@ -271,11 +324,12 @@ class RabbitMQSource:
             body = await self._get(f"/api/queues/{vhost}", params)
             if body is None:
                 raise await self._not_found(settings, f"queue matching {settings.queue_pattern!r}")
-            # The server's regex search is unanchored: keep only whole-name matches, as documented.
+            # The server's regex search is unanchored (KEDA's substring matching): with queue-match
+            # whole, keep only whole-name matches.
             queues.extend(
                 queue_stats_from_api(item)
                 for item in body.get("items", [])
-                if pattern.fullmatch(str(item.get("name")))
+                if _matches(pattern, str(item.get("name")), settings)
             )
             if page >= int(body.get("page_count") or 1):
                 return queues
@@ -296,7 +350,14 @@ class RabbitMQSource:
     async def _not_found(self, settings: RabbitMQSettings, what: str) -> SourceNotFound:
         vhost_exists = await self._get(f"/api/vhosts/{quote(settings.vhost, safe='')}") is not None
         if not vhost_exists:
-            return SourceNotFound(f"{self._where} has no vhost {settings.vhost!r}: check vhost")
+            prefix = urlsplit(self._connection.management_url or "").path.strip("/")
+            note = (
+                f" (the management-url path {prefix!r} is used as a prefix of the API's paths, not as a "
+                "vhost as KEDA reads it: name the vhost with vhost)"
+                if prefix
+                else ""
+            )
+            return SourceNotFound(f"{self._where} has no vhost {settings.vhost!r}: check vhost{note}")
         return SourceNotFound(
             f"{self._where} has no {what} in vhost {settings.vhost!r}: check the queue name and that "
             "the consumers declared it"
@@ -347,9 +408,10 @@ class RabbitMQSource:
 
             settings = self._connection
             parts = urlsplit(settings.amqp_url or "")
-            username = _env(settings.username_env) if settings.username_env else parts.username
-            password = _password(settings)
+            username, password = self._login(parts.username)
             self.requests += 1
+            secure = parts.scheme == "amqps"
+            extra: dict[str, Any] = {"auth": "external"} if settings.auth_mechanism == "external" else {}
             try:
                 self._amqp = await aio_pika.connect(
                     host=parts.hostname or "localhost",
@@ -357,22 +419,72 @@ class RabbitMQSource:
                     login=username or "guest",
                     password=password or "guest",
                     virtualhost=settings.vhost,
-                    ssl=parts.scheme == "amqps",
+                    ssl=secure,
+                    ssl_context=self._tls_context() if secure else None,
                     seconds=settings.timeout,
+                    **extra,
                 )
             except aiormq.exceptions.ProbableAuthenticationError as exc:
                 raise BrokerAuthFailed(
                     f"{self._where} refused AMQP login for user {username or 'guest'!r} on vhost "
                     f"{settings.vhost!r}: check the username/password sources and the vhost permissions"
                 ) from exc
-            except aiormq.exceptions.AMQPConnectionError as exc:
-                raise _amqp_connect_error(self._where, settings.vhost, exc) from exc
-            except (OSError, ConnectionError) as exc:
+            except (aiormq.exceptions.AMQPConnectionError, OSError, ConnectionError) as exc:
+                if (untrusted := _untrusted_certificate(exc)) is not None:
+                    raise BrokerAuthFailed(
+                        f"the TLS certificate of {self._where} is not trusted ({untrusted.verify_message}): "
+                        "check tls-ca-file (the CA that signed the broker's certificate)"
+                    ) from exc
+                if isinstance(exc, aiormq.exceptions.AMQPConnectionError):
+                    raise _amqp_connect_error(self._where, settings.vhost, exc) from exc
                 raise BrokerUnreachable(
                     f"cannot reach {self._where} over AMQP ({exc}): check amqp-url, that the broker listens "
                     "there, and network policies"
                 ) from exc
             return self._amqp
+
+    def _tls_context(self) -> Any:
+        """The TLS context of an amqps:// or https:// URL: the system's CAs or tls-ca-file, and the
+        client certificate when given; unreadable files are a BrokerAuthFailed naming the hints."""
+        import ssl
+
+        settings = self._connection
+        try:
+            context = ssl.create_default_context(cafile=settings.tls_ca_file)
+            if settings.tls_cert_file is not None:
+                context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+        except OSError as exc:
+            raise BrokerAuthFailed(
+                f"cannot load the TLS files for {self._where} ({exc}): check tls-ca-file, tls-cert-file "
+                "and tls-key-file"
+            ) from exc
+        return context
+
+
+def _untrusted_certificate(exc: BaseException) -> Any:
+    """The certificate verification failure behind ``exc`` (clients wrap it), or None."""
+    import ssl
+
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        todo.extend(
+            x for x in (current.__cause__, current.__context__, *current.args) if isinstance(x, BaseException)
+        )
+    return None
+
+
+def _matches(pattern: Any, name: str, settings: RabbitMQSettings) -> bool:
+    """Whether queue-pattern matches ``name`` the way queue-match says."""
+    if settings.queue_match == "substring":
+        return pattern.search(name) is not None
+    return pattern.fullmatch(name) is not None
 
 
 def _amqp_connect_error(where: str, vhost: str, exc: Exception) -> SourceError:

@@ -29,18 +29,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, cast
 
+from tidescale.credentials import Credentials
 from tidescale.errors import SourceError
-from tidescale.sources._fields import FieldDoc
+from tidescale.sources._fields import LIMITS, FieldDoc, LimitDoc
 from tidescale.sources._kafka_settings import KAFKA_FIELDS, KafkaSettings, parse_kafka_settings
 from tidescale.sources._rabbitmq_settings import RABBITMQ_FIELDS, RabbitMQSettings, parse_rabbitmq_settings
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, Source, TriggerSettings
 
 __all__ = [
+    "LIMITS",
     "TRIGGER_TYPES",
     "FieldDoc",
+    "LimitDoc",
     "SourcePool",
     "field_docs",
     "measure_safely",
@@ -51,6 +54,8 @@ __all__ = [
 TRIGGER_TYPES: Final[tuple[str, ...]] = ("kafka", "rabbitmq")
 
 SettingsParser = Callable[[str, Mapping[str, str]], TriggerSettings]
+AddressCheck = Callable[[str, int], Awaitable[str | None]]
+"""``check(host, port)``: why a connection there is refused, or None to allow it."""
 
 _PARSERS: Final[dict[str, SettingsParser]] = {
     "kafka": parse_kafka_settings,
@@ -73,20 +78,28 @@ def field_docs(type_name: str) -> list[FieldDoc]:
     return list(_DOCS[type_name])
 
 
-def open_source(settings: TriggerSettings, *, pod_ip: str | None = None) -> Source:
+def open_source(
+    settings: TriggerSettings,
+    *,
+    pod_ip: str | None = None,
+    credentials: Credentials | None = None,
+    address_check: AddressCheck | None = None,
+) -> Source:
     """A new, unshared source for the cluster ``settings`` names; the caller closes it.
 
     Nothing connects yet: the connection opens on the first measurement, so this never fails on I/O.
     ``pod_ip`` is this pod's address, used to find its own Kafka group members and RabbitMQ consumers.
+    ``credentials`` (the waker's, from a Secret) replace the settings' ``*-env`` and ``*-file`` sources.
+    ``address_check`` (the waker's) vets each broker a Kafka cluster advertises before connecting to it.
     """
     if isinstance(settings, KafkaSettings):
         from tidescale.sources.kafka import KafkaSource
 
-        return KafkaSource(settings, pod_ip=pod_ip)
+        return KafkaSource(settings, pod_ip=pod_ip, credentials=credentials, address_check=address_check)
     if isinstance(settings, RabbitMQSettings):
         from tidescale.sources.rabbitmq import RabbitMQSource
 
-        return RabbitMQSource(settings, pod_ip=pod_ip)
+        return RabbitMQSource(settings, pod_ip=pod_ip, credentials=credentials)
     raise TypeError(f"no source for settings of type {type(settings).__name__}")
 
 

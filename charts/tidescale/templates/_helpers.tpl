@@ -64,9 +64,13 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
-{{/* The image reference, "repository:tag", the tag defaulting to the chart's appVersion. */}}
+{{/* The image reference: "repository@digest" with image.digest, else "repository:tag", the tag defaulting to the chart's appVersion. */}}
 {{- define "tidescale.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -112,7 +116,15 @@ Each component has its own, so the waker's permissions are never the injector's.
 {{- define "tidescale.agent.image" -}}
 {{- $repository := .Values.agent.image.repository | default .Values.image.repository }}
 {{- $tag := .Values.agent.image.tag | default .Values.image.tag | default .Chart.AppVersion }}
+{{- $digest := .Values.agent.image.digest }}
+{{- if and (not $digest) (not .Values.agent.image.repository) (not .Values.agent.image.tag) }}
+{{- $digest = .Values.image.digest }}
+{{- end }}
+{{- if $digest }}
+{{- printf "%s@%s" $repository $digest }}
+{{- else }}
 {{- printf "%s:%s" $repository $tag }}
+{{- end }}
 {{- end }}
 
 {{/* The restricted Pod Security Standard, for the pods and containers the chart runs. */}}

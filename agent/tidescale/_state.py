@@ -1,0 +1,98 @@
+"""What the leader says about its Deployment at a glance: ``heldBy`` and the state label. Pure.
+
+``tidescale.io/state`` (for ``kubectl get deploy -L tidescale.io/state``):
+
+* ``scaling``: tidescale follows the triggers (a change is being made, or none is needed);
+* ``holding``: a stabilization window or a scaling policy keeps the count from the recommendation;
+* ``parked``: handed to the waker (a park under way, or at zero);
+* ``waking``: woken from zero, pods still starting;
+* ``error``: the hints do not parse, or every trigger fails to measure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from tidescale.hints import Hints
+from tidescale.policy import Decision, Limit
+from tidescale.sources.base import Measurement, MeasurementFailure
+
+__all__ = ["STATES", "STATE_LABEL", "State", "held_by", "state_of"]
+
+STATE_LABEL = "tidescale.io/state"
+State = Literal["scaling", "holding", "parked", "waking", "error"]
+STATES: tuple[State, ...] = ("scaling", "holding", "parked", "waking", "error")
+
+_WINDOWS = (Limit.SCALE_UP_STABILIZATION, Limit.SCALE_DOWN_STABILIZATION)
+_POLICIES = (
+    Limit.SCALE_UP_POLICY,
+    Limit.SCALE_DOWN_POLICY,
+    Limit.SCALE_UP_LIMIT,
+    Limit.SCALE_UP_DISABLED,
+    Limit.SCALE_DOWN_DISABLED,
+)
+
+
+def _kind(limit: Limit) -> Literal["window", "policy", "limit"]:
+    return "window" if limit in _WINDOWS else "policy" if limit in _POLICIES else "limit"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def held_by(decision: Decision, hints: Hints, *, now: float, wall: datetime) -> dict[str, Any] | None:
+    """``heldBy`` of the status annotation: what held or capped the last decision, and until when.
+
+    ``{"kind": "window" | "policy" | "limit", "by": "scale-down stabilization 5m", "until": ISO}``.
+    ``until`` is given for the stabilization windows (when the recommendation holding the count
+    leaves the window, if nothing new arrives); a policy or a bound holds as long as it applies.
+    ``now`` is the engine's clock (``decision.history`` is on it), ``wall`` the same moment in UTC.
+    """
+    cap = decision.capped_by
+    if cap is None:
+        return None
+    kind = _kind(cap.limit)
+    held: dict[str, Any] = {"kind": kind, "by": str(cap)}
+    if kind == "window":
+        up = cap.limit is Limit.SCALE_UP_STABILIZATION
+        window = hints.scale_up.stabilization if up else hints.scale_down.stabilization
+        holding = [
+            rec.at
+            for rec in decision.history.recommendations
+            if (rec.replicas <= decision.desired if up else rec.replicas >= decision.desired)
+            and rec.at > now - window
+        ]
+        if holding:
+            held["until"] = _iso(wall + timedelta(seconds=max(holding) + window - now))
+    return held
+
+
+def state_of(
+    *,
+    hints_valid: bool,
+    readings: Sequence[Measurement | MeasurementFailure],
+    decision: Decision | None,
+    current: int,
+    ready: int | None,
+    parking: bool,
+    previous: str | None,
+) -> State:
+    """The state label's value after one leader tick."""
+    if not hints_valid or (readings and all(isinstance(r, MeasurementFailure) for r in readings)):
+        return "scaling"
+    if parking or current == 0:
+        return "parked"
+    if previous in ("parked", "waking") and (ready is None or ready < 1):
+        return "waking"
+    cap = decision.capped_by if decision is not None else None
+    if (
+        cap is not None
+        and decision is not None
+        and decision.desired == current
+        and _kind(cap.limit) != "limit"
+    ):
+        return "holding"
+    return "scaling"

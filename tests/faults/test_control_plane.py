@@ -1,0 +1,113 @@
+"""Faults of the control plane, each longer than the agents' 4 s renew deadline:
+
+- kube-apiserver stops and starts again (etcd and the controller manager keep running, so no
+  state is lost);
+- etcd is paused (SIGSTOP) and resumed: the API server is up but cannot answer writes.
+
+While it lasts nobody can write; the leader's hold runs out and it stops believing it leads.
+Once it is back the agents re-watch and elect a leader, a burst scales the Deployment, every
+write still follows the Lease (so none comes from a leader whose hold ran out during the
+fault), and replicas never leave [min, max].
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.faults.invariants import (
+    check_replicas_within,
+    check_writes_follow_the_lease,
+    group_lag,
+    lease_holder,
+    lease_writes,
+    scale_writes,
+)
+from tests.integration.rigkube import get, wait_for
+from tests.integration.test_scale_to_zero import Background, arm, kafka_setup
+from tests.rig.controlplane import ControlPlane
+from tests.rig.kafka import Kafka
+from tests.rig.podrunner import PodRunner
+from tests.rig.processes import Supervisor
+
+pytestmark = pytest.mark.rig
+
+MIN, MAX = 1, 3
+DOWN_SECONDS = 8.0  # more than the 4 s renew deadline, more than the 6 s lease
+
+
+def pause_etcd(plane: ControlPlane) -> None:
+    etcd = next(p for p in plane.processes if p.name == "etcd")
+    os.kill(etcd.pid, signal.SIGSTOP)
+    try:
+        time.sleep(DOWN_SECONDS)
+    finally:
+        os.kill(etcd.pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("fault", ["apiserver-restart", "etcd-paused"])
+def test_after_a_control_plane_outage_the_agents_elect_again_and_a_burst_scales_with_every_write_in_a_term(
+    fault: str,
+    control_plane: ControlPlane,
+    pod_runner: PodRunner,
+    kafka: Kafka,
+    rig_supervisor: Supervisor,
+    rig_run_dir: Path,
+    background: Background,
+    teardown: list[Callable[[], None]],
+) -> None:
+    setup, ids = kafka_setup(
+        control_plane,
+        rig_supervisor,
+        background,
+        kafka,
+        rig_run_dir,
+        f"fault-{fault}",
+        work_seconds=0.2,
+        extra={"min-replicas": str(MIN), "max-replicas": str(MAX), "scale-up-policies": "10 pods/1s"},
+    )
+    arm(teardown, control_plane, setup, ids)
+    namespace, name, observer = setup.namespace, setup.name, setup.observer
+    group = get(control_plane, "deployment", name, namespace)["metadata"]["annotations"][
+        "tidescale.io/kafka.consumer-group"
+    ]
+    wait_for("a leader", lambda: lease_holder(control_plane, namespace, name), timeout=60)
+    wait_for(
+        "the leader's status",
+        lambda: (
+            "tidescale.io/status"
+            in get(control_plane, "deployment", name, namespace)["metadata"]["annotations"]
+        ),
+        timeout=30,
+    )
+
+    began = datetime.now(UTC)
+    if fault == "apiserver-restart":
+        control_plane.restart_apiserver(rig_supervisor, down_seconds=DOWN_SECONDS)
+    else:
+        pause_etcd(control_plane)
+    before_burst = len(observer.states)
+    burst = ids.send(120)
+    at_max = observer.wait(
+        f"scaled to max {MAX} after the {fault}", lambda s: s.replicas == MAX, timeout=90, after=before_burst
+    )
+    # Leadership was renewed or taken again and the scale-up written after the fault began; that
+    # every write (these included) came from the Lease's holder is checked below.
+    assert lease_writes(control_plane, namespace, name, after=began), (
+        f"nobody wrote the Lease after the {fault}"
+    )
+    assert scale_writes(control_plane, namespace, name, after=began), f"no scale write after the {fault}"
+
+    setup.wait_consumed(set(burst), timeout=120)
+    wait_for(
+        "no lag left in Kafka's own view", lambda: group_lag(kafka, group) == 0, timeout=60, interval=1.0
+    )
+    observer.wait(f"back to min {MIN}", lambda s: s.replicas == MIN, timeout=90, after=at_max)
+    assert check_writes_follow_the_lease(control_plane, namespace, name) >= 2
+    check_replicas_within(observer, MIN, MAX)

@@ -1,0 +1,284 @@
+"""``tidescale migrate`` on the examples of KEDA's documentation (tests/unit/data/keda, sources in its
+README) and on generated ScaledObjects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tidescale._cli_migrate import main, migrate_documents, patched_manifest
+from tidescale.hints import parse_hints, validate_hints
+
+DATA = Path(__file__).parent / "data" / "keda"
+
+
+def migrate_file(name: str, **options: Any) -> Any:
+    return migrate_documents(list(yaml.safe_load_all((DATA / name).read_text())), **options)
+
+
+def notes_of(result: Any) -> list[str]:
+    return [str(note) for note in result.notes]
+
+
+def test_every_example_file_names_its_source_page() -> None:
+    for path in sorted(DATA.glob("*.yaml")):
+        assert "https://keda.sh/docs/" in path.read_text().splitlines()[1], path.name
+
+
+def test_the_kafka_example_without_auth_becomes_complete_hints_with_keda_defaults_written_out() -> None:
+    result = migrate_file("kafka-no-auth.yaml")
+    (migration,) = result.migrations
+    assert (migration.namespace, migration.deployment) == ("default", "azure-functions-deployment")
+    assert migration.annotations == {
+        "tidescale.io/kafka.bootstrap-servers": "localhost:9092",
+        "tidescale.io/kafka.consumer-group": "my-group",
+        "tidescale.io/kafka.topic": "test-topic",
+        "tidescale.io/kafka.lag-threshold": "50",
+        "tidescale.io/kafka.offset-reset-policy": "latest",
+        "tidescale.io/polling-interval": "30s",
+        # KEDA's defaults (minReplicaCount 0, maxReplicaCount 100), not tidescale's (1, 10)
+        "tidescale.io/min-replicas": "0",
+        "tidescale.io/max-replicas": "100",
+    }
+    assert result.notes == []
+    hints = parse_hints(migration.annotations)
+    assert (hints.min_replicas, hints.max_replicas, hints.polling_interval) == (0, 100, 30.0)
+
+
+def test_the_patch_labels_the_pod_template_and_sets_the_annotations() -> None:
+    (migration,) = migrate_file("kafka-no-auth.yaml").migrations
+    patch = migration.patch()
+    assert patch["spec"]["template"]["metadata"]["labels"] == {"tidescale.io/inject": "true"}
+    assert patch["metadata"]["annotations"] == dict(sorted(migration.annotations.items()))
+
+
+def test_kafka_sasl_and_tls_in_the_scaled_object_carry_over_and_the_credentials_become_a_secret_hint() -> (
+    None
+):
+    result = migrate_file("kafka-sasl-tls-in-scaledobject.yaml")
+    (migration,) = result.migrations
+    assert migration.annotations["tidescale.io/kafka.sasl"] == "plain"
+    assert migration.annotations["tidescale.io/kafka.tls"] == "true"
+    assert migration.annotations["tidescale.io/kafka.credentials-secret"] == "keda-kafka-secrets"
+    notes = notes_of(result)
+    # ca/cert/key are files for the agent: each is named with what to do instead
+    for parameter, field in (("ca", "tls-ca-file"), ("cert", "tls-cert-file"), ("key", "tls-key-file")):
+        assert any(f"authenticationRef: {parameter}: not carried" in n and field in n for n in notes)
+    # the agent's own credentials cannot be derived: the parser's complaint is passed on
+    assert any("sasl-username-env" in n for n in notes)
+
+
+def test_kafka_sasl_and_tls_held_in_a_secret_are_named_as_not_carried() -> None:
+    result = migrate_file("kafka-sasl-tls-in-triggerauthentication.yaml")
+    (migration,) = result.migrations
+    assert "tidescale.io/kafka.sasl" not in migration.annotations
+    notes = notes_of(result)
+    assert any("authenticationRef: sasl: not carried" in n and "keda-kafka-secrets" in n for n in notes)
+    assert any("authenticationRef: tls: not carried" in n for n in notes)
+
+
+def test_the_rabbitmq_amqp_example_says_the_url_lived_in_a_secret_and_set_completes_it() -> None:
+    result = migrate_file("rabbitmq-amqp.yaml")
+    (migration,) = result.migrations
+    assert migration.annotations["tidescale.io/rabbitmq.queue"] == "testqueue"
+    assert migration.annotations["tidescale.io/rabbitmq.mode"] == "queue-length"
+    assert migration.annotations["tidescale.io/rabbitmq.value"] == "20"
+    notes = notes_of(result)
+    assert any("Secret keda-rabbitmq-secret (key host)" in n for n in notes)
+    assert any(
+        n.startswith("scaledobject default/rabbitmq-scaledobject: tidescale.io/rabbitmq.") for n in notes
+    )
+    completed = migrate_file("rabbitmq-amqp.yaml", overrides={"rabbitmq.amqp-url": "amqp://rabbitmq:5672"})
+    assert validate_hints(completed.migrations[0].annotations) == ()
+
+
+def test_two_rabbitmq_triggers_become_two_named_triggers_with_their_modes() -> None:
+    result = migrate_file(
+        "rabbitmq-http-messagerate-and-queuelength.yaml",
+        overrides={
+            "rabbitmq-0.management-url": "http://rabbitmq:15672",
+            "rabbitmq-1.management-url": "http://rabbitmq:15672",
+        },
+    )
+    (migration,) = result.migrations
+    annotations = migration.annotations
+    assert annotations["tidescale.io/rabbitmq-0.type"] == "rabbitmq"
+    assert annotations["tidescale.io/rabbitmq-0.mode"] == "queue-length"
+    assert annotations["tidescale.io/rabbitmq-1.mode"] == "message-rate"
+    assert annotations["tidescale.io/rabbitmq-1.value"] == "100"
+    hints = parse_hints(annotations)
+    assert [t.name for t in hints.triggers] == ["rabbitmq-0", "rabbitmq-1"]
+
+
+def test_use_regex_becomes_a_queue_pattern_with_its_operation() -> None:
+    result = migrate_file("rabbitmq-http-regex.yaml", overrides={"rabbitmq.management-url": "http://r:15672"})
+    annotations = result.migrations[0].annotations
+    assert annotations["tidescale.io/rabbitmq.queue-pattern"] == "^.*incoming$"
+    assert annotations["tidescale.io/rabbitmq.operation"] == "max"
+    assert "tidescale.io/rabbitmq.queue" not in annotations
+    assert validate_hints(annotations) == ()
+
+
+def test_a_host_url_loses_its_credentials_and_gives_its_vhost() -> None:
+    so = scaled_object(
+        triggers=[
+            {
+                "type": "rabbitmq",
+                "metadata": {"host": "http://guest:secret@rabbit:15672/api-prefix/orders", "queueName": "q"},
+            }
+        ]
+    )
+    result = migrate_documents([so])
+    annotations = result.migrations[0].annotations
+    assert annotations["tidescale.io/rabbitmq.management-url"] == "http://rabbit:15672/api-prefix"
+    assert annotations["tidescale.io/rabbitmq.vhost"] == "orders"
+    assert "secret" not in str(annotations)
+    assert any("credentials removed" in n for n in notes_of(result))
+
+
+def scaled_object(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "orders", "namespace": "shop"},
+        "spec": {"scaleTargetRef": {"name": "orders"}, **spec},
+    }
+
+
+KAFKA = {"type": "kafka", "metadata": {"bootstrapServers": "k:9092", "consumerGroup": "g", "topic": "t"}}
+
+
+def test_fields_without_a_counterpart_are_each_named_with_why() -> None:
+    so = scaled_object(
+        initialCooldownPeriod=60,
+        advanced={"restoreToOriginalReplicaCount": True, "scalingModifiers": {"formula": "a+b"}},
+        fallback={"failureThreshold": 3, "replicas": 6, "behavior": "currentReplicas"},
+        triggers=[{**KAFKA, "metadata": {**KAFKA["metadata"], "version": "1.0.0", "unsafeSsl": "true"}}],
+    )
+    notes = notes_of(migrate_documents([so]))
+    for field in (
+        "spec.initialCooldownPeriod",
+        "spec.advanced.restoreToOriginalReplicaCount",
+        "spec.advanced.scalingModifiers",
+        "spec.fallback.behavior",
+        "spec.triggers[0].metadata.version",
+        "spec.triggers[0].metadata.unsafeSsl",
+    ):
+        matching = [n for n in notes if f": {field}: not carried: " in n]
+        assert matching, f"{field} not reported in {notes}"
+        assert len(matching[0].split("not carried: ", 1)[1]) > 10  # a reason, not just a word
+
+
+def test_a_trigger_of_another_type_and_a_non_deployment_target_are_refused_by_name() -> None:
+    notes = notes_of(migrate_documents([scaled_object(triggers=[{"type": "prometheus", "metadata": {}}])]))
+    assert any("'prometheus': tidescale measures kafka and rabbitmq only" in n for n in notes)
+    stateful = scaled_object()
+    stateful["spec"]["scaleTargetRef"] = {"kind": "StatefulSet", "name": "db"}
+    result = migrate_documents([stateful])
+    assert result.migrations == []
+    assert any("tidescale scales Deployments only" in n for n in notes_of(result))
+
+
+def test_hpa_behaviour_becomes_stabilization_policies_and_select() -> None:
+    behavior = {
+        "scaleUp": {
+            "stabilizationWindowSeconds": 30,
+            "selectPolicy": "Min",
+            "policies": [
+                {"type": "Pods", "value": 4, "periodSeconds": 15},
+                {"type": "Percent", "value": 50, "periodSeconds": 60},
+            ],
+        },
+        "scaleDown": {
+            "stabilizationWindowSeconds": 120,
+            "policies": [{"type": "Percent", "value": 10, "periodSeconds": 60}],
+        },
+    }
+    so = scaled_object(advanced={"horizontalPodAutoscalerConfig": {"behavior": behavior}}, triggers=[KAFKA])
+    hints = parse_hints(migrate_documents([so]).migrations[0].annotations)
+    assert hints.scale_up.stabilization == 30.0
+    assert hints.scale_up.select == "min"
+    assert [str(p) for p in hints.scale_up.policies] == ["4 pods/15s", "50%/1m"]
+    assert hints.scale_down.stabilization == 120.0
+    assert [str(p) for p in hints.scale_down.policies] == ["10%/1m"]
+
+
+def test_keda_pause_annotations_become_tidescale_pause_hints() -> None:
+    so = scaled_object(triggers=[KAFKA])
+    so["metadata"]["annotations"] = {"autoscaling.keda.sh/paused-replicas": "2"}
+    hints = parse_hints(migrate_documents([so]).migrations[0].annotations)
+    assert hints.paused
+    assert hints.paused_replicas == 2
+
+
+def test_dry_run_adds_the_dry_run_hint() -> None:
+    result = migrate_documents([scaled_object(triggers=[KAFKA])], dry_run=True)
+    assert parse_hints(result.migrations[0].annotations).dry_run
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    polling=st.integers(min_value=1, max_value=3600),
+    cooldown=st.integers(min_value=0, max_value=86400),
+    low=st.integers(min_value=0, max_value=50),
+    span=st.integers(min_value=0, max_value=50),
+    lag=st.integers(min_value=1, max_value=10**6),
+)
+def test_any_plain_kafka_scaled_object_migrates_to_hints_the_agent_parses_with_the_same_numbers(
+    polling: int, cooldown: int, low: int, span: int, lag: int
+) -> None:
+    so = scaled_object(
+        pollingInterval=polling,
+        cooldownPeriod=cooldown,
+        minReplicaCount=low,
+        maxReplicaCount=max(1, low + span),
+        triggers=[{**KAFKA, "metadata": {**KAFKA["metadata"], "lagThreshold": str(lag)}}],
+    )
+    result = migrate_documents([so])
+    hints = parse_hints(result.migrations[0].annotations)
+    assert (hints.polling_interval, hints.cooldown) == (float(polling), float(cooldown))
+    assert (hints.min_replicas, hints.max_replicas) == (low, max(1, low + span))
+    assert [n for n in notes_of(result) if "not carried" in n] == []
+
+
+def test_manifest_mode_patches_the_deployment_in_the_same_file_and_drops_the_keda_objects() -> None:
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "orders", "namespace": "shop"},
+        "spec": {"template": {"metadata": {"labels": {"app": "orders"}}}},
+    }
+    auth = {"apiVersion": "keda.sh/v1alpha1", "kind": "TriggerAuthentication", "metadata": {"name": "a"}}
+    result = migrate_documents([deployment, scaled_object(triggers=[KAFKA]), auth])
+    manifest, missing = patched_manifest(result)
+    assert missing == []
+    (patched,) = manifest
+    assert patched["spec"]["template"]["metadata"]["labels"] == {
+        "app": "orders",
+        "tidescale.io/inject": "true",
+    }
+    assert patched["metadata"]["annotations"]["tidescale.io/kafka.topic"] == "t"
+    assert deployment["metadata"].get("annotations") is None  # the input is not changed
+
+
+def test_the_command_exits_0_when_all_is_carried_1_with_notes_and_2_on_unreadable_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(DATA / "kafka-no-auth.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "kubectl patch deployment azure-functions-deployment -n default --type merge" in out
+    assert yaml.safe_load(out)["metadata"]["annotations"]["tidescale.io/kafka.topic"] == "test-topic"
+    assert main([str(DATA / "rabbitmq-amqp.yaml")]) == 1
+    assert "note: scaledobject default/rabbitmq-scaledobject" in capsys.readouterr().err
+    assert main([str(DATA / "rabbitmq-amqp.yaml"), "--set", "rabbitmq.amqp-url=amqp://r:5672"]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [")
+    assert main([str(bad)]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.yaml")]) == 2
+    assert main([str(DATA / "kafka-no-auth.yaml"), "--set", "nonsense"]) == 2
