@@ -30,6 +30,7 @@ __all__ = ["Migration", "Note", "main", "migrate_documents"]
 
 INJECT_LABEL = "tidescale.io/inject"
 _TRIGGER_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 EXAMPLES = """\
 examples:
@@ -208,14 +209,15 @@ def _scaled_object(
             )
         else:
             build.drop("spec.idleReplicaCount", "only 0 has a meaning here: min-replicas 0")
+    triggers = spec.get("triggers") or []
+    names = _trigger_names(triggers)
+    _metric_type(triggers, build)
     _fallback(spec.get("fallback"), build)
-    _advanced(spec.get("advanced"), build)
+    _advanced(spec.get("advanced"), _formula_renames(triggers, names), build)
     _paused(document, build, migration)
 
-    triggers = spec.get("triggers") or []
     if not triggers:
         build.tell("spec.triggers", "none: the Deployment will be labelled but nothing will scale it")
-    names = _trigger_names(triggers)
     for index, (trigger, trigger_name) in enumerate(zip(triggers, names, strict=True)):
         _trigger(trigger, trigger_name, f"spec.triggers[{index}]", namespace, auths, build)
     migration.annotations = build.annotations
@@ -231,13 +233,13 @@ def _fallback(fallback: Any, build: _Builder) -> None:
         build.set("fallback-replicas", str(fallback["replicas"]))
     behavior = str(fallback.get("behavior") or "static")
     if behavior != "static":
-        build.drop(
-            "spec.fallback.behavior",
-            f"{behavior!r}: tidescale's fallback is static (the failing trigger asks for fallback-replicas)",
-        )
+        build.set("fallback-behavior", behavior)
+    # KEDA counts one failure per HPA metric request (15 s) and per its own poll (30 s), tidescale
+    # one per decision (1 s): this keeps the wall-clock time before the fallback the same.
+    build.set("fallback-failure-interval", "10s")
 
 
-def _advanced(advanced: Any, build: _Builder) -> None:
+def _advanced(advanced: Any, renames: Mapping[str, str], build: _Builder) -> None:
     if not isinstance(advanced, dict):
         return
     if advanced.get("restoreToOriginalReplicaCount"):
@@ -246,10 +248,7 @@ def _advanced(advanced: Any, build: _Builder) -> None:
             "removing the annotations leaves the replica count where it is",
         )
     if advanced.get("scalingModifiers"):
-        build.drop(
-            "spec.advanced.scalingModifiers",
-            "formulas are not supported: several triggers combine as in the HPA (the largest count wins)",
-        )
+        _scaling_modifiers(advanced["scalingModifiers"], renames, build)
     hpa = advanced.get("horizontalPodAutoscalerConfig") or {}
     if hpa.get("name"):
         build.drop("spec.advanced.horizontalPodAutoscalerConfig.name", "no HPA is created")
@@ -294,6 +293,49 @@ def _paused(document: Mapping[str, Any], build: _Builder, migration: Migration) 
         migration.paused = True
 
 
+def _scaling_modifiers(modifiers: Any, renames: Mapping[str, str], build: _Builder) -> None:
+    """KEDA's formula over trigger names, rewritten to tidescale's names (a dash is ``_`` there)."""
+    where = "spec.advanced.scalingModifiers"
+    if not isinstance(modifiers, dict) or not modifiers.get("formula"):
+        build.drop(where, "a scalingModifiers without a formula has nothing to carry")
+        return
+
+    def rename(word: re.Match[str]) -> str:
+        return renames.get(word.group(0), word.group(0))
+
+    build.set("scaling-modifiers-formula", _IDENTIFIER.sub(rename, str(modifiers["formula"])))
+    for keda, hint in (
+        ("target", "scaling-modifiers-target"),
+        ("activationTarget", "scaling-modifiers-activation-target"),
+        ("metricType", "scaling-modifiers-metric-type"),
+    ):
+        if keda in modifiers:
+            build.set(hint, str(modifiers[keda]))
+
+
+def _metric_type(triggers: Sequence[Any], build: _Builder) -> None:
+    """tidescale's metric-type is one for the whole Deployment: Value when every trigger reads Value."""
+    kinds = [str(t.get("metricType") or "AverageValue") for t in triggers if isinstance(t, dict)]
+    if kinds and all(k == "Value" for k in kinds):
+        build.set("metric-type", "Value")
+    elif "Value" in kinds:
+        build.drop(
+            "spec.triggers[*].metricType",
+            "Value on some triggers only: tidescale's metric-type applies to every trigger of a "
+            "Deployment (AverageValue kept)",
+        )
+
+
+def _formula_renames(triggers: Sequence[Any], names: Sequence[str]) -> dict[str, str]:
+    """KEDA trigger name -> the identifier the same trigger has in a tidescale formula."""
+    renames = {}
+    for trigger, name in zip(triggers, names, strict=True):
+        given = trigger.get("name") if isinstance(trigger, dict) else None
+        if isinstance(given, str) and given:
+            renames[given] = name.replace("-", "_")
+    return renames
+
+
 def _trigger_names(triggers: Sequence[Any]) -> list[str]:
     """The trigger's own name when it is a DNS label, else its type when that is unique, else type-N."""
     types = [_source_type(t) or "trigger" for t in triggers]
@@ -335,10 +377,8 @@ def _trigger(
     if name != kind:
         build.set(f"{name}.type", kind)
     metric_type = str(trigger.get("metricType") or "AverageValue")
-    if metric_type != "AverageValue":
-        build.drop(
-            f"{where}.metricType", f"{metric_type}: tidescale computes AverageValue (ceil(value / target))"
-        )
+    if metric_type not in ("AverageValue", "Value"):
+        build.drop(f"{where}.metricType", f"{metric_type}: tidescale reads AverageValue or Value only")
     if trigger.get("useCachedMetrics"):
         build.drop(f"{where}.useCachedMetrics", "the leader measures once per interval, nothing to cache")
     metadata = {str(k): v for k, v in (trigger.get("metadata") or {}).items()}

@@ -82,7 +82,7 @@ def state_of(
 ) -> State:
     """The state label's value after one leader tick."""
     if not hints_valid or (readings and all(isinstance(r, MeasurementFailure) for r in readings)):
-        return "scaling"
+        return "error"
     if parking or current == 0:
         return "parked"
     if previous in ("parked", "waking") and (ready is None or ready < 1):

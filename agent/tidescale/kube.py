@@ -697,6 +697,38 @@ class KubeClient:
             reason=str(status.get("reason") or status.get("evaluationError") or ""),
         )
 
+    async def review_subject_access(
+        self, *, service_account: str, namespace: str, verb: str, group: str, resource: str
+    ) -> AccessReview:
+        """SubjectAccessReview: may ServiceAccount ``namespace/service_account`` ``verb`` the resource
+        in its namespace? (The injector asks it for the agent's binding; needs ``create
+        subjectaccessreviews``.)"""
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": f"system:serviceaccount:{namespace}:{service_account}",
+                "groups": [
+                    "system:serviceaccounts",
+                    f"system:serviceaccounts:{namespace}",
+                    "system:authenticated",
+                ],
+                "resourceAttributes": {
+                    "namespace": namespace,
+                    "verb": verb,
+                    "group": group,
+                    "resource": resource,
+                },
+            },
+        }
+        path = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+        result = await self._request("POST", path, what=f"review {service_account}'s access", body=body)
+        status = result.get("status") or {}
+        return AccessReview(
+            allowed=bool(status.get("allowed")),
+            reason=str(status.get("reason") or status.get("evaluationError") or ""),
+        )
+
     async def server_version(self) -> dict[str, Any]:
         """The API server's ``GET /version`` (major, minor, gitVersion, ...); any user may read it."""
         result = await self._request("GET", "/version", what="read the API server version")

@@ -61,10 +61,11 @@ from tidescale.errors import (
     SourceError,
     TidescaleError,
 )
-from tidescale.hints import parse_hints
+from tidescale.hints import Hints, parse_hints
 from tidescale.httpserver import Handler, HttpServer, Request, Response
 from tidescale.kube import WAKER_COMPONENT, Deployment, KubeClient, KubeConfig, ObjectReference, WatchEvent
 from tidescale.parking import PARK_LABEL, DeploymentSnapshot, Probe, WakerAction, WakerDecision, waker_step
+from tidescale.policy import composite_active
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, Source, TriggerSettings
 from tidescale.sources.registry import measure_safely, open_source
 
@@ -194,6 +195,8 @@ class _Tracked:
     prepare_problem: str | None = None
     """Why the triggers could not be prepared yet (a Secret we may not read); retried with backoff."""
     wake_replicas: int = 1
+    hints: Hints | None = None
+    """The parsed hints (None while they do not parse): paused-scale-out and scaling-modifiers."""
     probe: Probe | None = None
     warned: set[tuple[str, str]] = field(default_factory=set)
     """Warning Events already recorded (reason, message): each is recorded once per change."""
@@ -379,8 +382,10 @@ class Waker:
         problem: str | None = None
         raw: tuple[TriggerSettings, ...] = ()
         try:
+            tracked.hints = None
             hints = parse_hints(snapshot.annotations)
             raw, tracked.wake_replicas = hints.triggers, hints.wake_replicas
+            tracked.hints = hints
             if not raw:
                 problem = "its hints name no trigger"
         except (HintsInvalid, HintError) as exc:
@@ -693,6 +698,22 @@ class Waker:
             results.append(found)
         failures = [r for r in results if not isinstance(r, Measurement)]
         measurements = [r for r in results if isinstance(r, Measurement)]
+        hints = tracked.hints
+        if hints is not None and hints.paused_scale_out:
+            # KEDA's paused-scale-out: never from zero while it is set, whatever the triggers say.
+            return Probe(epoch=epoch, active=False)
+        composite = composite_active(measurements, hints) if hints is not None else None
+        if composite is not None:
+            # With scaling-modifiers only the formula's value wakes it, and only when every
+            # trigger has a reading (KEDA's getScaledObjectState at zero replicas).
+            if composite and not failures:
+                return Probe(
+                    epoch=epoch, active=True, summary="scaling-modifiers formula above its activation"
+                )
+            if failures:
+                _log.info("%s: %s", _name(tracked), "; ".join(str(f) for f in failures))
+                return None
+            return Probe(epoch=epoch, active=False)
         if any(m.active for m in measurements):
             # One active trigger is enough to wake, even if another failed.
             summary = "; ".join(_describe(m) for m in measurements if m.active)
@@ -933,11 +954,17 @@ async def _run_serving(waker: Waker, port: int) -> None:
 
 async def _api_server_endpoints(server: str, environ: Mapping[str, str]) -> list[tuple[str, int | None]]:
     """The API server's (address, port) pairs, denied as broker addresses: the address and port its
-    URL resolves to, and every port of the in-cluster Service address (it serves nothing else)."""
+    URL resolves to, and the in-cluster Service's address and port. Only that port: the Service
+    address serves nothing else in a cluster, and where it is a node's own address (the rig, some
+    bare-metal installs) the node's other ports may be real brokers."""
     found: list[tuple[str, int | None]] = []
     service = environ.get("KUBERNETES_SERVICE_HOST")
     if service:
-        found.append((service, None))
+        try:
+            service_port = int(environ.get("KUBERNETES_SERVICE_PORT", "443"))
+        except ValueError:
+            service_port = 443
+        found.append((service, service_port))
     parts = urlsplit(server)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     if parts.hostname:

@@ -156,6 +156,8 @@ class ServerSettings:
     kubeconfig: Path | None = None
     max_body_bytes: int = 8 * 2**20
     max_inflight_body_bytes: int = 24 * 2**20
+    agent_cluster_role: str = "tidescale-agent"
+    """The agent's ClusterRole, named in the warning that tells a team how to bind it."""
 
 
 def _env(environ: Mapping[str, str], name: str, default: str) -> str:
@@ -208,6 +210,11 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--kubeconfig", default=e.get("KUBECONFIG"), help="for version detection; default in-cluster"
     )
     p.add_argument("--agent-image", default=_env(e, "TIDESCALE_AGENT_IMAGE", f"tidescale:{version()}"))
+    p.add_argument(
+        "--agent-cluster-role",
+        default=_env(e, "TIDESCALE_AGENT_CLUSTER_ROLE", "tidescale-agent"),
+        help="the agent's ClusterRole, named in the missing-binding warning",
+    )
     p.add_argument(
         "--agent-image-pull-policy", default=_env(e, "TIDESCALE_AGENT_IMAGE_PULL_POLICY", "IfNotPresent")
     )
@@ -275,6 +282,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[Ser
         cert_reload_interval=max(0.2, float(args.cert_reload_interval)),
         sidecar_mode=args.native_sidecars,
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
+        agent_cluster_role=str(args.agent_cluster_role),
     )
     config = InjectorConfig(
         image=args.agent_image,

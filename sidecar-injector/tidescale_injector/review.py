@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import fnmatch
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict
 
@@ -37,6 +37,7 @@ __all__ = [
     "HintValidator",
     "Outcome",
     "Result",
+    "agent_identity",
     "mutate",
     "validate",
 ]
@@ -237,14 +238,44 @@ def _template_labelled(obj: Mapping[str, Any]) -> bool:
     return isinstance(labels, Mapping) and labels.get(INJECT_LABEL) == "true"
 
 
-def validate(body: bytes, config: InjectorConfig, validator: HintValidator = validate_hints) -> Outcome:
-    """Deployments CREATE/UPDATE: hint problems as warnings, or a denial in strict mode."""
+def agent_identity(body: bytes) -> tuple[str, str] | None:
+    """(namespace, ServiceAccount) of the pods of a hinted Deployment being created or updated: whose
+    agent permissions the webhook checks (``bindings.BindingCheck``). None for anything else."""
+    try:
+        request = _parse(body)
+        if isinstance(request, str) or not _is(request, "apps", "v1", "Deployment"):
+            return None
+        if request.get("subResource") or request["operation"] not in ("CREATE", "UPDATE"):
+            return None
+        obj = request.get("object") or {}
+        annotations = _annotations(obj)
+        if not annotations or not _hints(annotations):
+            return None
+        template = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+        account = template.get("serviceAccountName") or template.get("serviceAccount") or "default"
+        namespace = request.get("namespace") or (obj.get("metadata") or {}).get("namespace")
+        if not isinstance(account, str) or not isinstance(namespace, str) or not namespace:
+            return None
+        return namespace, account
+    except Exception:  # odd shapes are validate()'s to report; here they only mean "no check"
+        return None
+
+
+def validate(
+    body: bytes,
+    config: InjectorConfig,
+    validator: HintValidator = validate_hints,
+    *,
+    extra_warnings: Sequence[str] = (),
+) -> Outcome:
+    """Deployments CREATE/UPDATE: hint problems as warnings, or a denial in strict mode.
+    ``extra_warnings`` (a missing agent binding) are added whenever the Deployment has hints."""
     request = _parse(body)
     if isinstance(request, str):
         return _reject(request)
     uid = request["uid"]
     try:
-        return _validate(request, config, validator)
+        return _validate(request, config, validator, extra_warnings)
     except Exception:
         _log.exception("validating review %s failed; letting the Deployment through", uid)
         return _answer(
@@ -258,7 +289,9 @@ def validate(body: bytes, config: InjectorConfig, validator: HintValidator = val
         )
 
 
-def _validate(request: AdmissionRequest, config: InjectorConfig, validator: HintValidator) -> Outcome:
+def _validate(
+    request: AdmissionRequest, config: InjectorConfig, validator: HintValidator, extra: Sequence[str]
+) -> Outcome:
     uid = request["uid"]
     if not _is(request, "apps", "v1", "Deployment") or request.get("subResource"):
         return _answer({"uid": uid, "allowed": True}, "skipped", "not-a-deployment")
@@ -275,7 +308,7 @@ def _validate(request: AdmissionRequest, config: InjectorConfig, validator: Hint
     if not hints and not wiring:
         return _answer({"uid": uid, "allowed": True}, "allowed")
     problems = validator(hints) if hints else ()
-    warnings = [str(p) for p in problems] + wiring
+    warnings = [str(p) for p in problems] + wiring + (list(extra) if hints else [])
     # Strict mode refuses new or changed bad hints, never an unrelated update (a rollout,
     # the agent's status annotation) of a Deployment whose hints were already there.
     changed = request["operation"] == "CREATE" or hints != _hints(old_annotations)

@@ -25,12 +25,17 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tidescale import _logging
 from tidescale.httpserver import HttpServer, Limits, Request, Response
 from tidescale_injector import review
+from tidescale_injector.bindings import BindingCheck
 from tidescale_injector.config import InjectorConfig, ServerSettings, parse_settings
 from tidescale_injector.patch import SKIP_REASONS
+
+if TYPE_CHECKING:
+    from tidescale.kube import KubeClient
 
 __all__ = ["CertReloader", "Injector", "Metrics", "detect_native_sidecars", "main", "ssl_context"]
 
@@ -201,9 +206,13 @@ async def detect_native_sidecars(kubeconfig: Path | None, wait: float = 5.0) -> 
 class Injector:
     """The running webhook server. ``await Injector.start(...)``, then ``await injector.stop()``."""
 
-    def __init__(self, settings: ServerSettings, config: InjectorConfig) -> None:
+    def __init__(
+        self, settings: ServerSettings, config: InjectorConfig, *, bindings: BindingCheck | None = None
+    ) -> None:
         self.settings = settings
         self.config = config
+        self.bindings = bindings
+        """Checks a hinted Deployment's agent binding (None: no API access, no check)."""
         self.metrics = Metrics()
         self._ready = False
         self.http = HttpServer(
@@ -234,9 +243,11 @@ class Injector:
         self._reload_task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, settings: ServerSettings, config: InjectorConfig) -> Injector:
+    async def start(
+        cls, settings: ServerSettings, config: InjectorConfig, *, bindings: BindingCheck | None = None
+    ) -> Injector:
         """Load the certificate (raises ``OSError``/``ssl.SSLError`` if it does not) and listen."""
-        injector = cls(settings, config)
+        injector = cls(settings, config, bindings=bindings)
         injector.reloader.load_initial()
         await injector.http.start()
         injector._reload_task = asyncio.create_task(injector.reloader.run(), name="tidescale-cert-reload")
@@ -276,7 +287,14 @@ class Injector:
 
     async def _validate(self, request: Request) -> Response:
         started = time.perf_counter()
-        return self._respond("validate", review.validate(request.body, self.config), started)
+        extra: list[str] = []
+        identity = review.agent_identity(request.body) if self.bindings is not None else None
+        if self.bindings is not None and identity is not None:
+            warning = await self.bindings.warning(*identity)
+            extra = [warning] if warning else []
+        return self._respond(
+            "validate", review.validate(request.body, self.config, extra_warnings=extra), started
+        )
 
     async def _healthz(self, request: Request) -> Response:
         return Response(body=b"ok\n")
@@ -303,10 +321,13 @@ async def _serve(settings: ServerSettings, config: InjectorConfig) -> int:
             log_level=config.log_level,
             log_format=config.log_format,
         )
+    api, bindings = _binding_check(settings)
     try:
-        injector = await Injector.start(settings, config)
+        injector = await Injector.start(settings, config, bindings=bindings)
     except (OSError, ssl.SSLError) as exc:
         _log.error("cannot serve: %s", exc)
+        if api is not None:
+            await api.aclose()
         return 1
     _log.info(
         "serving on %s:%d (agent image %s, %s sidecars, strict %s)",
@@ -323,7 +344,37 @@ async def _serve(settings: ServerSettings, config: InjectorConfig) -> int:
     await stop.wait()
     _log.info("stopping")
     await injector.stop()
+    if api is not None:
+        await api.aclose()
     return 0
+
+
+def _binding_check(settings: ServerSettings) -> tuple[KubeClient | None, BindingCheck | None]:
+    """The agent-binding check over the thin client; (None, None) where there is no API access."""
+    from tidescale.kube import KubeClient, KubeConfig
+
+    try:
+        kube = (
+            KubeConfig.from_kubeconfig(settings.kubeconfig)
+            if settings.kubeconfig
+            else KubeConfig.in_cluster()
+        )
+    except Exception as exc:
+        _log.warning("no API access (%s): hinted Deployments' agent bindings are not checked", exc)
+        return None, None
+    api = KubeClient(kube, timeout=2.0)
+
+    async def allowed(namespace: str, service_account: str) -> bool:
+        answer = await api.review_subject_access(
+            service_account=service_account,
+            namespace=namespace,
+            verb="update",
+            group="coordination.k8s.io",
+            resource="leases",
+        )
+        return answer.allowed
+
+    return api, BindingCheck(allowed, cluster_role=settings.agent_cluster_role)
 
 
 def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:

@@ -350,6 +350,33 @@ def test_kubectl_apply_of_a_bad_hint_prints_a_warning_naming_the_annotation(setu
     assert "did you mean tidescale.io/max-replicas" in result.stderr
 
 
+def test_kubectl_apply_warns_with_the_exact_rolebinding_line_when_the_pods_account_lacks_the_agent_role(
+    setup: Setup,
+) -> None:
+    """The agent of an unbound ServiceAccount cannot even post an Event: the team hears it at apply."""
+    plane, ns = setup.control_plane, setup.inject_ns
+    hints = {"tidescale.io/max-replicas": "3"}
+    unbound = apply(plane, deployment("unbound", ns, hints))
+    line = (
+        "kubectl create rolebinding tidescale-agent --clusterrole=tidescale-agent "
+        f"--serviceaccount={ns}:default -n {ns}"
+    )
+    assert line in unbound.stderr
+    # A ServiceAccount that may update Leases (what the agent role grants) is not warned about.
+    plane.kubectl("create", "serviceaccount", "bound", "-n", ns)
+    plane.kubectl("create", "role", "leases", "--verb=get,create,update,watch", "--resource=leases", "-n", ns)
+    plane.kubectl(
+        "create", "rolebinding", "leases", "--role=leases", f"--serviceaccount={ns}:bound", "-n", ns
+    )
+    bound = deployment("bound", ns, hints)
+    bound["spec"]["template"]["spec"]["serviceAccountName"] = "bound"
+    result = apply(plane, bound)
+    assert "kubectl create rolebinding" not in result.stderr
+    # No hints, no question asked and no warning.
+    plain = apply(plane, deployment("no-hints", ns, {}))
+    assert "rolebinding" not in plain.stderr
+
+
 def test_strict_mode_refuses_a_deployment_with_a_bad_hint(setup: Setup) -> None:
     bad = deployment("strict-typo", setup.strict_ns, {"tidescale.io/min-replicas": "many"})
     result = apply(setup.control_plane, bad, check=False)

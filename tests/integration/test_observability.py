@@ -80,13 +80,12 @@ def test_a_failing_trigger_is_an_event_a_label_and_a_metric_and_its_recovery_too
     wait_for(
         "the state label error", lambda: state_label(control_plane, namespace, name) == "error", timeout=30
     )
-    text = wait_for(
-        "the leader's trigger_failing gauge",
-        lambda: (
-            (t := leader_metrics(control_plane, namespace, name)) and "tidescale_trigger_failing{" in t and t
-        ),
-        timeout=30,
-    )
+
+    def failing_gauge() -> str | None:
+        text = leader_metrics(control_plane, namespace, name)
+        return text if text and "tidescale_trigger_failing{" in text else None
+
+    text = wait_for("the leader's trigger_failing gauge", failing_gauge, timeout=30)
     assert (
         f'tidescale_trigger_failing{{deployment="{name}",namespace="{namespace}",'
         'trigger="kafka",type="kafka"} 1' in text

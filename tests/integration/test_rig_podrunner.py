@@ -302,14 +302,13 @@ def test_a_container_that_ignores_sigterm_is_killed_after_its_grace_period(
     )
     name = pod["metadata"]["name"]
     (pid,) = pod_runner.pod_pids()[f"{namespace}/{name}"]
-    began = time.monotonic()
     control_plane.kubectl("delete", "pod", name, "-n", namespace, "--wait=true")
-    waited = time.monotonic() - began
     assert not alive(pid)
     log = pod_runner.log_path(namespace, name, "echo").read_text()
     assert "SIGTERM" in log
+    # Killed within its one second of grace: left alone, it would have exited by itself after the
+    # minute its --term-delay asks for, and said so.
     assert "exiting" not in log
-    assert waited < 30  # one second of grace, not the minute it asked for
 
 
 def test_native_sidecars_start_in_order_before_the_containers_and_stop_after_them(

@@ -361,6 +361,8 @@ async def test_a_parked_rabbitmq_deployment_is_woken_by_a_published_message_with
     try:
         channel = await connection.channel()
         await channel.declare_queue(queue, auto_delete=False)
+        # As a leader would: it asks to park only after it has seen the queue's counts idle.
+        await eventually("the queue's statistics", lambda: _known(rabbitmq, queue), timeout=30.0)
         control_plane.kubectl(
             "create", "secret", "generic", secret, "-n", namespace,
             f"--from-literal=username={rabbitmq.username}", f"--from-literal=password={rabbitmq.password}",
@@ -381,6 +383,10 @@ async def test_a_parked_rabbitmq_deployment_is_woken_by_a_published_message_with
         await eventually("the wake", lambda: woken(admin, namespace, name, 1), timeout=20.0)
     finally:
         await connection.close()
+
+
+async def _known(rabbitmq: RabbitMQ, queue: str) -> bool:
+    return await asyncio.to_thread(rabbitmq.queue_statistics_known, queue)
 
 
 async def test_hints_changed_while_parked_are_used_for_the_next_poll(

@@ -170,6 +170,19 @@ class RabbitMQ:
         )
         return response.status_code == 200
 
+    def queue_statistics_known(self, queue: str, vhost: str = "/") -> bool:
+        """Whether the management API has published ``queue``'s message counts yet (a few seconds
+        after it is declared): tidescale reads counts nobody has seen as unknown, keeping it active."""
+        from urllib.parse import quote
+
+        response = httpx.get(
+            f"{self.management_url}/api/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}",
+            auth=(self.username, self.password),
+            timeout=5,
+        )
+        body = response.json() if response.status_code == 200 else {}
+        return all(body.get(f) is not None for f in ("messages_ready", "messages_unacknowledged"))
+
     def rabbitmqctl(self, *args: str, timeout: float = 60.0) -> str:
         """Runs Debian's rabbitmqctl against this node and returns its standard output.
 

@@ -122,3 +122,16 @@ def test_the_dashboard_and_the_alerts_cover_the_leaders_the_triggers_and_the_wak
 def test_a_duration_that_prometheus_cannot_read_is_refused() -> None:
     error = render_error("--set", "metrics.prometheusRule.for=5 minutes")
     assert "for" in error
+
+
+def test_log_level_and_format_reach_the_injector_and_the_waker_whose_env_the_injector_passes_on() -> None:
+    rendered = render("--set", "logFormat=text", "--set", "logLevel=debug")
+    for name in (f"{RELEASE}-tidescale-injector", f"{RELEASE}-tidescale-waker"):
+        (container,) = rendered.get("Deployment", name)["spec"]["template"]["spec"]["containers"]
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert env["TIDESCALE_LOG_FORMAT"] == "text", name
+        assert env["TIDESCALE_LOG_LEVEL"] == "debug", name
+
+
+def test_a_log_format_other_than_json_or_text_is_refused() -> None:
+    assert "logFormat" in render_error("--set", "logFormat=xml")

@@ -120,6 +120,8 @@ def test_the_default_render_has_the_injector_the_waker_and_the_agent_role(defaul
             f"Service/{INJECTOR}",
             f"PodDisruptionBudget/{INJECTOR}",
             f"ServiceAccount/{INJECTOR}",
+            f"ClusterRole/{INJECTOR}",
+            f"ClusterRoleBinding/{INJECTOR}",
             f"Secret/{INJECTOR}-tls",
             f"MutatingWebhookConfiguration/{INJECTOR}",
             f"ValidatingWebhookConfiguration/{INJECTOR}",
@@ -947,3 +949,16 @@ def test_every_value_is_documented_where_it_is_defined() -> None:
         if stripped:
             previous = stripped
     assert undocumented == []
+
+
+def test_the_injector_may_only_ask_subject_access_reviews_and_names_the_agent_role_it_warns_about(
+    default: Rendered,
+) -> None:
+    assert default.get("ClusterRole", INJECTOR)["rules"] == [
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}
+    ]
+    subject = default.get("ClusterRoleBinding", INJECTOR)["subjects"][0]
+    assert (subject["kind"], subject["name"]) == ("ServiceAccount", INJECTOR)
+    (container,) = default.get("Deployment", INJECTOR)["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TIDESCALE_AGENT_CLUSTER_ROLE"] == "tidescale-agent"

@@ -156,8 +156,7 @@ KAFKA = {"type": "kafka", "metadata": {"bootstrapServers": "k:9092", "consumerGr
 def test_fields_without_a_counterpart_are_each_named_with_why() -> None:
     so = scaled_object(
         initialCooldownPeriod=60,
-        advanced={"restoreToOriginalReplicaCount": True, "scalingModifiers": {"formula": "a+b"}},
-        fallback={"failureThreshold": 3, "replicas": 6, "behavior": "currentReplicas"},
+        advanced={"restoreToOriginalReplicaCount": True, "scalingModifiers": {"target": "5"}},
         triggers=[{**KAFKA, "metadata": {**KAFKA["metadata"], "version": "1.0.0", "unsafeSsl": "true"}}],
     )
     notes = notes_of(migrate_documents([so]))
@@ -165,13 +164,39 @@ def test_fields_without_a_counterpart_are_each_named_with_why() -> None:
         "spec.initialCooldownPeriod",
         "spec.advanced.restoreToOriginalReplicaCount",
         "spec.advanced.scalingModifiers",
-        "spec.fallback.behavior",
         "spec.triggers[0].metadata.version",
         "spec.triggers[0].metadata.unsafeSsl",
     ):
         matching = [n for n in notes if f": {field}: not carried: " in n]
         assert matching, f"{field} not reported in {notes}"
         assert len(matching[0].split("not carried: ", 1)[1]) > 10  # a reason, not just a word
+
+
+def test_scaling_modifiers_and_fallback_behavior_carry_over_with_the_formula_renamed_to_our_triggers() -> (
+    None
+):
+    so = scaled_object(
+        advanced={
+            "scalingModifiers": {
+                "formula": "(orderLag + payLag) / 2",
+                "target": "50",
+                "activationTarget": "5",
+                "metricType": "AverageValue",
+            }
+        },
+        fallback={"failureThreshold": 3, "replicas": 6, "behavior": "currentReplicasIfHigher"},
+        triggers=[
+            {**KAFKA, "name": "orderLag"},
+            {**KAFKA, "name": "payLag", "metadata": {**KAFKA["metadata"], "topic": "payments"}},
+        ],
+    )
+    annotations = migrate_documents([so]).migrations[0].annotations
+    assert annotations["tidescale.io/scaling-modifiers-formula"] == "(orderlag + paylag) / 2"
+    assert annotations["tidescale.io/scaling-modifiers-target"] == "50"
+    assert annotations["tidescale.io/scaling-modifiers-activation-target"] == "5"
+    assert annotations["tidescale.io/fallback-behavior"] == "currentReplicasIfHigher"
+    assert annotations["tidescale.io/fallback-failure-interval"] == "10s"
+    assert validate_hints(annotations) == ()
 
 
 def test_a_trigger_of_another_type_and_a_non_deployment_target_are_refused_by_name() -> None:
@@ -282,3 +307,18 @@ def test_the_command_exits_0_when_all_is_carried_1_with_notes_and_2_on_unreadabl
     assert "is not valid YAML" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.yaml")]) == 2
     assert main([str(DATA / "kafka-no-auth.yaml"), "--set", "nonsense"]) == 2
+
+
+def test_value_metric_type_carries_when_every_trigger_reads_value_and_is_named_when_mixed() -> None:
+    value = {**KAFKA, "metricType": "Value"}
+    same = migrate_documents([scaled_object(triggers=[value])]).migrations[0].annotations
+    assert same["tidescale.io/metric-type"] == "Value"
+    mixed = migrate_documents(
+        [
+            scaled_object(
+                triggers=[value, {**KAFKA, "name": "other", "metadata": {**KAFKA["metadata"], "topic": "u"}}]
+            )
+        ]
+    )
+    assert "tidescale.io/metric-type" not in mixed.migrations[0].annotations
+    assert any("spec.triggers[*].metricType: not carried" in n for n in notes_of(mixed))
