@@ -393,7 +393,7 @@ class Waker:
         except Exception as exc:  # a parser bug on odd hints concerns this Deployment only
             problem = f"its hints could not be read ({_kind(exc)})"
         if problem is not None and problem != tracked.hint_problem:
-            _log.warning("%s: %s", _name_of(snapshot), problem)
+            _log.warning("%s: %s", _name_of(snapshot), problem, extra=_fields(snapshot))
             self._warn(tracked, "HintsInvalid", f"the waker cannot measure this Deployment: {problem}")
         tracked.hint_problem = problem
         if raw != tracked.raw_triggers:
@@ -418,7 +418,9 @@ class Waker:
                     annotation, why = refused
                     tracked.refusal = f"{annotation}: {why}"
                     tracked.prepared, tracked.prepare_problem = tracked.raw_triggers, None
-                    _log.warning("%s: refused %s", _name(tracked), tracked.refusal)
+                    _log.warning(
+                        "%s: refused %s", _name(tracked), tracked.refusal, extra=_fields(tracked.snapshot)
+                    )
                     self._warn(tracked, "TriggerRefused", f"{annotation} refused by the waker: {why}")
                     return
             units: list[_Unit] = []
@@ -427,7 +429,7 @@ class Waker:
         except TidescaleError as exc:
             problem = f"cannot prepare its triggers: {exc}"
             if problem != tracked.prepare_problem:
-                _log.warning("%s: %s", _name(tracked), problem)
+                _log.warning("%s: %s", _name(tracked), problem, extra=_fields(tracked.snapshot))
                 self._warn(tracked, "TriggerNotPrepared", problem)
             tracked.prepare_problem = problem
             return
@@ -490,7 +492,12 @@ class Waker:
         try:
             self._events.put_nowait((involved, reason, message[:1000], "Warning"))
         except asyncio.QueueFull:
-            _log.warning("%s: event %s dropped: too many queued", _name(tracked), reason)
+            _log.warning(
+                "%s: event %s dropped: too many queued",
+                _name(tracked),
+                reason,
+                extra=_fields(tracked.snapshot),
+            )
 
     async def _send_events(self) -> None:
         while True:
@@ -664,7 +671,13 @@ class Waker:
         pause = min(_MAX_BACKOFF, 2.0 ** min(tracked.failures, 10))
         tracked.backoff_until = time.monotonic() + pause
         self.metrics.inc("tidescale_waker_deployment_errors_total")
-        _log.warning("%s: unexpected %s; left alone for %gs", _name(tracked), _kind(exc), pause)
+        _log.warning(
+            "%s: unexpected %s; left alone for %gs",
+            _name(tracked),
+            _kind(exc),
+            pause,
+            extra=_fields(tracked.snapshot),
+        )
         self._warn(
             tracked,
             "WakerError",
@@ -796,14 +809,26 @@ class Waker:
                 tracked.snapshot = DeploymentSnapshot.from_object(cast(Mapping[str, Any], fresh))
                 continue
             except (LeadershipLost, KubeError) as exc:
-                _log.warning("%s: %s not written: %s", _name(tracked), decision.action.value, exc)
+                _log.warning(
+                    "%s: %s not written: %s",
+                    _name(tracked),
+                    decision.action.value,
+                    exc,
+                    extra=_fields(tracked.snapshot),
+                )
                 return
             tracked.snapshot = DeploymentSnapshot.from_object(cast(Mapping[str, Any], written))
             if decision.action is WakerAction.WAKE:
                 self.metrics.inc("tidescale_waker_wakes_total")
             elif decision.action is WakerAction.ACK:
                 self.metrics.inc("tidescale_waker_acks_total")
-            _log.info("%s: %s (%s)", _name(tracked), decision.action.value, decision.why)
+            _log.info(
+                "%s: %s (%s)",
+                _name(tracked),
+                decision.action.value,
+                decision.why,
+                extra=_fields(tracked.snapshot),
+            )
             await self._emit(tracked.snapshot, decision, cast(Mapping[str, Any], written))
             return
 
@@ -841,9 +866,15 @@ class Waker:
             )
         except KubeError as exc:
             # The write is what matters; a lost Event is only a lost note.
-            _log.warning("%s: event %s not recorded: %s", _name_of(snapshot), event.reason, exc)
+            _log.warning(
+                "%s: event %s not recorded: %s",
+                _name_of(snapshot),
+                event.reason,
+                exc,
+                extra=_fields(snapshot),
+            )
         if decision.action is WakerAction.WAKE:
-            _log.info("%s: %s", _name_of(snapshot), event.message)
+            _log.info("%s: %s", _name_of(snapshot), event.message, extra=_fields(snapshot))
 
 
 def by_cluster(
@@ -879,6 +910,11 @@ def _name(tracked: _Tracked) -> str:
 
 def _name_of(snapshot: DeploymentSnapshot) -> str:
     return f"{snapshot.namespace}/{snapshot.name}"
+
+
+def _fields(snapshot: DeploymentSnapshot) -> dict[str, str]:
+    """The log line's namespace and deployment fields (docs: one JSON object a line)."""
+    return {"namespace": snapshot.namespace, "deployment": snapshot.name}
 
 
 # -- the command ------------------------------------------------------------------------------

@@ -3,6 +3,10 @@ scaling-modifiers at zero replicas (``getScaledObjectState``: only the composite
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from tests.unit.test_waker_tenants import FakeClient, add, fake_sources, kafka_hints, make_waker
 
 __all__ = ["fake_sources"]  # the autouse fixture that replaces the brokers
@@ -63,3 +67,22 @@ async def test_the_api_servers_service_port_is_denied_but_other_ports_of_its_add
     assert ("10.213.4.1", None) not in endpoints
     assert networks.verdict("10.213.4.1", 6443) is not None
     assert networks.verdict("10.213.4.1", 9092) is None
+
+
+async def test_the_wakers_lines_about_a_deployment_carry_its_namespace_and_name_as_json_fields(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import orjson
+
+    from tidescale._logging import JsonFormatter
+
+    client = FakeClient()
+    waker = make_waker(client)
+    with caplog.at_level(logging.INFO, logger="tidescale"):
+        await add(waker, client, "team-a", "files", kafka_hints("k:9092", **{"sasl-password-file": "/etc/x"}))
+        await waker.poll_once()
+    lines = [
+        orjson.loads(JsonFormatter().format(r)) for r in caplog.records if "team-a/files" in r.getMessage()
+    ]
+    assert lines
+    assert (lines[0]["namespace"], lines[0]["deployment"]) == ("team-a", "files")
