@@ -292,7 +292,9 @@ def test_check_passes_with_webhooks_waker_and_binding_and_names_what_is_missing(
     ]
     apply(control_plane, *configs)
     waker_config = waker_rbac(control_plane)
-    rig_supervisor.start(
+    # Stopped at the end: a waker acts on every parked Deployment of the cluster, so one left
+    # running would ack and wake other tests' Deployments.
+    waker = rig_supervisor.start(
         unique("cli-waker"), waker_argv(waker_config, identity="cli-waker-1", lease_name=lease)
     )
     orphan["spec"]["template"]["spec"]["serviceAccountName"] = "workload"
@@ -323,6 +325,7 @@ def test_check_passes_with_webhooks_waker_and_binding_and_names_what_is_missing(
         pods = json.loads(control_plane.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
         assert pods == []
     finally:
+        waker.stop()
         for config in configs:
             control_plane.kubectl(
                 "delete", config["kind"].lower(), config["metadata"]["name"], "--ignore-not-found"
