@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.integration.rigkube import get, items
+from tests.integration.rigkube import get, items, wait_for
 from tests.integration.test_scale_to_zero import Observer
 from tests.rig.controlplane import ControlPlane
 from tests.rig.kafka import Kafka
@@ -120,6 +120,18 @@ def scale_writes(
         for w in pod_writes(plane, namespace, after=after)
         if w["resource"].startswith("deployments") and w["name"] == deployment
     ]
+
+
+def wait_for_scale_write(
+    plane: ControlPlane, namespace: str, deployment: str, *, after: datetime, what: str
+) -> list[dict[str, Any]]:
+    """The agent writes to the Deployment received after ``after``, waited for: a watch can show the
+    new count a moment before the API server has logged the write (the log is written at the end
+    of the request). Fails naming ``what`` when none comes."""
+    found: list[dict[str, Any]] = wait_for(
+        what, lambda: scale_writes(plane, namespace, deployment, after=after), timeout=15, interval=0.5
+    )
+    return found
 
 
 def check_writes_follow_the_lease(plane: ControlPlane, namespace: str, deployment: str) -> int:

@@ -27,7 +27,7 @@ from tests.faults.invariants import (
     group_lag,
     lease_holder,
     lease_writes,
-    scale_writes,
+    wait_for_scale_write,
 )
 from tests.integration.rigkube import get, wait_for
 from tests.integration.test_scale_to_zero import Background, arm, kafka_setup
@@ -102,7 +102,7 @@ def test_after_a_control_plane_outage_the_agents_elect_again_and_a_burst_scales_
     assert lease_writes(control_plane, namespace, name, after=began), (
         f"nobody wrote the Lease after the {fault}"
     )
-    assert scale_writes(control_plane, namespace, name, after=began), f"no scale write after the {fault}"
+    wait_for_scale_write(control_plane, namespace, name, after=began, what=f"a scale write after the {fault}")
 
     setup.wait_consumed(set(burst), timeout=120)
     wait_for(

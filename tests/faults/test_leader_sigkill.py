@@ -22,7 +22,7 @@ from tests.faults.invariants import (
     group_lag,
     lease_holder,
     lease_writes,
-    scale_writes,
+    wait_for_scale_write,
 )
 from tests.integration.rigkube import get, wait_for
 from tests.integration.test_scale_to_zero import Background, arm, kafka_setup
@@ -72,7 +72,7 @@ def test_a_burst_right_after_the_leader_is_sigkilled_still_scales_and_every_writ
     # A new process leads (the dead one can send nothing the API server receives after the kill),
     # and the scale-up was written by that leader after the kill.
     assert lease_writes(control_plane, namespace, name, after=killed), "nobody renewed after the kill"
-    assert scale_writes(control_plane, namespace, name, after=killed), "no scale write after the kill"
+    wait_for_scale_write(control_plane, namespace, name, after=killed, what="a scale write after the kill")
 
     setup.wait_consumed(set(burst), timeout=120)
     wait_for(

@@ -19,7 +19,7 @@ from tests.faults.invariants import (
     check_writes_follow_the_lease,
     lease_holder,
     pod_writes,
-    scale_writes,
+    wait_for_scale_write,
 )
 from tests.integration.rigkube import AGENT_PORT, apply, get, items, wait_for
 from tests.integration.test_scale_to_zero import Background, arm, kafka_setup
@@ -106,7 +106,7 @@ def test_with_the_agents_rolebinding_deleted_nothing_is_written_and_scaling_resu
     at_max = observer.wait(
         f"scaled to {MAX} once restored", lambda s: s.replicas == MAX, timeout=120, after=before
     )
-    assert scale_writes(control_plane, namespace, name, after=restoring)
+    wait_for_scale_write(control_plane, namespace, name, after=restoring, what="a scale write once restored")
     setup.wait_consumed(set(burst), timeout=120)
     observer.wait(f"back to min {MIN}", lambda s: s.replicas == MIN, timeout=90, after=at_max)
     assert check_writes_follow_the_lease(control_plane, namespace, name) >= 2
