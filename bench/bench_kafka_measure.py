@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
 from tidescale.sources.base import Scope  # noqa: E402
-from tidescale.sources.kafka import KafkaSettings, KafkaSource, parse_kafka_settings  # noqa: E402
+from tidescale.sources.kafka._source import KafkaSettings, KafkaSource, parse_kafka_settings  # noqa: E402
 
 SIZES = (1, 100, 1000)
 REPEATS = 30

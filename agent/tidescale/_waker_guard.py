@@ -25,12 +25,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import urlsplit
 
-from tidescale.credentials import Credentials
-from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, TidescaleError
-from tidescale.sources._kafka_settings import KafkaSettings
-from tidescale.sources._rabbitmq_settings import RabbitMQSettings
+from tidescale.credentials import Credentials, CredentialsUnusable
+from tidescale.errors import BrokerUnreachable, TidescaleError
 from tidescale.sources.base import TriggerSettings
 
 __all__ = [
@@ -78,8 +75,8 @@ def _credential_fields(kind: type) -> tuple[tuple[str, str], ...]:
     return tuple((a, f) for a, f in _named_fields(kind) if not a.startswith("tls_"))
 
 
-class SecretUnusable(BrokerAuthFailed):
-    """A ``credentials-secret`` that cannot be used: missing, forbidden, without a key, not UTF-8."""
+SecretUnusable = CredentialsUnusable
+"""A ``credentials-secret`` that cannot be used: missing, forbidden, without a key, not UTF-8."""
 
 
 def _annotation(settings: TriggerSettings, field_name: str) -> str:
@@ -125,20 +122,9 @@ def for_waker(settings: TriggerSettings) -> TriggerSettings:
 
 def broker_endpoints(settings: TriggerSettings) -> list[tuple[str, str, int]]:
     """(annotation, host, port) of every address the waker would connect to for ``settings``."""
-    found: list[tuple[str, str, int]] = []
-    if isinstance(settings, KafkaSettings):
-        for server in settings.bootstrap_servers:
-            host, _, number = server.rpartition(":")
-            found.append((_annotation(settings, "bootstrap-servers"), host.strip("[]"), int(number)))
-    elif isinstance(settings, RabbitMQSettings):
-        for field_name, url in (("management-url", settings.management_url), ("amqp-url", settings.amqp_url)):
-            if url is None:
-                continue
-            parts = urlsplit(url)
-            port = parts.port or {"http": 80, "https": 443, "amqp": 5672, "amqps": 5671}.get(parts.scheme, 0)
-            found.append((_annotation(settings, field_name), parts.hostname or "", port))
-            break  # the management API is used when given; the AMQP URL only without it
-    return found
+    from tidescale.sources.registry import endpoints
+
+    return [(_annotation(settings, e.field), e.host, e.port) for e in endpoints(settings)]
 
 
 def _networks(text: str, what: str) -> tuple[Network, ...]:
@@ -270,22 +256,22 @@ class AddressGuard:
 
 
 def decode_secret(namespace: str, name: str, data: Mapping[str, Any]) -> Credentials:
-    """The username and password of a Secret's ``data`` (base64), or SecretUnusable naming the key."""
+    """Every key of a Secret's ``data`` (base64) as text. A ``username`` or ``password`` that is not
+    UTF-8 is refused here (SecretUnusable naming the key, never the value); another non-text key is
+    only named if a source asks for it. A missing key is named when a source asks for it."""
     values: dict[str, str] = {}
-    for key in ("username", "password"):
-        raw = data.get(key)
-        if raw is None:
-            raise SecretUnusable(f"credentials-secret {namespace}/{name} has no key {key!r}")
+    not_text: list[str] = []
+    for key, raw in data.items():
         try:
-            values[key] = base64.b64decode(str(raw), validate=True).decode("utf-8")
+            values[str(key)] = base64.b64decode(str(raw), validate=True).decode("utf-8")
         except (binascii.Error, ValueError) as exc:
-            # The value is never shown: it is a credential, or most of one.
-            raise SecretUnusable(
-                f"credentials-secret {namespace}/{name}: the value of key {key!r} is not UTF-8 text"
-            ) from exc
-    return Credentials(
-        namespace=namespace, secret=name, username=values["username"], password=values["password"]
-    )
+            if key in ("username", "password"):
+                # The value is never shown: it is a credential, or most of one.
+                raise SecretUnusable(
+                    f"credentials-secret {namespace}/{name}: the value of key {key!r} is not UTF-8 text"
+                ) from exc
+            not_text.append(str(key))
+    return Credentials.of(namespace, name, values, tuple(not_text))
 
 
 @dataclass(slots=True)

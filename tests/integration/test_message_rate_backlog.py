@@ -22,7 +22,7 @@ from tests.rig.podrunner import PodRunner
 from tests.rig.processes import Supervisor
 from tests.rig.rabbitmq import RabbitMQ
 from tidescale.sources.base import Scope
-from tidescale.sources.rabbitmq import RabbitMQSource, parse_rabbitmq_settings
+from tidescale.sources.rabbitmq._source import RabbitMQSource, parse_rabbitmq_settings
 
 pytestmark = pytest.mark.rig
 

@@ -19,8 +19,8 @@ from tests.rig.kafka import PLAIN_PASSWORD, PLAIN_USER, SCRAM_USERS, Kafka
 from tests.rig.rabbitmq import RabbitMQ
 from tidescale.errors import BrokerAuthFailed
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope
-from tidescale.sources.kafka import KafkaSource, parse_kafka_settings
-from tidescale.sources.rabbitmq import RabbitMQSource, parse_rabbitmq_settings
+from tidescale.sources.kafka._source import KafkaSource, parse_kafka_settings
+from tidescale.sources.rabbitmq._source import RabbitMQSource, parse_rabbitmq_settings
 from tidescale.sources.registry import measure_safely
 
 pytestmark = pytest.mark.rig

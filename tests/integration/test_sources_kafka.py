@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from tests.rig.kafka import GroupRow, Kafka, KafkaToolError
 from tidescale.errors import BrokerUnreachable, SourceNotFound, SourceTimeout
 from tidescale.sources.base import Measurement, Scope
-from tidescale.sources.kafka import KafkaSettings, KafkaSource, parse_kafka_settings
+from tidescale.sources.kafka._source import KafkaSettings, KafkaSource, parse_kafka_settings
 from tidescale.sources.registry import SourcePool, measure_safely
 
 pytestmark = pytest.mark.rig

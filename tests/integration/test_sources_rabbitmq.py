@@ -15,7 +15,7 @@ import pytest
 from tests.rig.rabbitmq import RabbitMQ
 from tidescale.errors import BrokerAuthFailed, SourceError, SourceNotFound
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope
-from tidescale.sources.rabbitmq import RabbitMQSettings, RabbitMQSource, parse_rabbitmq_settings
+from tidescale.sources.rabbitmq._source import RabbitMQSettings, RabbitMQSource, parse_rabbitmq_settings
 
 pytestmark = pytest.mark.rig
 

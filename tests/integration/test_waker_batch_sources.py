@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.rig.kafka import Kafka
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope
-from tidescale.sources.kafka import KafkaSettings, KafkaSource, parse_kafka_settings
+from tidescale.sources.kafka._source import KafkaSettings, KafkaSource, parse_kafka_settings
 
 pytestmark = pytest.mark.rig
 

@@ -11,7 +11,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from tidescale.sources.base import Scope
-from tidescale.sources.kafka import (
+from tidescale.sources.kafka._source import (
     GroupMember,
     KafkaSettings,
     KafkaSnapshot,

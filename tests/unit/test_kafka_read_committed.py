@@ -7,7 +7,7 @@ from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidescale.sources.kafka import KafkaSettings, PartitionOffsets, count_readable, partition_lag
+from tidescale.sources.kafka._source import KafkaSettings, PartitionOffsets, count_readable, partition_lag
 
 BASE = KafkaSettings(name="kafka", bootstrap_servers=("k:9092",), consumer_group="g", topics=("orders",))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tidescale.errors import HintsInvalid
-from tidescale.sources.kafka import KafkaSettings, parse_kafka_settings
+from tidescale.sources.kafka._source import KafkaSettings, parse_kafka_settings
 
 REQUIRED = {"bootstrap-servers": "kafka-0:9092, kafka-1:9092", "consumer-group": "workers"}
 

@@ -8,7 +8,7 @@ import pytest
 
 from tidescale.errors import SourceError, SourceNotFound
 from tidescale.sources.base import MeasurementFailure, Scope
-from tidescale.sources.kafka import KafkaSettings, KafkaSource, assemble_snapshot, kafka_measurement
+from tidescale.sources.kafka._source import KafkaSettings, KafkaSource, assemble_snapshot, kafka_measurement
 from tidescale.sources.registry import measure_safely
 
 SETTINGS = KafkaSettings(name="kafka", bootstrap_servers=("k:9092",), consumer_group="g", topics=("orders",))

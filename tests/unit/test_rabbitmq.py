@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidescale.errors import HintsInvalid, SourceError
-from tidescale.sources.rabbitmq import (
+from tidescale.sources.rabbitmq._source import (
     LocalShare,
     QueueStats,
     RabbitMQSettings,
@@ -332,7 +332,7 @@ def test_queue_match_defaults_to_whole_names_and_takes_substring() -> None:
 
 def test_queue_match_decides_which_names_a_pattern_selects() -> None:
     from tidescale.sources._fields import compile_linear
-    from tidescale.sources.rabbitmq import _matches
+    from tidescale.sources.rabbitmq._source import _matches
 
     pattern = compile_linear("orders")
     names = ["orders", "orders-dlq", "old-orders", "refunds"]

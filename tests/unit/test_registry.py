@@ -9,8 +9,8 @@ import pytest
 
 from tidescale.errors import HintsInvalid, SourceNotFound
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, Source, TriggerSettings
-from tidescale.sources.kafka import KafkaSettings, KafkaSource
-from tidescale.sources.rabbitmq import RabbitMQSource
+from tidescale.sources.kafka._source import KafkaSettings, KafkaSource
+from tidescale.sources.rabbitmq._source import RabbitMQSource
 from tidescale.sources.registry import (
     TRIGGER_TYPES,
     FieldDoc,
@@ -51,7 +51,8 @@ def test_a_parser_returns_settings_named_after_the_trigger() -> None:
 
 def test_importing_the_registry_loads_no_broker_client() -> None:
     code = (
-        "import sys, tidescale.sources.registry, tidescale.sources.kafka, tidescale.sources.rabbitmq;"
+        "import sys, tidescale.sources.registry;"
+        "import tidescale.sources.kafka._source, tidescale.sources.rabbitmq._source;"
         "print(sorted(m for m in ('aiokafka', 'aio_pika', 'aiormq', 'httpx') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -9,15 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidescale.sources.base import Scope
-from tidescale.sources.kafka import (
+from tidescale.sources.kafka._source import (
     KafkaSettings,
     assemble_snapshot,
     fetch_plan,
     needs_log_start,
     select_partitions,
 )
-from tidescale.sources.kafka import _offset_fetch_groups as offset_fetch_groups
-from tidescale.sources.rabbitmq import RabbitMQSettings
+from tidescale.sources.kafka._source import _offset_fetch_groups as offset_fetch_groups
+from tidescale.sources.rabbitmq._source import RabbitMQSettings
 from tidescale.waker import by_cluster
 
 KAFKA = KafkaSettings(name="kafka", bootstrap_servers=("k:9092",), consumer_group="g", topics=("orders",))

@@ -24,7 +24,7 @@ from tidescale.sources._fields import (
     parse_regex,
 )
 from tidescale.sources.base import Measurement, MeasurementFailure
-from tidescale.sources.rabbitmq import MAX_RESPONSE_BYTES, RabbitMQSource, parse_rabbitmq_settings
+from tidescale.sources.rabbitmq._source import MAX_RESPONSE_BYTES, RabbitMQSource, parse_rabbitmq_settings
 
 A = "tidescale.io/kafka.partitions"
 
@@ -225,7 +225,7 @@ async def test_a_broker_advertised_by_kafka_metadata_is_checked_before_any_conne
     import aiokafka.client
     from aiokafka.cluster import BrokerMetadata
 
-    from tidescale.sources.kafka import _checked_client
+    from tidescale.sources.kafka._source import _checked_client
 
     asked: list[tuple[str, int]] = []
     dialled: list[str] = []

@@ -23,7 +23,7 @@ from tidescale.credentials import Credentials
 from tidescale.errors import KubeNotFound, SourceError
 from tidescale.parking import PARK_LABEL, PARK_RECORD_ANNOTATION, DeploymentSnapshot, ParkRecord, ParkState
 from tidescale.sources.base import Measurement, TriggerSettings
-from tidescale.sources.kafka import KafkaSettings
+from tidescale.sources.kafka._source import KafkaSettings
 from tidescale.waker import Waker, WakerClient
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)

@@ -1,12 +1,14 @@
 """Event sources: what a trigger measures, and how.
 
 - ``base``: the contract (Measurement, MeasurementFailure, Scope, Source, TriggerSettings).
-- ``registry``: trigger type -> settings parser and field docs; ``SourcePool`` (one connection
-  per broker cluster per process); ``measure_safely`` (failures become MeasurementFailure).
-- ``kafka``, ``rabbitmq``: one module per source; settings, pure arithmetic and broker I/O.
-  The arithmetic lives in private modules (``_kafka_lag``, ``_rabbitmq_depth``) that import
-  no broker client, re-exported by the public module.
+- ``_kind``: what a source folder hands the registry (SourceKind: settings class, field docs,
+  parser, ``open``, ``endpoints``).
+- ``registry``: trigger type -> SourceKind; ``SourcePool`` (one connection per broker cluster
+  per process); ``measure_safely`` (failures become MeasurementFailure).
+- one folder per source (``kafka/``, ``rabbitmq/``, ...): ``__init__`` defines ``KIND`` from the
+  pure ``_settings`` module; the arithmetic lives in pure private modules and the broker I/O in
+  ``_source``, imported only when a connection opens.
 
-A third source adds ``sources/<name>.py`` and one entry in each table of ``registry``.
-Nothing here imports aiokafka, aio-pika or httpx at import time.
+Adding a source is a new folder plus its ``KIND`` in the registry's table (docs/sources.md).
+Nothing here imports a broker client (aiokafka, aio-pika, httpx, ...) at import time.
 """

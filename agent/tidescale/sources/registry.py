@@ -1,5 +1,7 @@
 """From trigger type to source: settings parsers, field docs, and the per-process connection pool.
 
+Each source is a folder, ``sources/<name>/``, whose ``__init__`` defines a
+:class:`~tidescale.sources._kind.SourceKind` (``KIND``); the table below lists them.
 Importing this module is cheap: it pulls in no broker client (aiokafka, aio-pika,
 httpx); those are imported by the sources the first time a connection opens, so
 a Kafka-only pod never loads aio-pika.
@@ -29,39 +31,36 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from typing import Final, cast
 
 from tidescale.credentials import Credentials
 from tidescale.errors import SourceError
+from tidescale.sources import kafka, rabbitmq
 from tidescale.sources._fields import LIMITS, FieldDoc, LimitDoc
-from tidescale.sources._kafka_settings import KAFKA_FIELDS, KafkaSettings, parse_kafka_settings
-from tidescale.sources._rabbitmq_settings import RABBITMQ_FIELDS, RabbitMQSettings, parse_rabbitmq_settings
+from tidescale.sources._kind import AddressCheck, Endpoint, OpenOptions, SettingsParser, SourceKind
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, Source, TriggerSettings
 
 __all__ = [
     "LIMITS",
     "TRIGGER_TYPES",
+    "Endpoint",
     "FieldDoc",
     "LimitDoc",
+    "SourceKind",
     "SourcePool",
+    "endpoints",
     "field_docs",
+    "kind_of",
     "measure_safely",
     "open_source",
     "settings_parser",
 ]
 
-TRIGGER_TYPES: Final[tuple[str, ...]] = ("kafka", "rabbitmq")
+# One line per source folder: its KIND (docs/sources.md, "Registering it").
+_KINDS: Final[dict[str, SourceKind]] = {kind.type_name: kind for kind in (kafka.KIND, rabbitmq.KIND)}
 
-SettingsParser = Callable[[str, Mapping[str, str]], TriggerSettings]
-AddressCheck = Callable[[str, int], Awaitable[str | None]]
-"""``check(host, port)``: why a connection there is refused, or None to allow it."""
-
-_PARSERS: Final[dict[str, SettingsParser]] = {
-    "kafka": parse_kafka_settings,
-    "rabbitmq": parse_rabbitmq_settings,
-}
-_DOCS: Final[dict[str, tuple[FieldDoc, ...]]] = {"kafka": KAFKA_FIELDS, "rabbitmq": RABBITMQ_FIELDS}
+TRIGGER_TYPES: Final[tuple[str, ...]] = tuple(_KINDS)
 
 
 def settings_parser(type_name: str) -> SettingsParser:
@@ -70,12 +69,25 @@ def settings_parser(type_name: str) -> SettingsParser:
     Raises :class:`~tidescale.errors.HintsInvalid` listing every bad field. ``KeyError`` for a type
     not in :data:`TRIGGER_TYPES` (the hints layer checks the type first).
     """
-    return _PARSERS[type_name]
+    return _KINDS[type_name].parse
 
 
 def field_docs(type_name: str) -> list[FieldDoc]:
     """The fields of one trigger type, in reference order."""
-    return list(_DOCS[type_name])
+    return list(_KINDS[type_name].fields)
+
+
+def kind_of(settings: TriggerSettings) -> SourceKind:
+    """The kind whose parser made ``settings``; TypeError for settings no registered kind makes."""
+    for kind in _KINDS.values():
+        if isinstance(settings, kind.settings_class):
+            return kind
+    raise TypeError(f"no source for settings of type {type(settings).__name__}")
+
+
+def endpoints(settings: TriggerSettings) -> list[Endpoint]:
+    """Every address a source for ``settings`` would connect to first (the waker checks them)."""
+    return kind_of(settings).endpoints(settings)
 
 
 def open_source(
@@ -92,15 +104,8 @@ def open_source(
     ``credentials`` (the waker's, from a Secret) replace the settings' ``*-env`` and ``*-file`` sources.
     ``address_check`` (the waker's) vets each broker a Kafka cluster advertises before connecting to it.
     """
-    if isinstance(settings, KafkaSettings):
-        from tidescale.sources.kafka import KafkaSource
-
-        return KafkaSource(settings, pod_ip=pod_ip, credentials=credentials, address_check=address_check)
-    if isinstance(settings, RabbitMQSettings):
-        from tidescale.sources.rabbitmq import RabbitMQSource
-
-        return RabbitMQSource(settings, pod_ip=pod_ip, credentials=credentials)
-    raise TypeError(f"no source for settings of type {type(settings).__name__}")
+    options = OpenOptions(pod_ip=pod_ip, credentials=credentials, address_check=address_check)
+    return kind_of(settings).open(settings, options)
 
 
 def _cluster_key(settings: TriggerSettings) -> tuple[object, ...]:

@@ -26,7 +26,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound, SourceTimeout
 from tidescale.sources._fields import compile_linear
-from tidescale.sources._rabbitmq_depth import (
+from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
+from tidescale.sources.rabbitmq._depth import (
     LocalShare,
     QueueStats,
     RabbitMQSnapshot,
@@ -35,8 +36,7 @@ from tidescale.sources._rabbitmq_depth import (
     queue_stats_from_api,
     rabbitmq_measurement,
 )
-from tidescale.sources._rabbitmq_settings import RABBITMQ_FIELDS, RabbitMQSettings, parse_rabbitmq_settings
-from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
+from tidescale.sources.rabbitmq._settings import RABBITMQ_FIELDS, RabbitMQSettings, parse_rabbitmq_settings
 
 __all__ = [
     "RABBITMQ_FIELDS",

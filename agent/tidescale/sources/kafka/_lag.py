@@ -44,8 +44,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from tidescale.sources._kafka_settings import KafkaSettings
 from tidescale.sources.base import Measurement, Scope
+from tidescale.sources.kafka._settings import KafkaSettings
 
 __all__ = [
     "TAIL_LIMIT",

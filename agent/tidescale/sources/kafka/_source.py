@@ -44,7 +44,8 @@ from typing import Any, cast
 
 from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound, SourceTimeout
-from tidescale.sources._kafka_lag import (
+from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
+from tidescale.sources.kafka._lag import (
     TAIL_LIMIT,
     CommitSeen,
     GroupMember,
@@ -63,8 +64,7 @@ from tidescale.sources._kafka_lag import (
     select_partitions,
     track_commits,
 )
-from tidescale.sources._kafka_settings import KAFKA_FIELDS, KafkaSettings, parse_kafka_settings
-from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
+from tidescale.sources.kafka._settings import KAFKA_FIELDS, KafkaSettings, parse_kafka_settings
 
 __all__ = [
     "KAFKA_FIELDS",
@@ -978,7 +978,7 @@ def _checked_client(check: Callable[[str, int], Awaitable[str | None]]) -> Any:
 
     from aiokafka.client import AIOKafkaClient, ConnectionGroup
 
-    log = logging.getLogger("tidescale.sources.kafka")
+    log = logging.getLogger("tidescale.sources.kafka._source")
 
     class CheckedClient(AIOKafkaClient):  # type: ignore[misc]  # aiokafka is untyped
         async def _get_conn(

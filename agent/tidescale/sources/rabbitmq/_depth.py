@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from tidescale.errors import SourceError
-from tidescale.sources._rabbitmq_settings import RabbitMQSettings
 from tidescale.sources.base import Measurement
+from tidescale.sources.rabbitmq._settings import RabbitMQSettings
 
 __all__ = [
     "LocalShare",
