@@ -181,7 +181,7 @@ class FieldCollector:
     ``type`` is accepted and ignored: the hints layer uses it to choose the parser.
     """
 
-    def __init__(self, trigger: str, raw: Mapping[str, str], known: Iterable[str]) -> None:
+    def __init__(self, trigger: str, raw: Mapping[str, str], known: Iterable[str], *, kind: str) -> None:
         self.trigger = trigger
         self.raw = raw
         self.problems: list[HintError] = []
@@ -194,7 +194,7 @@ class FieldCollector:
                     HintError(
                         self.annotation(field_name),
                         raw[field_name],
-                        "a known field of a " + _kind(known_fields) + " trigger" + hint,
+                        f"a known field of a {kind} trigger{hint}",
                     )
                 )
 
@@ -229,11 +229,6 @@ class FieldCollector:
     def finish(self) -> None:
         if self.problems:
             raise HintsInvalid(tuple(self.problems))
-
-
-def _kind(known_fields: list[str]) -> str:
-    # The message names the trigger kind so "did you mean" reads naturally for either source.
-    return "kafka" if "consumer-group" in known_fields else "rabbitmq"
 
 
 def parse_env_name(annotation: str, value: str) -> str:

@@ -353,7 +353,7 @@ KAFKA_FIELDS: tuple[FieldDoc, ...] = (
 
 def parse_kafka_settings(trigger: str, raw: Mapping[str, str]) -> KafkaSettings:
     """``raw`` maps field names (no prefix) to strings; raises HintsInvalid listing every problem."""
-    fields = FieldCollector(trigger, raw, (doc.field for doc in KAFKA_FIELDS))
+    fields = FieldCollector(trigger, raw, (doc.field for doc in KAFKA_FIELDS), kind="kafka")
     settings = KafkaSettings(
         name=trigger,
         bootstrap_servers=fields.require("bootstrap-servers", _parse_servers, ()),

@@ -284,7 +284,7 @@ RABBITMQ_FIELDS: tuple[FieldDoc, ...] = (
 
 def parse_rabbitmq_settings(trigger: str, raw: Mapping[str, str]) -> RabbitMQSettings:
     """``raw`` maps field names (no prefix) to strings; raises HintsInvalid listing every problem."""
-    fields = FieldCollector(trigger, raw, (doc.field for doc in RABBITMQ_FIELDS))
+    fields = FieldCollector(trigger, raw, (doc.field for doc in RABBITMQ_FIELDS), kind="rabbitmq")
     url_vhost = _vhost_of_amqp_url(raw.get("amqp-url"))
     settings = RabbitMQSettings(
         name=trigger,
