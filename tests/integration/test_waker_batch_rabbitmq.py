@@ -11,6 +11,7 @@ import aio_pika
 import pytest
 
 from tests.rig.rabbitmq import RabbitMQ
+from tidescale.errors import SourceError
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope
 from tidescale.sources.rabbitmq._source import RabbitMQSettings, RabbitMQSource, parse_rabbitmq_settings
 
@@ -53,8 +54,11 @@ async def _settled(source: RabbitMQSource, counts: dict[str, int], everything: R
     ``everything`` is a pattern trigger matching every queue of ``counts``."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        result = await source.measure(everything, Scope.GROUP)
-        if dict(result.detail) == {q: float(n) for q, n in counts.items()}:
+        try:
+            result = await source.measure(everything, Scope.GROUP)
+        except SourceError:  # no counts yet for a fresh queue: a failed reading, not an empty queue
+            result = None
+        if result is not None and dict(result.detail) == {q: float(n) for q, n in counts.items()}:
             return
         await asyncio.sleep(0.25)
     raise AssertionError(f"the management API never showed the published counts {counts}")
@@ -126,6 +130,7 @@ async def test_a_missing_queue_or_vhost_fails_only_its_own_triggers(
     elsewhere = _http(rabbitmq, credentials, queue="q", vhost=f"absent-{uuid.uuid4().hex[:8]}")
     source = RabbitMQSource(present)
     try:
+        await _settled(source, queues, _http(rabbitmq, credentials, **{"queue-pattern": _pattern_of(queues)}))
         results = await source.measure_many([present, absent, nothing_matches, elsewhere])
     finally:
         await source.close()

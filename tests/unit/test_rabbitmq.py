@@ -265,20 +265,18 @@ def test_queue_stats_read_the_management_payload() -> None:
         {"name": "fresh", "messages_unacknowledged": 0},
     ],
 )
-def test_a_queue_without_statistics_is_unknown_and_keeps_the_trigger_active(
+def test_a_queue_without_statistics_fails_the_measurement_rather_than_reading_as_empty(
     payload: dict[str, object],
 ) -> None:
     stats = queue_stats_from_api(payload)
     assert not stats.known
-    m = _measure(replace(BASE, activation_value=5), stats, _queue("seen", ready=1))
-    assert m.active
-    assert m.detail["total:unknown"] == 1.0
+    with pytest.raises(SourceError, match="no message counts yet for queue 'fresh'"):
+        _measure(replace(BASE, activation_value=5), stats, _queue("seen", ready=1))
 
 
-def test_known_empty_queues_are_inactive_and_carry_no_unknown_count() -> None:
+def test_known_empty_queues_are_inactive() -> None:
     m = _measure(BASE, queue_stats_from_api({"name": "q", "messages_ready": 0, "messages_unacknowledged": 0}))
     assert not m.active
-    assert "total:unknown" not in m.detail
 
 
 def test_a_queue_that_never_saw_a_publish_has_no_rate_but_known_counts() -> None:

@@ -6,8 +6,12 @@ always over AMQP, which sees ready messages only. MessageRate is
 ``message_stats.publish_details.rate``. Queues matched by a pattern combine with
 sum, avg or max.
 
-A queue the management API has no statistics for yet keeps the trigger active
-(counting 0 towards the metric): its counts are unknown, not 0.
+A queue the management API has no statistics for yet makes the measurement fail
+(a SourceError naming the queues): its counts are unknown, not 0. Failing is what
+an unreachable broker does too: the agent holds its replicas (nothing parks on
+counts nobody has seen) and the waker leaves a parked Deployment parked (nothing
+wakes on them either) until the broker reports them, a few seconds after a queue
+is declared.
 
 Activation in message-rate mode holds while either the rate or the backlog (the
 queue-length metric of the same queues) is above activation-value, as KEDA does:
@@ -36,7 +40,6 @@ __all__ = [
     "rabbitmq_measurement",
 ]
 
-UNKNOWN_KEY = "total:unknown"
 """Detail key: how many queues had no statistics yet (present only when some had none)."""
 
 BACKLOG_KEY = "total:backlog"
@@ -116,8 +119,8 @@ class RabbitMQSnapshot:
 def queue_stats_from_api(payload: Mapping[str, Any]) -> QueueStats:
     """A queue of the management API. Its message counts are unknown, not 0, until the broker has
     published statistics for it (a few seconds after it is declared, or never with statistics
-    collection off): such a queue counts 0 towards the metric but keeps the trigger active (see
-    ``rabbitmq_measurement``), so a workload never parks on counts nobody has seen. A missing
+    collection off): ``rabbitmq_measurement`` then fails, so a workload never parks, nor wakes, on
+    counts nobody has seen. A missing
     publish rate is no publishing (0). A stream queue raises a SourceError."""
     if payload.get("type") == "stream":
         raise SourceError(
@@ -172,14 +175,18 @@ def _combine(values: list[float], settings: RabbitMQSettings) -> float:
 
 
 def rabbitmq_measurement(stats: RabbitMQSnapshot, settings: RabbitMQSettings, taken_at: float) -> Measurement:
+    if unknown := sorted(q.name for q in stats.queues if not q.known):
+        shown = ", ".join(repr(name) for name in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise SourceError(
+            f"the management API has no message counts yet for queue {shown}: it reports them a few "
+            "seconds after a queue is declared (collect_statistics_interval), or never with statistics "
+            "collection off; holding until it does",
+            trigger=settings.name,
+        )
     per_queue = {q.name: queue_metric(q, settings) for q in stats.queues}
     value = _combine(list(per_queue.values()), settings)
     active = value > settings.activation_value
     detail: dict[str, float] = dict(per_queue)
-    if unknown := sum(1 for q in stats.queues if not q.known):
-        # Counts nobody has seen yet are not "empty": hold the workload until they are known.
-        active = True
-        detail[UNKNOWN_KEY] = float(unknown)
     if settings.mode == "message-rate":
         backlog = _combine([queue_length(q, settings) for q in stats.queues], settings)
         active = active or backlog > settings.activation_value

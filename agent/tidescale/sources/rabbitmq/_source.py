@@ -136,11 +136,12 @@ class RabbitMQSource:
             taken_at = time.monotonic()
             for s in members:
                 found = snapshots[s]
-                results[s] = (
-                    MeasurementFailure(trigger=s.name, error=str(found), taken_at=taken_at)
-                    if isinstance(found, SourceError)
-                    else rabbitmq_measurement(found, s, taken_at)
-                )
+                try:
+                    if isinstance(found, SourceError):
+                        raise found
+                    results[s] = rabbitmq_measurement(found, s, taken_at)
+                except SourceError as error:
+                    results[s] = MeasurementFailure(trigger=s.name, error=str(error), taken_at=taken_at)
 
         await asyncio.gather(
             *(vhost(name, members) for name, members in by_vhost.items()),
