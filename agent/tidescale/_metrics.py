@@ -36,6 +36,7 @@ AGENT_FAMILIES: tuple[tuple[str, str, str], ...] = (
     ("tidescale_measurements_total", "counter", "Measurements made, by trigger, type and scope"),
     ("tidescale_measurement_failures_total", "counter", "Failed measurements, by trigger, type and scope"),
     ("tidescale_measurement_duration_seconds", "histogram", "Time of one measurement, by trigger and scope"),
+    ("tidescale_measurements_in_flight", "gauge", "Measurements running, by trigger and scope (at most 1)"),
     ("tidescale_peer_requests_total", "counter", "Requests to peers' /v1/lag, by result"),
 )
 """(name, kind, help) of every series of the agent."""

@@ -364,8 +364,19 @@ class Agent:
         if not self._sources:
             return ()
         return tuple(
-            await asyncio.gather(*(self._measure_one(held, scope) for held in self._sources.values()))
+            await asyncio.gather(*(self._measure_in_flight(held, scope) for held in self._sources.values()))
         )
+
+    async def _measure_in_flight(self, held: tuple[TriggerSettings, Source], scope: Scope) -> Reading:
+        """:meth:`_measure_one`, counted in ``tidescale_measurements_in_flight`` while it runs. The
+        leader measures, decides, then waits its interval, so a slow broker stretches the loop
+        instead of piling polls up: more than one per trigger and scope would be a bug."""
+        labels = {**self.trigger_labels(held[0].name), "scope": scope.value}
+        self.metrics.inc("tidescale_measurements_in_flight", labels)
+        try:
+            return await self._measure_one(held, scope)
+        finally:
+            self.metrics.inc("tidescale_measurements_in_flight", labels, -1.0)
 
     async def _measure_one(self, held: tuple[TriggerSettings, Source], scope: Scope) -> Reading:
         settings, source = held

@@ -18,6 +18,7 @@ import yaml
 
 from tests.rig.controlplane import ControlPlane
 from tests.rig.kafka import Kafka
+from tests.rig.kafka_cluster import KafkaCluster
 from tests.rig.processes import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -134,7 +135,7 @@ def audit_writes(plane: ControlPlane, namespace: str) -> list[dict[str, Any]]:
 def consumer_deployment(
     name: str,
     *,
-    kafka: Kafka,
+    kafka: Kafka | KafkaCluster,
     topic: str,
     group: str,
     annotations: dict[str, str],
@@ -188,7 +189,9 @@ def _consumer_deployment(
     }
 
 
-def kafka_hints(kafka: Kafka, topic: str, group: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+def kafka_hints(
+    kafka: Kafka | KafkaCluster, topic: str, group: str, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """The hints for one Kafka trigger; ``extra`` maps annotation names without the prefix to values."""
     hints = {
         "tidescale.io/kafka.bootstrap-servers": kafka.bootstrap,
@@ -213,7 +216,7 @@ async def _produce(bootstrap: str, topic: str, ids: list[str]) -> None:
         await producer.stop()
 
 
-def produce(kafka: Kafka, topic: str, ids: list[str]) -> None:
+def produce(kafka: Kafka | KafkaCluster, topic: str, ids: list[str]) -> None:
     asyncio.run(_produce(kafka.bootstrap, topic, ids))
 
 

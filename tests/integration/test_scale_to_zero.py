@@ -40,6 +40,7 @@ from tests.integration.rigkube import (
 )
 from tests.rig.controlplane import ControlPlane
 from tests.rig.kafka import Kafka
+from tests.rig.kafka_cluster import KafkaCluster
 from tests.rig.podrunner import PodRunner
 from tests.rig.processes import Managed, Supervisor
 from tests.rig.rabbitmq import RabbitMQ
@@ -199,7 +200,7 @@ class Observer:
 class KafkaIds:
     """A warm producer on the background loop; remembers every id it produced."""
 
-    def __init__(self, background: Background, kafka: Kafka, topic: str) -> None:
+    def __init__(self, background: Background, kafka: Kafka | KafkaCluster, topic: str) -> None:
         self._background, self.topic = background, topic
         self.produced: set[str] = set()
         self._counter = 0

@@ -1,4 +1,5 @@
-"""Session fixtures for the brokers: ``kafka`` and ``rabbitmq``, each started on first use.
+"""Session fixtures for the brokers: ``kafka``, ``rabbitmq`` and ``kafka_cluster`` (three nodes,
+for the broker-loss fault test), each started on first use.
 
 A piece the rig has not built fails the test with one line naming it and ``make rig``;
 rig tests never skip.
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.rig.kafka import Kafka
+from tests.rig.kafka_cluster import KafkaCluster
 from tests.rig.network import Network
 from tests.rig.paths import RigNotBuilt, kafka_classpath, rabbitmq_scripts
 from tests.rig.processes import Supervisor
@@ -47,3 +49,17 @@ def rabbitmq(rig_supervisor: Supervisor, rig_network: Network, rig_run_dir: Path
     broker = RabbitMQ.start(rig_supervisor, rig_network, rig_run_dir)
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(
+    rig_supervisor: Supervisor, rig_network: Network, rig_run_dir: Path
+) -> Iterator[KafkaCluster]:
+    """A three-node KRaft Kafka (``kafka_cluster.bootstrap`` lists all three), for the tests that
+    stop a broker; only they start it."""
+    missing = _missing(kafka_classpath)
+    if missing:
+        pytest.fail(f"the Kafka cluster cannot start: {missing}", pytrace=False)
+    cluster = KafkaCluster.start(rig_supervisor, rig_network, rig_run_dir)
+    yield cluster
+    cluster.stop()

@@ -64,3 +64,24 @@ def test_a_group_never_seen_with_offsets_asks_for_a_topic() -> None:
     with pytest.raises(SourceNotFound, match="set topic"):
         source._topics_of_group("g", {})
     assert issubclass(SourceNotFound, SourceError)
+
+
+async def test_a_lost_connection_to_the_coordinator_makes_the_next_measurement_look_it_up_again() -> None:
+    """A broker of a cluster is killed: the group's coordinator moves to another broker. The source
+    must not keep asking the dead one."""
+    from aiokafka.errors import KafkaConnectionError
+
+    source = KafkaSource(SETTINGS)
+    source._coordinators["g"] = 2
+    asked: list[int] = []
+
+    async def dead_coordinator(settings: KafkaSettings, scope: Scope) -> Any:
+        asked.append(source._coordinators.get("g", -1))
+        raise KafkaConnectionError("Connection at 10.213.1.1:9093 closed")
+
+    source._snapshot = dead_coordinator  # type: ignore[method-assign]
+    reading = await measure_safely(source, SETTINGS, Scope.GROUP)
+    assert isinstance(reading, MeasurementFailure)
+    assert "lost the connection to a broker" in reading.error
+    assert asked == [2]
+    assert "g" not in source._coordinators

@@ -865,7 +865,10 @@ class KafkaSource:
                 "check the brokers' load"
             )
         if isinstance(exc, KafkaConnectionError | NodeNotReadyError):
+            # The broker may be gone: its partitions and the groups it coordinated have moved, so
+            # the next measurement looks both up again instead of asking the dead broker forever.
             self._metadata_at = 0.0
+            self._coordinators.clear()
             return BrokerUnreachable(
                 f"lost the connection to a broker of Kafka at {self._servers} ({exc}): check that every "
                 "broker's advertised listener is reachable from this pod"
