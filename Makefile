@@ -16,7 +16,7 @@ help:
 	@echo "make test       every test: lint, types, unit tests, integration tests on the rig"
 	@echo "make test-unit  the fast tests, without the rig (chart-render tests, which need helm, run in make test)"
 	@echo "make test-faults       the fault suite on the rig (tests/faults, also part of make test)"
-	@echo "make test-faults-long  kill storms on the rig, FAULTS_LONG_SECONDS each (default 300; not in make test)"
+	@echo "make test-faults-long  kill storms (FAULTS_LONG_SECONDS, default 300) and a broker lost of three; not in make test"
 	@echo "make rig        build or fetch the rig's pieces (cached in ~/.cache/tidescale-rig)"
 	@echo "make lint       ruff and mypy --strict"
 

@@ -136,6 +136,8 @@ def delay_pod_traffic(namespace: str, *, host: str, ports: Sequence[int], delay:
         raise DelayError(f"a delay needs a positive duration and at least one port, got {delay}s and {ports}")
     if os.geteuid() != 0:
         raise DelayError("delaying a pod's traffic needs root (a TUN device, a raw socket, ip netns)")
+    if not os.path.exists("/dev/net/tun"):
+        raise DelayError("/dev/net/tun is missing: the rig's network delay needs TUN devices (modprobe tun)")
     device = f"tsd{namespace.removeprefix('tsrig-').replace('-', 'x')}"[:15]
     tun = os.open("/dev/net/tun", os.O_RDWR)
     try:
