@@ -74,6 +74,8 @@ class PodDelay:
     device: str
     packets: int = 0
     """Packets held and delivered so far."""
+    seen: int = 0
+    """IPv4 packets taken in so far (delivered or still held)."""
     _tun: int = -1
     _raw: socket.socket | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -94,15 +96,16 @@ class PodDelay:
                     packet = os.read(self._tun, _MTU)
                 except OSError:
                     break  # the device is gone (the pod's namespace was removed)
+                if len(packet) < 20 or packet[0] >> 4 != 4:
+                    continue  # the device's own IPv6 chatter (router solicitations): not the pod's
                 order += 1
+                self.seen += 1
                 heapq.heappush(held, (time.monotonic() + self.delay, order, packet))
         for _, _, packet in sorted(held):
             self._deliver(packet)
 
     def _deliver(self, packet: bytes) -> None:
         assert self._raw is not None
-        if len(packet) < 20 or packet[0] >> 4 != 4:
-            return  # not IPv4: the rule routes only IPv4 TCP here
         destination = socket.inet_ntoa(packet[16:20])
         with contextlib.suppress(OSError):
             self._raw.sendto(packet, (destination, 0))
