@@ -45,6 +45,7 @@ from typing import Any, cast
 from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound, SourceTimeout
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
+from tidescale.sources.kafka._frames import cap_answers, refused_answer
 from tidescale.sources.kafka._lag import (
     TAIL_LIMIT,
     CommitSeen,
@@ -577,6 +578,7 @@ class KafkaSource:
             from aiokafka.client import AIOKafkaClient
             from aiokafka.errors import KafkaConnectionError
 
+            cap_answers()
             options = self._client_options()
             check = self._address_check
             client_class = AIOKafkaClient if check is None else _checked_client(check)
@@ -660,6 +662,8 @@ class KafkaSource:
                     "and password sources, and the TLS files"
                 )
             except (OSError, TimeoutError, KafkaError) as exc:
+                if (refused := refused_answer(exc)) is not None:
+                    return refused
                 reasons.append(f"{server}: {exc or type(exc).__name__}")
         return BrokerUnreachable(
             f"cannot reach any Kafka bootstrap server ({'; '.join(reasons)}): check bootstrap-servers, "
@@ -859,6 +863,8 @@ class KafkaSource:
             RequestTimedOutError,
         )
 
+        if (refused := refused_answer(exc)) is not None:
+            return refused
         if isinstance(exc, RequestTimedOutError | KafkaTimeoutError):
             return SourceTimeout(
                 f"Kafka at {self._servers} timed out a request for group {settings.consumer_group!r}: "
