@@ -35,23 +35,19 @@ import asyncio
 import datetime
 import json
 import os
-import platform
 import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "agent")]
-
-from tests.faults.invariants import lease_holder, lease_writes  # noqa: E402
-from tests.integration.rigkube import (  # noqa: E402
+from _common import load_average, machine, parked_deployment, percentile, rig
+from tests.faults.invariants import lease_holder, lease_writes
+from tests.integration.rigkube import (
     apply,
     consumer_deployment,
     declare_queue,
@@ -63,15 +59,8 @@ from tests.integration.rigkube import (  # noqa: E402
     waker_rbac,
 )
 
-from tidescale.kube import KubeConfig  # noqa: E402
-from tidescale.parking import (  # noqa: E402
-    PARK_EPOCH_ANNOTATION,
-    PARK_LABEL,
-    PARK_RECORD_ANNOTATION,
-    ParkRecord,
-    ParkState,
-)
-from tidescale.waker import WakerClient  # noqa: E402
+from tidescale.kube import KubeConfig
+from tidescale.waker import WakerClient
 
 T = TypeVar("T")
 PODS = 3
@@ -85,11 +74,6 @@ def wait(what: str, check: Callable[[], T | None], *, limit: float, interval: fl
             return found
         time.sleep(interval)
     raise RuntimeError(f"timed out after {limit:g}s waiting for {what}")
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 # ---------------------------------------------------------------------- failover
@@ -176,45 +160,7 @@ def failover(plane: Any, runner: Any, kafka: Any, how: str, kills: int) -> list[
 
 
 def parked_rabbitmq_deployment(name: str, namespace: str, hints: dict[str, str]) -> dict[str, Any]:
-    now = datetime.datetime.now(datetime.UTC)
-    record = ParkRecord(
-        epoch=1,
-        state=ParkState.PARKED,
-        requester="bench",
-        lease_transitions=0,
-        requested_at=now,
-        triggers=("rabbitmq",),
-        acked_by="bench",
-        acked_at=now,
-        parked_at=now,
-    )
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {PARK_LABEL: "parked"},
-            "annotations": {
-                **hints,
-                "tidescale.io/min-replicas": "0",
-                PARK_RECORD_ANNOTATION: record.to_json(),
-                PARK_EPOCH_ANNOTATION: "1",
-            },
-        },
-        "spec": {
-            "replicas": 0,
-            "selector": {"matchLabels": {"app": name}},
-            # Never scheduled to run here: the node selector matches no node.
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "nodeSelector": {"bench": "never"},
-                    "containers": [{"name": "work", "image": "tidescale-test/echo"}],
-                },
-            },
-        },
-    }
+    return parked_deployment(name, namespace, hints, trigger="rabbitmq")
 
 
 async def wake_once(client: WakerClient, rabbitmq: Any, namespace: str, name: str, queue: str) -> float:
@@ -292,22 +238,6 @@ def rabbitmq_wakes(plane: Any, supervisor: Any, rabbitmq: Any, samples: int) -> 
 # ---------------------------------------------------------------------- report
 
 
-def machine() -> str:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown CPU",
-    )
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
-    return (
-        f"{model}, {nproc} cores shared with other jobs, Linux {platform.release()}, "
-        f"Python {platform.python_version()}"
-    )
-
-
 def summary(values: list[float]) -> str:
     if not values:
         return "| - | - | - | - | 0 |"
@@ -369,36 +299,6 @@ def report(
     return "\n".join(lines)
 
 
-@contextmanager
-def rig() -> Iterator[tuple[Any, Any, Any, Any, Any]]:
-    from tests.rig.controlplane import ControlPlane
-    from tests.rig.kafka import Kafka
-    from tests.rig.network import Network
-    from tests.rig.paths import ControlPlaneBinaries, new_run_dir
-    from tests.rig.podrunner import PodRunner
-    from tests.rig.processes import Supervisor
-    from tests.rig.rabbitmq import RabbitMQ
-
-    run_dir = new_run_dir()
-    print(f"rig run directory: {run_dir}", flush=True)
-    supervisor = Supervisor(run_dir=run_dir)
-    network = Network().open()
-    runner = None
-    try:
-        plane = ControlPlane.start(supervisor, network, run_dir, binaries=ControlPlaneBinaries.from_cache())
-        kafka = Kafka.start(supervisor, network, run_dir)
-        rabbitmq = RabbitMQ.start(supervisor, network, run_dir)
-        runner = PodRunner(
-            kubeconfig=plane.admin_kubeconfig, server=plane.server, network=network, run_dir=run_dir
-        ).start()
-        yield plane, runner, kafka, rabbitmq, supervisor
-    finally:
-        if runner is not None:
-            runner.stop()
-        supervisor.stop_all()
-        network.close()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--kills", type=int, default=10, help="leaders removed per way (SIGTERM, SIGKILL)")
@@ -406,12 +306,14 @@ def main() -> int:
     parser.add_argument("--write", type=Path, default=None, help="write the markdown report here")
     args = parser.parse_args()
     started = datetime.datetime.now(datetime.UTC)
-    with rig() as (plane, runner, kafka, rabbitmq, supervisor):
+    with rig(rabbitmq=True, pod_runner=True) as pieces:
         rounds = []
         for how in ("SIGTERM", "SIGKILL"):
-            rounds += failover(plane, runner, kafka, how, args.kills)
-        wakes = rabbitmq_wakes(plane, supervisor, rabbitmq, args.wakes) if args.wakes else []
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+            rounds += failover(pieces.plane, pieces.runner, pieces.kafka, how, args.kills)
+        wakes = (
+            rabbitmq_wakes(pieces.plane, pieces.supervisor, pieces.rabbitmq, args.wakes) if args.wakes else []
+        )
+    load = load_average()
     command = "bench/bench_failover.py" + "".join(
         f" --{k} {v}" for k, v in (("kills", args.kills), ("wakes", args.wakes))
     )
