@@ -183,7 +183,7 @@ def apply_all(control_plane: ControlPlane, manifests: list[dict[str, Any]]) -> N
     )
 
 
-def warnings(control_plane: ControlPlane, namespace: str) -> dict[str, list[str]]:
+def warning_events(control_plane: ControlPlane, namespace: str) -> dict[str, list[str]]:
     """The Warning Events' messages in ``namespace``, by the object they are about."""
     listing = json.loads(control_plane.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
     found: dict[str, list[str]] = {}
@@ -230,7 +230,7 @@ class Attack:
         return [parked_by_hand(namespace, name + suffix, h) for name, h in hints.items()]
 
     async def refusals_reported(self, control_plane: ControlPlane, namespace: str, suffix: str = "") -> bool:
-        found = await asyncio.to_thread(warnings, control_plane, namespace)
+        found = await asyncio.to_thread(warning_events, control_plane, namespace)
         return all(
             any(word in m for m in found.get(name + suffix, [])) for name, (_, word) in self.refused.items()
         )
