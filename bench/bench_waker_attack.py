@@ -110,7 +110,9 @@ class Bench:
         lease = f"bench-attack-{uuid.uuid4().hex[:6]}"
         for index in range(2):  # the chart's two replicas, one Lease
             port = free_port()
-            argv = [sys.executable, "-m", "tidescale.cli", "waker", "--kubeconfig", str(kubeconfig)]
+            profile = ["-m", "cProfile", "-o", str(self.args.profile / f"waker-{index}.prof")]
+            argv = [sys.executable, *(profile if self.args.profile else []), "-m", "tidescale.cli", "waker"]
+            argv += ["--kubeconfig", str(kubeconfig)]
             argv += [
                 "--lease-namespace",
                 WAKER_NAMESPACE,
@@ -376,6 +378,12 @@ def main() -> int:
     parser.add_argument("--block", type=int, default=5, help="samples per block before the phase changes")
     parser.add_argument("--note", default="", help="a sentence about the machine (e.g. who else ran on it)")
     parser.add_argument("--write", type=Path, default=None, help="write the markdown report here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="run the wakers under cProfile, stats written in this folder",
+    )
     args = parser.parse_args()
     started = datetime.datetime.now(datetime.UTC)
     load_start = load_average()

@@ -618,8 +618,12 @@ class Waker:
     def _prepared(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
         if self._preparing.get(key) is task:
             del self._preparing[key]
-        if not task.cancelled():
-            self._dirty.add(key)  # measured at once if the round had gone on without it
+        tracked = self._tracked.get(key)
+        # Measured at once if the round had gone on without it. A preparation that failed waits for
+        # the next round: poking now would prepare it again at once, in a loop (a missing Secret
+        # kept the leader spinning at ~200 preparations a second).
+        if not task.cancelled() and tracked is not None and tracked.prepare_problem is None:
+            self._dirty.add(key)
             self._poke.set()
 
     def _batch(

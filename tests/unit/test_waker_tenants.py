@@ -405,6 +405,40 @@ async def test_a_missing_secret_is_read_once_per_backoff_step_not_once_per_round
     assert client.secret_reads == [("hostile", "nope")]
 
 
+async def test_a_deployment_whose_secret_is_missing_is_prepared_once_per_round_not_in_a_loop() -> None:
+    client = FakeClient()
+    listed = asyncio.Event()
+
+    async def watch() -> AsyncGenerator[tuple[str, Any], None]:
+        obj = deployment("hostile", "w", kafka_hints("idle:9092", **{"credentials-secret": "nope"}))
+        client.objects[("hostile", "w")] = obj
+        yield "ADDED", obj
+        listed.set()
+        await asyncio.Event().wait()
+
+    client.watch = watch
+    waker = make_waker(client, interval=0.5)
+    prepares = 0
+    prepare = waker._prepare
+
+    async def counted(tracked: Any) -> None:
+        nonlocal prepares
+        prepares += 1
+        await prepare(tracked)
+
+    waker._prepare = counted  # type: ignore[method-assign]
+    task = asyncio.create_task(waker.run())
+    try:
+        async with asyncio.timeout(30):
+            await listed.wait()
+        await asyncio.sleep(1.5)  # three rounds: a failed preparation waits for the next one
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert 1 <= prepares <= 8, prepares
+    assert client.secret_reads == [("hostile", "nope")]
+
+
 async def test_the_watch_and_the_poll_loop_are_restarted_after_any_error_including_recursion() -> None:
     client = FakeClient()
     listed = asyncio.Event()
