@@ -110,8 +110,9 @@ class Bench:
         lease = f"bench-attack-{uuid.uuid4().hex[:6]}"
         for index in range(2):  # the chart's two replicas, one Lease
             port = free_port()
-            profile = ["-m", "cProfile", "-o", str(self.args.profile / f"waker-{index}.prof")]
-            argv = [sys.executable, *(profile if self.args.profile else []), "-m", "tidescale.cli", "waker"]
+            folder = self.args.profile
+            profile = ["-m", "cProfile", "-o", str(folder / f"waker-{index}.prof")] if folder else []
+            argv = [sys.executable, *profile, "-m", "tidescale.cli", "waker"]
             argv += ["--kubeconfig", str(kubeconfig)]
             argv += [
                 "--lease-namespace",
