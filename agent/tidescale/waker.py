@@ -46,6 +46,7 @@ from tidescale._waker_guard import (
     BrokerNetworks,
     SecretCache,
     broker_endpoints,
+    check_tls_keys,
     for_waker,
     refusal,
 )
@@ -462,6 +463,7 @@ class Waker:
                     trigger=settings.name,
                 )
             credentials = await self._secrets.get(namespace, secret)
+        check_tls_keys(settings, credentials)
         return _Unit(settings=for_waker(settings), namespace=namespace, credentials=credentials)
 
     async def _untrack(self, key: tuple[str, str]) -> None:

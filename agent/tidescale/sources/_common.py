@@ -61,18 +61,35 @@ def timeout_field() -> FieldDoc:
     )
 
 
-def credentials_secret_field(*, keys: Sequence[str], example: str, note: str = "") -> FieldDoc:
+def credentials_secret_field(
+    *, keys: Sequence[str], example: str, note: str = "", tls: bool = False
+) -> FieldDoc:
     """``credentials-secret``, naming the keys the waker reads in the Secret (``note`` ends the
-    sentence, e.g. why the waker needs it)."""
+    sentence, e.g. why the waker needs it; ``tls``: the source has the TLS fields of
+    :func:`tls_file_fields`, whose keys are named too)."""
     named = ", ".join(keys[:-1]) + (f" and {keys[-1]}" if len(keys) > 1 else keys[0])
+    tls_keys = (
+        " and, for each TLS field the trigger sets, ca.crt (tls-ca-file), tls.crt and tls.key "
+        "(tls-cert-file, tls-key-file) and tls.key-password (an encrypted key's password)"
+        if tls
+        else ""
+    )
     return FieldDoc(
         field="credentials-secret",
         type="Secret name",
         default=None,
-        meaning=f"Secret in the Deployment's namespace with keys {named}; read only by the cluster-level "
-        f"waker{note}.",
+        meaning=f"Secret in the Deployment's namespace with keys {named}{tls_keys}; read only by the "
+        f"cluster-level waker{note}.",
         example=example,
     )
+
+
+def _waker_key(field: str) -> str:
+    """The sentence a TLS field's row ends with (which credentials-secret key the waker reads);
+    empty for other fields."""
+    if field not in TLS_SECRET_KEYS:
+        return ""
+    return f" The waker reads key {TLS_SECRET_KEYS[field]} of credentials-secret instead."
 
 
 def secret_env_field(field: str, *, holding: str, example: str) -> FieldDoc:
@@ -81,7 +98,7 @@ def secret_env_field(field: str, *, holding: str, example: str) -> FieldDoc:
         field=field,
         type="env var name",
         default=None,
-        meaning=f"Environment variable of the agent holding {holding}.",
+        meaning=f"Environment variable of the agent holding {holding}.{_waker_key(field)}",
         example=example,
     )
 
@@ -92,7 +109,7 @@ def secret_file_field(field: str, *, holding: str, example: str) -> FieldDoc:
         field=field,
         type="absolute path",
         default=None,
-        meaning=f"File in the agent's container holding {holding}.",
+        meaning=f"File in the agent's container holding {holding}.{_waker_key(field)}",
         example=example,
     )
 
@@ -107,32 +124,34 @@ def tls_key_password_fields(*, env_example: str, file_example: str) -> tuple[Fie
 
 
 def tls_file_fields(
-    *, peer: str, ca_needs: str, pair_needs: str, key_note: str, directory: str
+    *, peer: str, ca_needs: str, pair_needs: str, directory: str
 ) -> tuple[FieldDoc, FieldDoc, FieldDoc]:
     """``tls-ca-file``, ``tls-cert-file`` and ``tls-key-file``. ``peer``: what the CA verifies ("the
-    brokers"); ``ca_needs``/``pair_needs``: what each needs besides, in parentheses; ``key_note``:
-    said of the key (e.g. "(unencrypted) "); ``directory``: where the examples mount them."""
+    brokers"); ``ca_needs``/``pair_needs``: what each needs besides, in parentheses (``{other}`` in
+    ``pair_needs`` is the other file of the pair); ``directory``: where the examples mount them."""
     key_needs, cert_needs = pair_needs.format(other="tls-cert-file"), pair_needs.format(other="tls-key-file")
     return (
         FieldDoc(
             field="tls-ca-file",
             type="absolute path",
             default=None,
-            meaning=f"CA bundle to verify {peer} ({ca_needs}); absent: the system's CAs.",
+            meaning=f"CA bundle to verify {peer} ({ca_needs}); absent: the system's CAs."
+            f"{_waker_key('tls-ca-file')}",
             example=f"{directory}/ca.crt",
         ),
         FieldDoc(
             field="tls-cert-file",
             type="absolute path",
             default=None,
-            meaning=f"Client certificate for mutual TLS ({cert_needs}).",
+            meaning=f"Client certificate for mutual TLS ({cert_needs}).{_waker_key('tls-cert-file')}",
             example=f"{directory}/tls.crt",
         ),
         FieldDoc(
             field="tls-key-file",
             type="absolute path",
             default=None,
-            meaning=f"Client private key {key_note}for mutual TLS ({key_needs}).",
+            meaning=f"Client private key for mutual TLS, PEM, encrypted or not ({key_needs})."
+            f"{_waker_key('tls-key-file')}",
             example=f"{directory}/tls.key",
         ),
     )

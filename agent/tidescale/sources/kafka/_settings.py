@@ -273,7 +273,6 @@ KAFKA_FIELDS: tuple[FieldDoc, ...] = (
         peer="the brokers",
         ca_needs="needs tls",
         pair_needs="needs tls and {other}",
-        key_note="",
         directory="/etc/kafka-tls",
     ),
     *tls_key_password_fields(env_example="KAFKA_KEY_PASSWORD", file_example="/etc/kafka-tls/key-password"),
@@ -295,6 +294,7 @@ KAFKA_FIELDS: tuple[FieldDoc, ...] = (
         keys=("username", "password"),
         example="kafka-credentials",
         note=", which cannot see the pod's env or files",
+        tls=True,
     ),
     FieldDoc(
         field="member-client-id-pattern",

@@ -118,7 +118,8 @@ class KafkaSource:
         self._connection = settings
         self._pod_ip = pod_ip
         self._credentials = credentials
-        """Given (by the waker): the SASL username and password; no *-env or *-file is read then."""
+        """Given (by the waker): the SASL username and password and the TLS material (keys ca.crt,
+        tls.crt, tls.key, tls.key-password); no *-env or *-file is read then."""
         self._address_check = address_check
         """Given (by the waker): vets every broker the cluster advertises before a connection to it."""
         self._client: Any = None
@@ -600,21 +601,16 @@ class KafkaSource:
         s = self._connection
         options: dict[str, Any] = {}
         if s.tls:
-            try:
-                context = ssl.create_default_context(cafile=s.tls_ca_file)
-                if s.tls_cert_file is not None:
-                    key_password = (
-                        _read_secret_file(s.tls_key_password_file)
-                        if s.tls_key_password_file
-                        else _env(s.tls_key_password_env)
-                    )
-                    context.load_cert_chain(s.tls_cert_file, s.tls_key_file, password=key_password)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise BrokerAuthFailed(
-                    f"cannot load the TLS files for Kafka at {self._servers} ({exc}): check tls-ca-file, "
-                    "tls-cert-file, tls-key-file and, for an encrypted key, tls-key-password-env or "
-                    "tls-key-password-file"
-                ) from exc
+            from tidescale.sources._tls import client_context, read_key_password
+
+            context = client_context(
+                where=f"Kafka at {self._servers}",
+                credentials=self._credentials,
+                ca_file=s.tls_ca_file,
+                cert_file=s.tls_cert_file,
+                key_file=s.tls_key_file,
+                key_password=read_key_password(s.tls_key_password_env, s.tls_key_password_file),
+            )
             options["ssl_context"] = context
         if s.sasl != "none":
             options["security_protocol"] = "SASL_SSL" if s.tls else "SASL_PLAINTEXT"
@@ -650,9 +646,11 @@ class KafkaSource:
                 conn.close()
                 reasons.append(f"{server}: connected on retry")
             except ssl.SSLCertVerificationError as exc:
+                from tidescale.sources._tls import ca_advice
+
                 return BrokerAuthFailed(
                     f"the TLS certificate of Kafka at {server} is not trusted ({exc.verify_message}): check "
-                    "tls-ca-file (the CA that signed the brokers' certificates)"
+                    f"{ca_advice(self._credentials)}"
                 )
             except (SaslAuthenticationFailed, UnsupportedSaslMechanismError, ssl.SSLError) as exc:
                 return BrokerAuthFailed(

@@ -19,6 +19,7 @@ from tidescale.sources._common import (
     secret_file_field,
     timeout_field,
     tls_file_fields,
+    tls_key_password_fields,
 )
 from tidescale.sources._fields import (
     FieldCollector,
@@ -62,6 +63,8 @@ class RabbitMQSettings:
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    tls_key_password_env: str | None = None
+    tls_key_password_file: str | None = None
     auth_mechanism: AuthMechanism = "plain"
     timeout: float = DEFAULT_TIMEOUT
 
@@ -80,6 +83,8 @@ class RabbitMQSettings:
             self.tls_ca_file,
             self.tls_cert_file,
             self.tls_key_file,
+            self.tls_key_password_env,
+            self.tls_key_password_file,
             self.auth_mechanism,
         )
         if self.management_url is not None:
@@ -228,13 +233,15 @@ RABBITMQ_FIELDS: tuple[FieldDoc, ...] = (
         holding="the password (e.g. a mounted Secret)",
         example="/etc/rabbitmq-credentials/password",
     ),
-    credentials_secret_field(keys=("username", "password"), example="rabbitmq-credentials"),
+    credentials_secret_field(keys=("username", "password"), example="rabbitmq-credentials", tls=True),
     *tls_file_fields(
         peer="the broker",
         ca_needs="an amqps:// or https:// URL",
         pair_needs="needs {other} and an amqps:// or https:// URL",
-        key_note="(unencrypted) ",
         directory="/etc/rabbitmq-tls",
+    ),
+    *tls_key_password_fields(
+        env_example="RABBITMQ_KEY_PASSWORD", file_example="/etc/rabbitmq-tls/key-password"
     ),
     FieldDoc(
         field="auth-mechanism",
@@ -273,6 +280,8 @@ def parse_rabbitmq_settings(trigger: str, raw: Mapping[str, str]) -> RabbitMQSet
         tls_ca_file=fields.get("tls-ca-file", parse_file_path, None),
         tls_cert_file=fields.get("tls-cert-file", parse_file_path, None),
         tls_key_file=fields.get("tls-key-file", parse_file_path, None),
+        tls_key_password_env=fields.get("tls-key-password-env", parse_env_name, None),
+        tls_key_password_file=fields.get("tls-key-password-file", parse_file_path, None),
         auth_mechanism=fields.get("auth-mechanism", _parse_auth, "plain"),
         timeout=fields.get("timeout", parse_timeout, DEFAULT_TIMEOUT),
     )
@@ -312,6 +321,10 @@ def _check_tls(fields: FieldCollector, s: RabbitMQSettings) -> None:
     if (s.tls_cert_file is None) != (s.tls_key_file is None):
         missing = "tls-key-file" if s.tls_key_file is None else "tls-cert-file"
         fields.problem(missing, "a value: tls-cert-file and tls-key-file go together")
+    for name in ("tls-key-password-env", "tls-key-password-file"):
+        if fields.has(name) and s.tls_key_file is None:
+            fields.problem(name, "to be set only together with tls-key-file (it decrypts that key)")
+    check_one_secret_source(fields, "tls-key-password-env", "tls-key-password-file")
     if s.auth_mechanism == "external":
         if s.uses_management or not (s.amqp_url or "").strip().lower().startswith("amqps://"):
             fields.problem(
