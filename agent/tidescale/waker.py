@@ -713,6 +713,8 @@ class Waker:
             results.append(found)
         failures = [r for r in results if not isinstance(r, Measurement)]
         measurements = [r for r in results if isinstance(r, Measurement)]
+        for warning in (w for m in measurements for w in m.warnings):
+            self._warn(tracked, warning.reason, warning.message)  # once per hints, like the agent's
         hints = tracked.hints
         if hints is not None and hints.paused_scale_out:
             # KEDA's paused-scale-out: never from zero while it is set, whatever the triggers say.

@@ -26,7 +26,14 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound, SourceTimeout
 from tidescale.sources._fields import compile_linear
-from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
+from tidescale.sources.base import (
+    Measurement,
+    MeasurementFailure,
+    MeasurementWarning,
+    Scope,
+    TriggerSettings,
+    within_timeout,
+)
 from tidescale.sources.rabbitmq._depth import (
     LocalShare,
     QueueStats,
@@ -187,6 +194,8 @@ class RabbitMQSource:
             names = sorted(name for name in queues if _matches(pattern, name, settings))
             what = f"queue matching {settings.queue_pattern!r}"
         if not names:
+            if settings.queue is None:
+                return self._unmatched(settings)
             return SourceNotFound(
                 f"{self._where} has no {what} in vhost {settings.vhost!r}: check the queue name and that "
                 "the consumers declared it"
@@ -316,8 +325,22 @@ class RabbitMQSource:
             return RabbitMQSnapshot(queues=(queue_stats_from_api(payload),), via="management", local=local)
         queues = await self._matching_queues(settings)
         if not queues:
-            raise await self._not_found(settings, f"queue matching {settings.queue_pattern!r}")
+            return self._unmatched(settings)
         return RabbitMQSnapshot(queues=tuple(queues), via="management")
+
+    def _unmatched(self, settings: RabbitMQSettings) -> RabbitMQSnapshot:
+        """A pattern matching no queue of an existing vhost: no queue, no message waiting, so 0 (KEDA
+        reads 0 too, silently); said in a NoQueueMatched warning, since a wrong pattern reads the same."""
+        how = "anywhere in a name" if settings.queue_match == "substring" else "whole names"
+        warning = MeasurementWarning(
+            reason="NoQueueMatched",
+            message=(
+                f"trigger {settings.name}: queue-pattern {settings.queue_pattern!r} ({how}) matches no queue "
+                f"of vhost {settings.vhost!r} on {self._where}: it reads 0 and is idle, as in KEDA; if the "
+                "queues exist, check the pattern and queue-match"
+            ),
+        )
+        return RabbitMQSnapshot(queues=(), via="management", warnings=(warning,))
 
     async def _matching_queues(self, settings: RabbitMQSettings) -> list[QueueStats]:
         pattern = compile_linear(settings.queue_pattern or "")
