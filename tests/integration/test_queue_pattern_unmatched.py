@@ -129,6 +129,13 @@ def test_an_unmatched_pattern_warns_parks_and_a_matching_queue_with_a_message_wa
     assert f"'{pattern_prefix}-.*' (whole names) matches no queue of vhost '/'" in from_agent[0]["message"]
     assert rabbitmq.password not in from_agent[0]["message"]
     parked = observer.wait_parked(timeout=90)
+    # Said once, not once per poll: the leader measured every second until it parked.
+    agent_events = [
+        e
+        for e in _warnings(control_plane, namespace, name, "NoQueueMatched")
+        if _component(e) == AGENT_COMPONENT
+    ]
+    assert sum(int(e.get("count") or 1) for e in agent_events) == 1, agent_events
     # Parked, the waker measures the pattern too, and says the same once.
     wait_for(
         "the waker's NoQueueMatched Warning",
