@@ -190,9 +190,11 @@ async def main() -> None:
     ]
     print("\n".join(header), flush=True)
     rows: list[str] = []
+    load_before = os.getloadavg()
     try:
         for size in SIZES:
             rows += await _bench_one(bootstrap, pod_ip, size)
+        load_after = os.getloadavg()
     finally:
         if stop is not None:
             stop()  # type: ignore[operator]
@@ -206,8 +208,10 @@ async def main() -> None:
                 f"Machine: {cpu}, {os.cpu_count()} cores (shared with other jobs), {platform.system()} "
                 f"{platform.release()}, Python {platform.python_version()}. Broker: the rig's single-node "
                 "KRaft Kafka on the same machine (one leader: one ListOffsets request for log-end and one "
-                "for log-start per measurement, and one Metadata request per GROUP measurement, which "
-                "sees partitions added since the last one).",
+                "for log-start per measurement; the topic layout comes from the cache, the log-end request "
+                "probing the partition past the cached count so that partitions added are still seen by "
+                "the next measurement). Load average (1 min) "
+                f"{load_before[0]:.2f} before, {load_after[0]:.2f} after the run.",
                 "",
                 f"Produced by `bench/bench_kafka_measure.py`; {REPEATS} steady-state measurements per row. "
                 "Cold = the first measurement of a fresh KafkaSource (bootstrap, FindCoordinator and "

@@ -486,6 +486,28 @@ def _credentials(
         )
 
 
+_TLS_PARAMETERS = {
+    "ca": ("tls-ca-file", "ca.crt"),
+    "cert": ("tls-cert-file", "tls.crt"),
+    "key": ("tls-key-file", "tls.key"),
+    "keyPassword": ("tls-key-password-file", "tls.key-password"),
+}
+"""KEDA's TLS parameters -> (the agents' file field, the waker's credentials-secret key)."""
+
+
+def _tls_material(auth: Mapping[str, _Param], prefix: str, where: str, build: _Builder) -> None:
+    """ca, cert, key, keyPassword: files for the agents, keys of credentials-secret for the waker;
+    neither can be written by migrate, so each is named with what to do."""
+    for parameter, (field_name, key) in _TLS_PARAMETERS.items():
+        if parameter in auth:
+            build.drop(
+                f"{where}.authenticationRef: {parameter}",
+                f"the agent reads it from a file: mount Secret {auth[parameter].secret} in the pod and "
+                f"set {PREFIX}{prefix}{field_name} to the file's path; the waker reads key {key} of the "
+                "Secret named by credentials-secret",
+            )
+
+
 def _kafka(
     metadata: Mapping[str, Any], auth: Mapping[str, _Param], prefix: str, where: str, build: _Builder
 ) -> None:
@@ -550,14 +572,8 @@ def _kafka(
                 build.set(prefix + "sasl", chosen)
         else:
             build.drop(f"{where}.metadata.sasl", f"{sasl!r}: oauthbearer and gssapi are not supported")
-    for parameter, field_name in (("ca", "tls-ca-file"), ("cert", "tls-cert-file"), ("key", "tls-key-file")):
-        if parameter in auth:
-            build.drop(
-                f"{where}.authenticationRef: {parameter}",
-                f"the agent reads it from a file: mount Secret {auth[parameter].secret} in the pod and "
-                f"set {PREFIX}{prefix}{field_name} to the file's path",
-            )
-    for parameter in sorted(set(auth) - {"sasl", "tls", "ca", "cert", "key", "username", "password"}):
+    _tls_material(auth, prefix, where, build)
+    for parameter in sorted(set(auth) - {"sasl", "tls", *_TLS_PARAMETERS, "username", "password"}):
         build.drop(f"{where}.authenticationRef: {parameter}", "no tidescale field for it")
     _credentials(auth, metadata, prefix, where, build, env_fields=("sasl-username-env", "sasl-password-env"))
 
@@ -666,10 +682,11 @@ def _rabbitmq(
                 f"{where}.metadata.host",
                 "credentials removed from the URL: keep them in a Secret (credentials-secret, password-file)",
             )
-    for parameter in sorted(set(auth) - {"host", "username", "password"}):
+    _tls_material(auth, prefix, where, build)
+    for parameter in sorted(set(auth) - {"host", "username", "password", *_TLS_PARAMETERS}):
         build.drop(
             f"{where}.authenticationRef: {parameter}",
-            "no tidescale field for it (TLS to RabbitMQ uses an https:// or amqps:// URL and the system CAs)",
+            "no tidescale field for it (TLS to RabbitMQ is an https:// or amqps:// URL)",
         )
     _credentials(auth, metadata, prefix, where, build, env_fields=("username-env", "password-env"))
 

@@ -5,7 +5,9 @@ the whole cluster holding a token that can patch any Deployment. So the waker:
 
 - reads credentials only from the ``credentials-secret`` of the Deployment's own namespace, and
   nothing a trigger names with ``*-env`` or ``*-file`` (:func:`refusal`, :func:`for_waker`): those
-  would be the waker's own environment and files, its ServiceAccount token included;
+  would be the waker's own environment and files, its ServiceAccount token included. TLS files
+  are replaced by the Secret's keys ``ca.crt``, ``tls.crt``, ``tls.key`` and ``tls.key-password``
+  (:func:`check_tls_keys`), which the sources load without writing them to disk (sources/_tls.py);
 - connects only to broker addresses its networks allow (:class:`BrokerNetworks`): by default
   anything but link-local (cloud metadata services), loopback, unspecified addresses and the API
   server. DNS names are resolved and every address checked (:class:`AddressGuard`);
@@ -28,6 +30,7 @@ from typing import Any, cast
 
 from tidescale.credentials import Credentials, CredentialsUnusable
 from tidescale.errors import BrokerUnreachable, TidescaleError
+from tidescale.sources._common import TLS_SECRET_KEYS
 from tidescale.sources.base import TriggerSettings
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "SecretCache",
     "SecretUnusable",
     "broker_endpoints",
+    "check_tls_keys",
     "decode_secret",
     "for_waker",
     "refusal",
@@ -66,7 +70,8 @@ def _named_fields(kind: type) -> tuple[tuple[str, str], ...]:
 
 
 def _tls_fields(kind: type) -> tuple[tuple[str, str], ...]:
-    """The TLS files (and their key password's file or variable): refused with or without a Secret."""
+    """The TLS files (and their key password's file or variable): the waker reads the Secret's
+    keys of ``TLS_SECRET_KEYS`` in their place."""
     return tuple((a, f) for a, f in _named_fields(kind) if a.startswith("tls_"))
 
 
@@ -88,17 +93,29 @@ def refusal(settings: TriggerSettings) -> tuple[str, str] | None:
 
     A file or environment variable the trigger names would be the waker's own (its token at
     /var/run/secrets/kubernetes.io/serviceaccount/token, its other tenants' nothing): refused.
-    With ``credentials-secret`` set, the credential ``*-env``/``*-file`` fields are for the agents
-    and the waker ignores them; TLS files are refused either way (the waker cannot see the pod's)."""
+    With ``credentials-secret`` set, those fields are for the agents and the waker ignores them:
+    it reads the Secret's keys instead (``username``/``password``; for the TLS fields the keys of
+    ``TLS_SECRET_KEYS``, checked once the Secret is read: :func:`check_tls_keys`). A TLS field
+    with no key of its own (a source's field this guard does not know) is refused even then."""
     kind = type(settings)
-    files = [f for a, f in _tls_fields(kind) if getattr(settings, a, None) is not None]
-    if files:
+    secret = getattr(settings, "credentials_secret", None)
+    tls = [f for a, f in _tls_fields(kind) if getattr(settings, a, None) is not None]
+    unknown = [f for f in tls if f not in TLS_SECRET_KEYS]
+    if unknown or (tls and not secret):
+        files = unknown or tls
+        keys = ", ".join(sorted({TLS_SECRET_KEYS[f] for f in tls if f in TLS_SECRET_KEYS}))
         return ", ".join(_annotation(settings, f) for f in files), (
-            "the cluster-level waker reads no file a trigger names (it would be the waker's own, not "
-            "the pod's); a Deployment that parks at zero cannot use TLS files yet: drop min-replicas 0 "
-            "or this field"
+            "the cluster-level waker reads no file a trigger names (it would be the waker's own, not the "
+            "pod's); "
+            + (
+                f"name a Secret of this namespace holding keys {keys} with "
+                f"{_annotation(settings, 'credentials-secret')} for the waker (the agents keep these "
+                "fields)"
+                if not unknown
+                else "the waker has no credentials-secret key for this field: drop min-replicas 0 or it"
+            )
         )
-    if getattr(settings, "credentials_secret", None):
+    if secret:
         return None
     named = [f for a, f in _credential_fields(kind) if getattr(settings, a, None) is not None]
     if named:
@@ -108,6 +125,24 @@ def refusal(settings: TriggerSettings) -> tuple[str, str] | None:
             f"{_annotation(settings, 'credentials-secret')} for the waker (the agents keep these fields)"
         )
     return None
+
+
+def check_tls_keys(settings: TriggerSettings, credentials: Credentials | None) -> None:
+    """The Secret holds a key for every TLS field the trigger sets (the waker reads the key in the
+    field's place: ``ca.crt`` for ``tls-ca-file``, ...); SecretUnusable naming the field and the
+    missing key otherwise. Checked when the Secret is read, so a key added later is picked up."""
+    if credentials is None:
+        return
+    for attribute, field_name in _tls_fields(type(settings)):
+        if getattr(settings, attribute, None) is None:
+            continue
+        key = TLS_SECRET_KEYS[field_name]
+        if credentials.get(key) is None:
+            detail = "is not UTF-8 text" if key in credentials.not_text else "is missing"
+            raise SecretUnusable(
+                f"credentials-secret {credentials.namespace}/{credentials.secret}: key {key!r} {detail}; "
+                f"the waker reads it in place of {_annotation(settings, field_name)} (a PEM text value)"
+            )
 
 
 def for_waker(settings: TriggerSettings) -> TriggerSettings:

@@ -59,7 +59,14 @@ from tidescale.kube import Deployment, KubeClient, KubeConfig, ObjectReference, 
 from tidescale.parking import PARK_RECORD_ANNOTATION, DeploymentSnapshot, leader_step
 from tidescale.policy import Decision, History, decide
 from tidescale.rbac import describe_missing, missing_permissions
-from tidescale.sources.base import Measurement, MeasurementFailure, Scope, Source, TriggerSettings
+from tidescale.sources.base import (
+    Measurement,
+    MeasurementFailure,
+    MeasurementWarning,
+    Scope,
+    Source,
+    TriggerSettings,
+)
 from tidescale.sources.registry import SourcePool, measure_safely
 
 __all__ = ["STATUS_ANNOTATION", "Agent", "AgentEnv", "main", "status_annotation"]
@@ -210,6 +217,8 @@ class Agent:
         self._local: tuple[Reading, ...] = ()
         self._local_at = -math.inf
         self._local_lock = asyncio.Lock()
+        self._warned: dict[str, tuple[MeasurementWarning, ...]] = {}
+        """Each trigger's source warnings last made Events (again only when they change)."""
         self._hints_ready = asyncio.Event()
         self._peers: dict[str, str] = {}
         self._peer_lag: dict[str, float | None] = {}
@@ -396,6 +405,8 @@ class Agent:
             )
         self.metrics.observe("tidescale_measurement_duration_seconds", time.monotonic() - started, labels)
         self.metrics.inc("tidescale_measurements_total", labels)
+        if isinstance(reading, Measurement) and scope is Scope.GROUP:
+            await self._report_warnings(settings.name, reading.warnings)
         if isinstance(reading, MeasurementFailure):
             self.metrics.inc("tidescale_measurement_failures_total", labels)
             _log.warning(
@@ -406,6 +417,16 @@ class Agent:
                 extra={"trigger": settings.name},
             )
         return reading
+
+    async def _report_warnings(self, trigger: str, warnings: tuple[MeasurementWarning, ...]) -> None:
+        """A source's warnings about a reading that still counts (NoQueueMatched) as Warning Events and
+        log lines when they appear or change; from the leader's group readings only, not every poll."""
+        if self._warned.get(trigger, ()) == warnings:
+            return
+        self._warned[trigger] = warnings
+        for warning in warnings:
+            _log.warning("trigger %s: %s", trigger, warning.message, extra={"trigger": trigger})
+            await self._event(warning.reason, warning.message, "Warning")
 
     def trigger_labels(self, trigger: str) -> dict[str, str]:
         """``trigger`` and ``type`` labels of a trigger's series."""

@@ -46,6 +46,7 @@ from tidescale._waker_guard import (
     BrokerNetworks,
     SecretCache,
     broker_endpoints,
+    check_tls_keys,
     for_waker,
     refusal,
 )
@@ -462,6 +463,7 @@ class Waker:
                     trigger=settings.name,
                 )
             credentials = await self._secrets.get(namespace, secret)
+        check_tls_keys(settings, credentials)
         return _Unit(settings=for_waker(settings), namespace=namespace, credentials=credentials)
 
     async def _untrack(self, key: tuple[str, str]) -> None:
@@ -715,6 +717,8 @@ class Waker:
             results.append(found)
         failures = [r for r in results if not isinstance(r, Measurement)]
         measurements = [r for r in results if isinstance(r, Measurement)]
+        for warning in (w for m in measurements for w in m.warnings):
+            self._warn(tracked, warning.reason, warning.message)  # once per hints, like the agent's
         hints = tracked.hints
         if hints is not None and hints.paused_scale_out:
             # KEDA's paused-scale-out: never from zero while it is set, whatever the triggers say.

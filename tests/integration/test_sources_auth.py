@@ -6,6 +6,7 @@ named error that the policy sees as a failed reading (it holds the replicas: no 
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from pathlib import Path
 
@@ -14,14 +15,16 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from cryptography.hazmat.primitives import serialization
 
-from tests.rig.certs import CertificateAuthority
+from tests.rig.certs import CertificateAuthority, KeyPair
 from tests.rig.kafka import PLAIN_PASSWORD, PLAIN_USER, SCRAM_USERS, Kafka
 from tests.rig.rabbitmq import RabbitMQ
+from tidescale._waker_guard import check_tls_keys, decode_secret, for_waker, refusal
+from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed
-from tidescale.sources.base import Measurement, MeasurementFailure, Scope
+from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings
 from tidescale.sources.kafka._source import KafkaSource, parse_kafka_settings
 from tidescale.sources.rabbitmq._source import RabbitMQSource, parse_rabbitmq_settings
-from tidescale.sources.registry import measure_safely
+from tidescale.sources.registry import measure_safely, open_source
 
 pytestmark = pytest.mark.rig
 
@@ -321,3 +324,229 @@ async def test_rabbitmq_external_login_with_a_client_certificate_measures_and_a_
     assert isinstance(reading, Measurement), reading
     assert reading.value == await asyncio.to_thread(_ctl_ready, rabbitmq, queue) == 3
     assert isinstance(refused, MeasurementFailure)
+
+
+# -- the waker's way: TLS material from credentials-secret keys, never from files ------------------
+
+
+def _secret_of(keys: dict[str, str | bytes]) -> Credentials:
+    """Credentials as the waker decodes them from a Secret's base64 ``data``."""
+    data = {k: base64.b64encode(v if isinstance(v, bytes) else v.encode()).decode() for k, v in keys.items()}
+    return decode_secret("team-a", "broker-tls", data)
+
+
+async def _measure_as_waker(
+    settings: TriggerSettings, credentials: Credentials
+) -> Measurement | MeasurementFailure:
+    """Measured as the waker does: every *-env/*-file field cleared, the Secret's keys given."""
+    assert refusal(settings) is None
+    check_tls_keys(settings, credentials)
+    cleared = for_waker(settings)
+    source = open_source(cleared, credentials=credentials)
+    try:
+        measure_many = getattr(source, "measure_many")  # noqa: B009 - not in the Source protocol
+        found: Measurement | MeasurementFailure = (await measure_many([cleared]))[cleared]
+        return found
+    finally:
+        await source.close()
+
+
+def _encrypted_pem(pair: KeyPair, password: bytes) -> bytes:
+    key = serialization.load_pem_private_key(pair.key_file.read_bytes(), password=None)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password),
+    )
+
+
+# The agents' fields: files that exist only in the pod; the waker never opens them.
+POD_TLS_FILES = {
+    "tls-ca-file": "/etc/broker-tls/ca.crt",
+    "credentials-secret": "broker-tls",
+}
+POD_MTLS_FILES = {
+    **POD_TLS_FILES,
+    "tls-cert-file": "/etc/broker-tls/tls.crt",
+    "tls-key-file": "/etc/broker-tls/tls.key",
+    "tls-key-password-file": "/etc/broker-tls/key-password",
+}
+
+
+async def test_the_waker_measures_kafka_over_sasl_ssl_with_the_ca_and_login_from_the_secret(
+    kafka: Kafka,
+) -> None:
+    assert kafka.auth is not None
+    topic, group = await _group_with_lag(kafka)
+    user, password = SCRAM_USERS["SCRAM-SHA-512"]
+    settings = parse_kafka_settings(
+        "kafka",
+        {
+            "bootstrap-servers": kafka.sasl_ssl_bootstrap,
+            "consumer-group": group,
+            "topic": topic,
+            "tls": "true",
+            "sasl": "scram-sha-512",
+            "sasl-username-env": USER_ENV,
+            "sasl-password-file": "/etc/kafka-sasl/password",
+            **POD_TLS_FILES,
+        },
+    )
+    secret = _secret_of({"username": user, "password": password, "ca.crt": kafka.auth.ca.cert_pem})
+    reading = await _measure_as_waker(settings, secret)
+    assert isinstance(reading, Measurement), reading
+    assert reading.detail == _expected(topic)
+
+
+async def test_the_waker_measures_kafka_over_mutual_tls_with_an_encrypted_key_from_the_secret(
+    kafka: Kafka,
+) -> None:
+    assert kafka.auth is not None
+    topic, group = await _group_with_lag(kafka)
+    pair = kafka.auth.ca.issue_client_cert(f"waker-{uuid.uuid4().hex[:8]}", common_name="tidescale-waker")
+    settings = parse_kafka_settings(
+        "kafka",
+        {
+            "bootstrap-servers": kafka.ssl_bootstrap,
+            "consumer-group": group,
+            "topic": topic,
+            "tls": "true",
+            **POD_MTLS_FILES,
+        },
+    )
+    keys: dict[str, str | bytes] = {
+        "ca.crt": kafka.auth.ca.cert_pem,
+        "tls.crt": pair.cert_pem,
+        "tls.key": _encrypted_pem(pair, b"waker-key-pw"),
+        "tls.key-password": "waker-key-pw",
+    }
+    reading = await _measure_as_waker(settings, _secret_of(keys))
+    wrong_password = await _measure_as_waker(settings, _secret_of({**keys, "tls.key-password": "nope"}))
+    rows = await asyncio.to_thread(kafka.consumer_groups_describe, group)
+
+    assert isinstance(reading, Measurement), reading
+    assert reading.detail == _expected(topic)
+    assert {f"{r.topic}/{r.partition}": float(r.lag or 0) for r in rows} == _expected(topic)
+    assert isinstance(wrong_password, MeasurementFailure)
+    assert "check key tls.key-password" in wrong_password.error
+
+
+async def test_the_waker_with_a_ca_of_another_authority_in_the_secret_gets_a_named_tls_failure(
+    kafka: Kafka, rabbitmq: RabbitMQ, tmp_path: Path
+) -> None:
+    assert kafka.auth is not None
+    topic, group = await _group_with_lag(kafka)
+    other = CertificateAuthority.create(tmp_path / "other-ca", common_name="not-the-rig-ca")
+    user, password = SCRAM_USERS["SCRAM-SHA-256"]
+    kafka_settings = parse_kafka_settings(
+        "kafka",
+        {
+            "bootstrap-servers": kafka.sasl_ssl_bootstrap,
+            "consumer-group": group,
+            "topic": topic,
+            "tls": "true",
+            "sasl": "scram-sha-256",
+            "sasl-username-env": USER_ENV,
+            "sasl-password-env": PASSWORD_ENV,
+            **POD_TLS_FILES,
+        },
+    )
+    queue = await _rabbit_queue(rabbitmq, 1)
+    rabbit_settings = parse_rabbitmq_settings(
+        "rabbitmq",
+        {"amqp-url": f"amqps://{rabbitmq.amqps_address}", "queue": queue, **POD_TLS_FILES},
+    )
+    wrong: dict[str, str | bytes] = {"ca.crt": other.cert_pem}
+    from_kafka = await _measure_as_waker(
+        kafka_settings, _secret_of({"username": user, "password": password, **wrong})
+    )
+    from_rabbit = await _measure_as_waker(
+        rabbit_settings, _secret_of({"username": rabbitmq.username, "password": rabbitmq.password, **wrong})
+    )
+    for reading in (from_kafka, from_rabbit):
+        assert isinstance(reading, MeasurementFailure), reading
+        assert "is not trusted" in reading.error
+        assert "key ca.crt of credentials-secret team-a/broker-tls" in reading.error
+
+
+async def test_the_waker_measures_rabbitmq_over_amqps_with_the_ca_and_login_from_the_secret(
+    rabbitmq: RabbitMQ,
+) -> None:
+    assert rabbitmq.tls_ca is not None
+    queue = await _rabbit_queue(rabbitmq, 4)
+    settings = parse_rabbitmq_settings(
+        "rabbitmq",
+        {
+            "amqp-url": f"amqps://{rabbitmq.amqps_address}",
+            "queue": queue,
+            "username-env": "RABBITMQ_USERNAME",
+            "password-file": "/etc/rabbitmq-credentials/password",
+            **POD_TLS_FILES,
+        },
+    )
+    secret = _secret_of(
+        {"username": rabbitmq.username, "password": rabbitmq.password, "ca.crt": rabbitmq.tls_ca.cert_pem}
+    )
+    reading = await _measure_as_waker(settings, secret)
+    assert isinstance(reading, Measurement), reading
+    assert reading.value == await asyncio.to_thread(_ctl_ready, rabbitmq, queue) == 4
+
+
+async def _external_user(rabbitmq: RabbitMQ) -> str:
+    user = f"agent-{uuid.uuid4().hex[:6]}"
+    await asyncio.to_thread(rabbitmq.rabbitmqctl, "add_user", user, uuid.uuid4().hex)
+    await asyncio.to_thread(rabbitmq.rabbitmqctl, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
+    return user
+
+
+async def test_rabbitmq_external_login_with_an_encrypted_key_works_from_files_and_from_the_secret(
+    rabbitmq: RabbitMQ, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert rabbitmq.tls_ca is not None
+    queue = await _rabbit_queue(rabbitmq, 2)
+    user = await _external_user(rabbitmq)
+    pair = rabbitmq.tls_ca.issue_client_cert(user, common_name=user)
+    encrypted = tmp_path / "tls.key"
+    encrypted.write_bytes(_encrypted_pem(pair, b"rabbit-key-pw"))
+    password_file = tmp_path / "key-password"
+    password_file.write_text("rabbit-key-pw\n")
+    monkeypatch.setenv(KEY_PASSWORD_ENV, "rabbit-key-pw")
+    agent_fields = {
+        "amqp-url": f"amqps://{rabbitmq.amqps_address}",
+        "queue": queue,
+        "auth-mechanism": "external",
+        "tls-ca-file": str(rabbitmq.tls_ca.cert_file),
+        "tls-cert-file": str(pair.cert_file),
+        "tls-key-file": str(encrypted),
+    }
+    by_file = await _measure_rabbit({**agent_fields, "tls-key-password-file": str(password_file)})
+    by_env = await _measure_rabbit({**agent_fields, "tls-key-password-env": KEY_PASSWORD_ENV})
+    monkeypatch.setenv(KEY_PASSWORD_ENV, "wrong")
+    wrong = await _measure_rabbit({**agent_fields, "tls-key-password-env": KEY_PASSWORD_ENV})
+    waker_settings = parse_rabbitmq_settings(
+        "rabbitmq",
+        {
+            "amqp-url": f"amqps://{rabbitmq.amqps_address}",
+            "queue": queue,
+            "auth-mechanism": "external",
+            **POD_MTLS_FILES,
+        },
+    )
+    # No username or password in the Secret: the certificate is the identity.
+    by_secret = await _measure_as_waker(
+        waker_settings,
+        _secret_of(
+            {
+                "ca.crt": rabbitmq.tls_ca.cert_pem,
+                "tls.crt": pair.cert_pem,
+                "tls.key": encrypted.read_bytes(),
+                "tls.key-password": "rabbit-key-pw",
+            }
+        ),
+    )
+    ready = await asyncio.to_thread(_ctl_ready, rabbitmq, queue)
+    for reading in (by_file, by_env, by_secret):
+        assert isinstance(reading, Measurement), reading
+        assert reading.value == ready == 2
+    assert isinstance(wrong, MeasurementFailure)
+    assert "tls-key-password" in wrong.error

@@ -179,6 +179,27 @@ async def test_a_pattern_sums_every_matching_queue(rabbitmq: RabbitMQ, credentia
     assert m.value == 7.0
 
 
+async def test_a_pattern_matching_no_queue_reads_zero_with_a_warning_and_rabbitmqctl_lists_none(
+    rabbitmq: RabbitMQ, credentials: dict[str, str]
+) -> None:
+    prefix = f"none-{uuid.uuid4().hex[:6]}"
+    settings = _http(rabbitmq, credentials, **{"queue-pattern": f"{prefix}-.*", "mode": "message-rate"})
+    elsewhere = _http(rabbitmq, credentials, **{"queue-pattern": f"{prefix}-.*", "vhost": f"{prefix}-vh"})
+    source = RabbitMQSource(settings)
+    try:
+        m = await source.measure(settings, Scope.GROUP)
+        with pytest.raises(SourceNotFound, match="no vhost"):  # a missing vhost is still an error
+            await source.measure(elsewhere, Scope.GROUP)
+    finally:
+        await source.close()
+    listed = await asyncio.to_thread(rabbitmq.rabbitmqctl, "-q", "--no-table-headers", "list_queues", "name")
+    assert not [name for name in listed.split() if name.startswith(prefix)]
+    assert (m.value, m.active, m.detail) == (0.0, False, {"total:backlog": 0.0})
+    (warning,) = m.warnings
+    assert warning.reason == "NoQueueMatched"
+    assert f"'{prefix}-.*' (whole names) matches no queue of vhost '/'" in warning.message
+
+
 async def test_an_unknown_queue_and_an_unknown_vhost_are_told_apart(
     rabbitmq: RabbitMQ, credentials: dict[str, str]
 ) -> None:

@@ -121,7 +121,7 @@ async def test_a_batch_costs_one_listing_per_vhost_not_one_get_per_queue(
     assert batch_requests == 1
 
 
-async def test_a_missing_queue_or_vhost_fails_only_its_own_triggers(
+async def test_a_missing_queue_or_vhost_fails_only_its_own_triggers_and_an_unmatched_pattern_reads_zero(
     rabbitmq: RabbitMQ, credentials: dict[str, str], queues: dict[str, int]
 ) -> None:
     present = _http(rabbitmq, credentials, queue=next(iter(queues)))
@@ -135,10 +135,15 @@ async def test_a_missing_queue_or_vhost_fails_only_its_own_triggers(
     finally:
         await source.close()
     assert isinstance(results[present], Measurement)
-    for settings, words in ((absent, "has no queue"), (nothing_matches, "has no queue matching")):
-        failure = results[settings]
-        assert isinstance(failure, MeasurementFailure)
-        assert words in failure.error
+    failure = results[absent]
+    assert isinstance(failure, MeasurementFailure)
+    assert "has no queue" in failure.error
+    # As KEDA reads it: no queue matched, nothing waiting, 0 and idle; said in a warning.
+    unmatched = results[nothing_matches]
+    assert isinstance(unmatched, Measurement), unmatched
+    assert (unmatched.value, unmatched.active) == (0.0, False)
+    assert [w.reason for w in unmatched.warnings] == ["NoQueueMatched"]
+    assert repr(nothing_matches.queue_pattern) in unmatched.warnings[0].message
     failure = results[elsewhere]
     assert isinstance(failure, MeasurementFailure)
     assert "has no vhost" in failure.error

@@ -322,3 +322,34 @@ def test_value_metric_type_carries_when_every_trigger_reads_value_and_is_named_w
     )
     assert "tidescale.io/metric-type" not in mixed.migrations[0].annotations
     assert any("spec.triggers[*].metricType: not carried" in n for n in notes_of(mixed))
+
+
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        {"type": "rabbitmq", "metadata": {"host": "amqps://rabbit:5671", "queueName": "q"}},
+        {**KAFKA, "metadata": {**KAFKA["metadata"], "tls": "enable"}},
+    ],
+)
+def test_tls_material_of_a_trigger_authentication_names_the_agents_file_and_the_wakers_key(
+    trigger: dict[str, Any],
+) -> None:
+    refs = [{"parameter": p, "name": "broker-tls", "key": p} for p in ("ca", "cert", "key", "keyPassword")]
+    auth = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
+        "metadata": {"name": "tls-auth", "namespace": "shop"},
+        "spec": {"secretTargetRef": refs},
+    }
+    so = scaled_object(triggers=[{**trigger, "authenticationRef": {"name": "tls-auth"}}])
+    notes = notes_of(migrate_documents([auth, so]))
+    expected = {
+        "ca": ("tls-ca-file", "ca.crt"),
+        "cert": ("tls-cert-file", "tls.crt"),
+        "key": ("tls-key-file", "tls.key"),
+        "keyPassword": ("tls-key-password-file", "tls.key-password"),
+    }
+    for parameter, (field, key) in expected.items():
+        (note,) = [n for n in notes if f"authenticationRef: {parameter}: not carried" in n]
+        assert f"{trigger['type']}.{field}" in note
+        assert f"key {key} of the Secret named by credentials-secret" in note

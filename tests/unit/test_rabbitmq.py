@@ -392,3 +392,31 @@ def test_external_login_needs_amqps_without_management_and_a_client_certificate(
         },
     )
     assert s.auth_mechanism == "external"
+
+
+def test_a_key_password_needs_the_key_it_decrypts_and_comes_from_one_place() -> None:
+    tls = {"amqp-url": "amqps://worker@rabbit:5671", "queue": "q"}
+    problems = _problems({**tls, "tls-key-password-env": "KEY_PASSWORD"})
+    assert "together with tls-key-file" in problems["tidescale.io/jobs.tls-key-password-env"]
+    pair = {"tls-cert-file": "/tls/tls.crt", "tls-key-file": "/tls/tls.key"}
+    both = _problems({**tls, **pair, "tls-key-password-env": "P", "tls-key-password-file": "/tls/pw"})
+    assert "not both" in both["tidescale.io/jobs.tls-key-password-file"]
+    s = parse_rabbitmq_settings("jobs", {**tls, **pair, "tls-key-password-file": "/tls/pw"})
+    assert (s.tls_key_password_file, s.tls_key_password_env) == ("/tls/pw", None)
+
+
+# -- a pattern matching no queue --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["queue-length", "message-rate"])
+def test_a_pattern_matching_no_queue_reads_zero_idle_and_carries_its_warning(mode: str) -> None:
+    from tidescale.sources.base import MeasurementWarning
+
+    settings = replace(BASE, queue=None, queue_pattern="orders-.*", mode=mode)  # type: ignore[arg-type]
+    warning = MeasurementWarning(
+        reason="NoQueueMatched", message="queue-pattern 'orders-.*' matches no queue"
+    )
+    m = rabbitmq_measurement(
+        RabbitMQSnapshot(queues=(), via="management", warnings=(warning,)), settings, 1.0
+    )
+    assert (m.value, m.active, m.warnings) == (0.0, False, (warning,))

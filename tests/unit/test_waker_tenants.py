@@ -259,6 +259,56 @@ async def test_with_a_credentials_secret_the_agents_env_and_file_fields_are_igno
     assert client.woken("team-a", "web")
 
 
+TLS_FILES = {
+    "tls": "true",
+    "tls-ca-file": "/etc/kafka-tls/ca.crt",
+    "tls-cert-file": "/etc/kafka-tls/tls.crt",
+    "tls-key-file": "/etc/kafka-tls/tls.key",
+    "tls-key-password-file": "/etc/kafka-tls/key-password",
+    "credentials-secret": "kafka-tls",
+}
+TLS_KEYS = {"ca.crt": "CA PEM", "tls.crt": "CERT PEM", "tls.key": "KEY PEM", "tls.key-password": "pw"}
+
+
+async def test_with_a_credentials_secret_holding_the_tls_keys_tls_files_are_accepted_and_never_read() -> None:
+    client = FakeClient(secrets={("team-a", "kafka-tls"): {k: _b64(v) for k, v in TLS_KEYS.items()}})
+    waker = make_waker(client)
+    await add(waker, client, "team-a", "web", kafka_hints("active-a:9092", **TLS_FILES))
+    await waker.poll_once()
+    (source,) = FakeSource.opened
+    settings = cast(KafkaSettings, source.settings)
+    assert (settings.tls, settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file) == (
+        True,
+        None,
+        None,
+        None,
+    )
+    assert settings.tls_key_password_file is None
+    assert source.credentials is not None
+    assert {k: source.credentials.get(k) for k in TLS_KEYS} == TLS_KEYS
+    assert client.woken("team-a", "web")
+
+
+@pytest.mark.parametrize(
+    ("missing", "field_name"),
+    [("ca.crt", "tls-ca-file"), ("tls.key", "tls-key-file"), ("tls.key-password", "tls-key-password-file")],
+)
+async def test_a_tls_field_whose_key_the_secret_lacks_is_a_warning_naming_field_and_key(
+    missing: str, field_name: str
+) -> None:
+    keys = {k: _b64(v) for k, v in TLS_KEYS.items() if k != missing}
+    client = FakeClient(secrets={("team-a", "kafka-tls"): keys})
+    waker = make_waker(client)
+    await add(waker, client, "team-a", "web", kafka_hints("active-a:9092", **TLS_FILES))
+    await waker.poll_once()
+    await settle(waker)
+    assert FakeSource.opened == []
+    assert not client.woken("team-a", "web")
+    (event,) = [e for e in client.events_of("team-a", "web") if e["reason"] == "TriggerNotPrepared"]
+    assert f"key {missing!r} is missing" in event["message"]
+    assert f"tidescale.io/kafka.{field_name}" in event["message"]
+
+
 # -- 2: other teams' credentials --------------------------------------------------------------------
 
 

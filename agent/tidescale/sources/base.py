@@ -17,7 +17,15 @@ from typing import Protocol, TypeVar, runtime_checkable
 
 from tidescale.errors import SourceError, SourceTimeout
 
-__all__ = ["Measurement", "MeasurementFailure", "Scope", "Source", "TriggerSettings", "within_timeout"]
+__all__ = [
+    "Measurement",
+    "MeasurementFailure",
+    "MeasurementWarning",
+    "Scope",
+    "Source",
+    "TriggerSettings",
+    "within_timeout",
+]
 
 _T = TypeVar("_T")
 
@@ -29,6 +37,17 @@ class Scope(Enum):
     """Only what this pod consumes (its group member's partitions, its consumer's share)."""
     GROUP = "group"
     """Everything the trigger names, whoever consumes it (leader gap filling, the waker)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MeasurementWarning:
+    """Something a person should know about a reading that still counts (a queue-pattern matching
+    no queue reads 0): the leader and the waker make it a Warning Event on the Deployment when it
+    appears or changes, not once per poll. The message names hint values, never a credential."""
+
+    reason: str
+    """The Event's reason, CamelCase (``NoQueueMatched``)."""
+    message: str
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -49,6 +68,8 @@ class Measurement:
     """Per-unit values, e.g. ``{"orders/3": 120}`` (topic/partition -> lag)."""
     taken_at: float
     """When the snapshot was taken, in seconds of the caller's monotonic clock."""
+    warnings: tuple[MeasurementWarning, ...] = ()
+    """What the reading's person should be told (see :class:`MeasurementWarning`)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

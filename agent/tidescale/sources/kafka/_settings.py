@@ -15,6 +15,17 @@ from tidescale._values import (
     parse_list,
 )
 from tidescale.errors import HintError
+from tidescale.sources._common import (
+    DEFAULT_TIMEOUT,
+    check_one_secret_source,
+    credentials_secret_field,
+    parse_timeout,
+    secret_env_field,
+    secret_file_field,
+    timeout_field,
+    tls_file_fields,
+    tls_key_password_fields,
+)
 from tidescale.sources._fields import (
     FieldCollector,
     FieldDoc,
@@ -71,7 +82,7 @@ class KafkaSettings:
     credentials_secret: str | None = None
     member_client_id_pattern: str | None = None
     """Regex on the group member's client id; None: members are matched by client host == pod IP."""
-    timeout: float = 5.0
+    timeout: float = DEFAULT_TIMEOUT
 
     @property
     def cluster_key(self) -> tuple[object, ...]:
@@ -141,10 +152,6 @@ def _parse_sasl(annotation: str, value: str) -> SaslMechanism:
         "scram-sha-512": "scram-sha-512",
     }
     return mechanisms[choice]
-
-
-def _parse_timeout(annotation: str, value: str) -> float:
-    return parse_duration(annotation, value, minimum=0.1, maximum=120.0)
 
 
 def _parse_isolation(annotation: str, value: str) -> IsolationLevel:
@@ -262,41 +269,13 @@ KAFKA_FIELDS: tuple[FieldDoc, ...] = (
     FieldDoc(
         field="tls", type="bool", default="false", meaning="Connect to the brokers over TLS.", example="true"
     ),
-    FieldDoc(
-        field="tls-ca-file",
-        type="absolute path",
-        default=None,
-        meaning="CA bundle to verify the brokers (needs tls); absent: the system's CAs.",
-        example="/etc/kafka-tls/ca.crt",
+    *tls_file_fields(
+        peer="the brokers",
+        ca_needs="needs tls",
+        pair_needs="needs tls and {other}",
+        directory="/etc/kafka-tls",
     ),
-    FieldDoc(
-        field="tls-cert-file",
-        type="absolute path",
-        default=None,
-        meaning="Client certificate for mutual TLS (needs tls and tls-key-file).",
-        example="/etc/kafka-tls/tls.crt",
-    ),
-    FieldDoc(
-        field="tls-key-file",
-        type="absolute path",
-        default=None,
-        meaning="Client private key for mutual TLS (needs tls and tls-cert-file).",
-        example="/etc/kafka-tls/tls.key",
-    ),
-    FieldDoc(
-        field="tls-key-password-env",
-        type="env var name",
-        default=None,
-        meaning="Environment variable of the agent holding the password of an encrypted tls-key-file.",
-        example="KAFKA_KEY_PASSWORD",
-    ),
-    FieldDoc(
-        field="tls-key-password-file",
-        type="absolute path",
-        default=None,
-        meaning="File in the agent's container holding the password of an encrypted tls-key-file.",
-        example="/etc/kafka-tls/key-password",
-    ),
+    *tls_key_password_fields(env_example="KAFKA_KEY_PASSWORD", file_example="/etc/kafka-tls/key-password"),
     FieldDoc(
         field="sasl",
         type="none | plain | scram-sha-256 | scram-sha-512",
@@ -304,34 +283,18 @@ KAFKA_FIELDS: tuple[FieldDoc, ...] = (
         meaning="SASL mechanism. Credentials never go in annotations: see the sasl-* fields.",
         example="scram-sha-512",
     ),
-    FieldDoc(
-        field="sasl-username-env",
-        type="env var name",
-        default=None,
-        meaning="Environment variable of the agent holding the SASL username.",
-        example="KAFKA_USERNAME",
-    ),
-    FieldDoc(
-        field="sasl-password-env",
-        type="env var name",
-        default=None,
-        meaning="Environment variable of the agent holding the SASL password.",
-        example="KAFKA_PASSWORD",
-    ),
-    FieldDoc(
-        field="sasl-password-file",
-        type="absolute path",
-        default=None,
-        meaning="File in the agent's container holding the SASL password (e.g. a mounted Secret).",
+    secret_env_field("sasl-username-env", holding="the SASL username", example="KAFKA_USERNAME"),
+    secret_env_field("sasl-password-env", holding="the SASL password", example="KAFKA_PASSWORD"),
+    secret_file_field(
+        "sasl-password-file",
+        holding="the SASL password (e.g. a mounted Secret)",
         example="/etc/kafka-sasl/password",
     ),
-    FieldDoc(
-        field="credentials-secret",
-        type="Secret name",
-        default=None,
-        meaning="Secret in the Deployment's namespace with keys username and password; read only by the "
-        "cluster-level waker, which cannot see the pod's env or files.",
+    credentials_secret_field(
+        keys=("username", "password"),
         example="kafka-credentials",
+        note=", which cannot see the pod's env or files",
+        tls=True,
     ),
     FieldDoc(
         field="member-client-id-pattern",
@@ -341,13 +304,7 @@ KAFKA_FIELDS: tuple[FieldDoc, ...] = (
         "client host is the pod's IP.",
         example="orders-worker-.*",
     ),
-    FieldDoc(
-        field="timeout",
-        type="duration",
-        default="5s",
-        meaning="Most time one measurement may take before it counts as failed.",
-        example="3s",
-    ),
+    timeout_field(),
 )
 
 
@@ -381,7 +338,7 @@ def parse_kafka_settings(trigger: str, raw: Mapping[str, str]) -> KafkaSettings:
         sasl_password_file=fields.get("sasl-password-file", parse_file_path, None),
         credentials_secret=fields.get("credentials-secret", parse_secret_name, None),
         member_client_id_pattern=fields.get("member-client-id-pattern", parse_regex, None),
-        timeout=fields.get("timeout", _parse_timeout, 5.0),
+        timeout=fields.get("timeout", parse_timeout, DEFAULT_TIMEOUT),
     )
     _check_combinations(fields, settings)
     fields.finish()
@@ -401,10 +358,8 @@ def _check_combinations(fields: FieldCollector, s: KafkaSettings) -> None:
     for name in ("tls-key-password-env", "tls-key-password-file"):
         if fields.has(name) and s.tls_key_file is None:
             fields.problem(name, "to be set only together with tls-key-file (it decrypts that key)")
-    if s.tls_key_password_env is not None and s.tls_key_password_file is not None:
-        fields.problem(
-            "tls-key-password-file", "either tls-key-password-file or tls-key-password-env, not both"
-        )
+    check_one_secret_source(fields, "tls-key-password-env", "tls-key-password-file")
+    check_one_secret_source(fields, "sasl-password-env", "sasl-password-file")
     if (s.tls_cert_file is None) != (s.tls_key_file is None):
         missing = "tls-key-file" if s.tls_key_file is None else "tls-cert-file"
         fields.problem(missing, "a value: tls-cert-file and tls-key-file go together")

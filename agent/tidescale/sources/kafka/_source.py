@@ -7,20 +7,24 @@ the first time a connection opens, never at module import.
 Requests per measurement (the coordinator and topic metadata are cached, so
 steady state is the lower figure):
 
-- GROUP scope: Metadata (1) + OffsetFetch (1) + ListOffsets latest and earliest (2 per partition
-  leader, sent together: log-start bounds the lag of a commit that retention has overtaken).
+- GROUP scope: OffsetFetch (1) + ListOffsets latest and earliest (2 per partition leader, sent
+  together: log-start bounds the lag of a commit that retention has overtaken).
 - LOCAL scope: DescribeGroups (1) + the same, restricted to this pod's partitions.
-- Cache misses add FindCoordinator (1) and Metadata (1).
+- Cache misses add FindCoordinator (1) and Metadata (1); the layout is read again at most every
+  ``_METADATA_MAX_AGE`` seconds, or at once when a broker says it moved.
 - A batch (:meth:`KafkaSource.measure_many`, the waker's poll), GROUP scope, any number of
-  triggers: Metadata (1, or 2 when triggers without topic name topics not yet cached) + OffsetFetch
-  v8 (1 per group coordinator, every group it coordinates in one request)
+  triggers: OffsetFetch v8 (1 per group coordinator, every group it coordinates in one request)
   + ListOffsets latest and earliest (2 per partition leader, for the union of every trigger's
-  partitions).
+  partitions), + Metadata when the cache misses (triggers without topic naming topics not yet
+  cached).
 
-Partitions added to a topic are seen by the next GROUP measurement: each GROUP measurement (and
-each batch, once for all its triggers) reads the topics' layout afresh, one Metadata request. A
-LOCAL measurement keeps the cached layout (up to ``_METADATA_MAX_AGE``) unless this pod's
-assignment names a partition it lacks, which forces a refresh.
+Partitions added to a topic are seen by the first GROUP measurement (or batch) after they are,
+with no Metadata request per measurement: the log-end ListOffsets also asks each topic for the
+partition just past the cached count, and a broker that knows that partition (offsets, or
+NOT_LEADER_OR_FOLLOWER) makes the source read the layout again and measure again at once
+(see ``_list_offsets``). A GROUP measurement without ``topic`` also does so when the group has
+committed on a partition the cache lacks. A LOCAL measurement reads the layout again when this
+pod's assignment names a partition it lacks.
 
 A trigger without ``topic`` finds its topics in the group's committed offsets. When those
 expire (``offsets.retention.minutes`` after the group emptied, 7 days by default) the source
@@ -98,11 +102,16 @@ _READ_UNCOMMITTED, _READ_COMMITTED = 0, 1
 _TAIL_BYTES = 1 << 20
 """Most bytes of one partition's tail read for read-committed (1 MiB; 4 MiB per Fetch)."""
 _COORDINATOR_NOT_AVAILABLE, _NOT_COORDINATOR, _LOAD_IN_PROGRESS = 15, 16, 14
-_GROUP_AUTH_FAILED, _TOPIC_AUTH_FAILED, _UNKNOWN_TOPIC = 30, 29, 3
+_GROUP_AUTH_FAILED, _TOPIC_AUTH_FAILED, _UNKNOWN_TOPIC, _NOT_LEADER = 30, 29, 3, 6
 
 
 class _Retry(Exception):
     """The coordinator moved or is loading: look it up again within the measurement's time."""
+
+
+class _LayoutChanged(_Retry):
+    """A topic has more partitions than the cached layout says: read the layout again and measure
+    again at once (the coordinator has not moved)."""
 
 
 class KafkaSource:
@@ -119,7 +128,8 @@ class KafkaSource:
         self._connection = settings
         self._pod_ip = pod_ip
         self._credentials = credentials
-        """Given (by the waker): the SASL username and password; no *-env or *-file is read then."""
+        """Given (by the waker): the SASL username and password and the TLS material (keys ca.crt,
+        tls.crt, tls.key, tls.key-password); no *-env or *-file is read then."""
         self._address_check = address_check
         """Given (by the waker): vets every broker the cluster advertises before a connection to it."""
         self._client: Any = None
@@ -235,6 +245,8 @@ class KafkaSource:
             for attempt in range(5):
                 try:
                     return await self._snapshot(settings, scope)
+                except _LayoutChanged:
+                    await asyncio.sleep(0.1 * attempt)  # at once, then let the brokers' metadata settle
                 except _Retry:
                     self._coordinators.pop(settings.consumer_group, None)
                     await asyncio.sleep(0.1 * (attempt + 1))
@@ -263,6 +275,8 @@ class KafkaSource:
             for attempt in range(5):
                 try:
                     return await self._snapshot_batch(batch)
+                except _LayoutChanged:
+                    await asyncio.sleep(0.1 * attempt)
                 except _Retry:
                     await asyncio.sleep(0.1 * (attempt + 1))
             raise SourceTimeout(
@@ -283,7 +297,6 @@ class KafkaSource:
     ) -> dict[KafkaSettings, KafkaSnapshot | SourceError]:
         # Connect first: a cluster that cannot be reached fails the batch once, not once per group.
         await self._ensure_client()
-        self._metadata_at = 0.0  # partitions added since the last round are seen in this one
         failed: dict[KafkaSettings, SourceError] = {}
         groups = sorted({s.consumer_group for s in batch})
         looked_up = await asyncio.gather(*map(self._coordinator_or_error, groups))
@@ -332,7 +345,7 @@ class KafkaSource:
         every = sorted({tp for parts in wanted.values() for tp in parts})
         stable_parts = sorted({tp for s, parts in wanted.items() if _committed_only(s) for tp in parts})
         log_end, log_start, stable = await asyncio.gather(
-            self._list_offsets(every, _LATEST, topic_errors),
+            self._list_offsets(every, _LATEST, topic_errors, probe=self._probe({t for t, _ in every})),
             self._list_offsets(every, _EARLIEST, topic_errors),
             self._list_offsets(stable_parts, _LATEST, topic_errors, isolation=_READ_COMMITTED),
         )
@@ -450,7 +463,6 @@ class KafkaSource:
             wanted = select_partitions(own, settings)
             committed = await self._committed(group, coordinator, wanted) if wanted else {}
         else:
-            self._metadata_at = 0.0  # partitions added since the last measurement are seen in this one
             if settings.topics:
                 layout = await self._layout(settings.topics)
                 wanted = select_partitions(layout, settings)
@@ -459,14 +471,18 @@ class KafkaSource:
                 committed = await self._committed(group, coordinator, None)
                 topics = self._topics_of_group(group, committed)
                 layout = await self._layout(topics)
+                if any(layout.get(t, 0) <= p for t, p in committed):
+                    raise self._layout_changed()  # the group committed on a partition added since
                 wanted = select_partitions(layout, settings)
         if any(layout.get(t, 0) <= p for t, p in wanted):
             # A partition the cached layout lacks (added since): read the layout again now.
             self._metadata_at = 0.0
             layout = await self._layout(layout)
         isolation = _READ_COMMITTED if _committed_only(settings) else _READ_UNCOMMITTED
+        probe = self._probe({t for t, _ in wanted}) if scope is Scope.GROUP else None
         log_end, log_start = await asyncio.gather(
-            self._list_offsets(wanted, _LATEST, isolation=isolation), self._list_offsets(wanted, _EARLIEST)
+            self._list_offsets(wanted, _LATEST, isolation=isolation, probe=probe),
+            self._list_offsets(wanted, _EARLIEST),
         )
         readable: dict[tuple[str, int], int] = {}
         if _committed_only(settings):
@@ -602,21 +618,16 @@ class KafkaSource:
         s = self._connection
         options: dict[str, Any] = {}
         if s.tls:
-            try:
-                context = ssl.create_default_context(cafile=s.tls_ca_file)
-                if s.tls_cert_file is not None:
-                    key_password = (
-                        _read_secret_file(s.tls_key_password_file)
-                        if s.tls_key_password_file
-                        else _env(s.tls_key_password_env)
-                    )
-                    context.load_cert_chain(s.tls_cert_file, s.tls_key_file, password=key_password)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise BrokerAuthFailed(
-                    f"cannot load the TLS files for Kafka at {self._servers} ({exc}): check tls-ca-file, "
-                    "tls-cert-file, tls-key-file and, for an encrypted key, tls-key-password-env or "
-                    "tls-key-password-file"
-                ) from exc
+            from tidescale.sources._tls import client_context, read_key_password
+
+            context = client_context(
+                where=f"Kafka at {self._servers}",
+                credentials=self._credentials,
+                ca_file=s.tls_ca_file,
+                cert_file=s.tls_cert_file,
+                key_file=s.tls_key_file,
+                key_password=read_key_password(s.tls_key_password_env, s.tls_key_password_file),
+            )
             options["ssl_context"] = context
         if s.sasl != "none":
             options["security_protocol"] = "SASL_SSL" if s.tls else "SASL_PLAINTEXT"
@@ -652,9 +663,11 @@ class KafkaSource:
                 conn.close()
                 reasons.append(f"{server}: connected on retry")
             except ssl.SSLCertVerificationError as exc:
+                from tidescale.sources._tls import ca_advice
+
                 return BrokerAuthFailed(
                     f"the TLS certificate of Kafka at {server} is not trusted ({exc.verify_message}): check "
-                    "tls-ca-file (the CA that signed the brokers' certificates)"
+                    f"{ca_advice(self._credentials)}"
                 )
             except (SaslAuthenticationFailed, UnsupportedSaslMechanismError, ssl.SSLError) as exc:
                 return BrokerAuthFailed(
@@ -804,11 +817,19 @@ class KafkaSource:
         topic_errors: dict[str, SourceError] | None = None,
         *,
         isolation: int = 0,
+        probe: Mapping[str, int] | None = None,
     ) -> dict[tuple[str, int], int]:
         """One ListOffsets request per partition leader, sent concurrently.
 
         A topic we may not read raises, unless ``topic_errors`` is given (a batch): then it is
-        recorded there and only the triggers naming that topic fail."""
+        recorded there and only the triggers naming that topic fail.
+
+        ``probe`` maps topics to the partition count the cached layout gives them: partition number
+        ``count`` of each is asked for too, in a request already going to a leader of that topic. A
+        broker answers UNKNOWN_TOPIC_OR_PARTITION for a partition that does not exist, and offsets
+        or NOT_LEADER_OR_FOLLOWER for one that does: then the topic has grown, and _LayoutChanged
+        makes the caller read the layout and measure again. So partitions added are seen by the
+        first measurement after they are, without a Metadata request per measurement."""
         from aiokafka.errors import for_code
         from aiokafka.protocol.offset import OffsetRequest
         from aiokafka.structs import TopicPartition
@@ -820,6 +841,13 @@ class KafkaSource:
                 self._metadata_at = 0.0  # a leader election is under way: re-read the layout next time
                 raise _Retry
             by_leader[leader][topic].append((partition, timestamp))
+        probes: set[tuple[str, int]] = set()
+        for topic, count in sorted((probe or {}).items()):
+            leader = next((node for node, topics in by_leader.items() if topic in topics), None)
+            if leader is not None:
+                by_leader[leader][topic].append((count, timestamp))
+                probes.add((topic, count))
+        grown = False
         requests = [
             self._send(leader, OffsetRequest(-1, isolation, sorted(topics.items())))
             for leader, topics in by_leader.items()
@@ -828,7 +856,10 @@ class KafkaSource:
         for response in await asyncio.gather(*requests):
             for topic, entries in response.topics:
                 for partition, error_code, *rest in entries:
-                    if error_code in (6, 3):  # NOT_LEADER / UNKNOWN_TOPIC: the layout moved
+                    if (topic, partition) in probes:
+                        grown = grown or error_code in (0, _NOT_LEADER)
+                        continue
+                    if error_code in (_NOT_LEADER, _UNKNOWN_TOPIC):  # the layout moved
                         self._metadata_at = 0.0
                         raise _Retry
                     if error_code and topic_errors is not None:
@@ -846,7 +877,19 @@ class KafkaSource:
                     if error_code:
                         raise for_code(error_code)(f"ListOffsets {topic}/{partition}")
                     offsets[(topic, partition)] = int(rest[-1])
+        if grown:
+            raise self._layout_changed()
         return offsets
+
+    def _probe(self, topics: Iterable[str]) -> dict[str, int]:
+        """The partition count the cached layout gives each of ``topics`` (see ``_list_offsets``)."""
+        counts = {t: self._metadata.partitions_for_topic(t) for t in topics}
+        return {t: len(parts) for t, parts in counts.items() if parts is not None}
+
+    def _layout_changed(self) -> _LayoutChanged:
+        self._metadata_at = 0.0
+        _log.info("a topic on Kafka at %s has new partitions: reading its layout again", self._servers)
+        return _LayoutChanged()
 
     def _auth_error(self, what: str) -> BrokerAuthFailed:
         who = self._connection.sasl_username_env or "the anonymous user"

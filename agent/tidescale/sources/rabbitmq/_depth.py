@@ -13,6 +13,10 @@ counts nobody has seen) and the waker leaves a parked Deployment parked (nothing
 wakes on them either) until the broker reports them, a few seconds after a queue
 is declared.
 
+A queue-pattern that matches no queue reads 0 and is idle, as in KEDA (no queue, no message
+waiting: a message exists only in a queue), with a NoQueueMatched warning that the leader and
+the waker turn into a Warning Event, so a pattern that matches nothing by mistake is seen.
+
 Activation in message-rate mode holds while either the rate or the backlog (the
 queue-length metric of the same queues) is above activation-value, as KEDA does:
 on the rate alone a Deployment parks when publishing stops with messages still
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from tidescale.errors import SourceError
-from tidescale.sources.base import Measurement
+from tidescale.sources.base import Measurement, MeasurementWarning
 from tidescale.sources.rabbitmq._settings import RabbitMQSettings
 
 __all__ = [
@@ -112,8 +116,10 @@ class LocalShare:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RabbitMQSnapshot:
     queues: tuple[QueueStats, ...]
+    """Empty only for a queue-pattern that matched nothing (the metric reads 0, as in KEDA)."""
     via: Literal["management", "amqp"]
     local: LocalShare | None = None
+    warnings: tuple[MeasurementWarning, ...] = ()
 
 
 def queue_stats_from_api(payload: Mapping[str, Any]) -> QueueStats:
@@ -203,4 +209,5 @@ def rabbitmq_measurement(stats: RabbitMQSnapshot, settings: RabbitMQSettings, ta
         replica_cap=None,
         detail=detail,
         taken_at=taken_at,
+        warnings=stats.warnings,
     )

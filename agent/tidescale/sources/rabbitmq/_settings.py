@@ -8,8 +8,19 @@ from functools import partial
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from tidescale._values import parse_bool, parse_choice, parse_duration, parse_float
+from tidescale._values import parse_bool, parse_choice, parse_float
 from tidescale.errors import HintError
+from tidescale.sources._common import (
+    DEFAULT_TIMEOUT,
+    check_one_secret_source,
+    credentials_secret_field,
+    parse_timeout,
+    secret_env_field,
+    secret_file_field,
+    timeout_field,
+    tls_file_fields,
+    tls_key_password_fields,
+)
 from tidescale.sources._fields import (
     FieldCollector,
     FieldDoc,
@@ -52,8 +63,10 @@ class RabbitMQSettings:
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    tls_key_password_env: str | None = None
+    tls_key_password_file: str | None = None
     auth_mechanism: AuthMechanism = "plain"
-    timeout: float = 5.0
+    timeout: float = DEFAULT_TIMEOUT
 
     @property
     def uses_management(self) -> bool:
@@ -70,6 +83,8 @@ class RabbitMQSettings:
             self.tls_ca_file,
             self.tls_cert_file,
             self.tls_key_file,
+            self.tls_key_password_env,
+            self.tls_key_password_file,
             self.auth_mechanism,
         )
         if self.management_url is not None:
@@ -126,10 +141,6 @@ def _parse_value(annotation: str, value: str) -> float:
 
 def _parse_activation(annotation: str, value: str) -> float:
     return parse_float(annotation, value, minimum=0.0)
-
-
-def _parse_timeout(annotation: str, value: str) -> float:
-    return parse_duration(annotation, value, minimum=0.1, maximum=120.0)
 
 
 RABBITMQ_FIELDS: tuple[FieldDoc, ...] = (
@@ -213,55 +224,24 @@ RABBITMQ_FIELDS: tuple[FieldDoc, ...] = (
         "flight keeps the workload up.",
         example="true",
     ),
-    FieldDoc(
-        field="username-env",
-        type="env var name",
-        default=None,
-        meaning="Environment variable of the agent holding the username (else the URL's user).",
-        example="RABBITMQ_USERNAME",
+    secret_env_field(
+        "username-env", holding="the username (else the URL's user)", example="RABBITMQ_USERNAME"
     ),
-    FieldDoc(
-        field="password-env",
-        type="env var name",
-        default=None,
-        meaning="Environment variable of the agent holding the password.",
-        example="RABBITMQ_PASSWORD",
-    ),
-    FieldDoc(
-        field="password-file",
-        type="absolute path",
-        default=None,
-        meaning="File in the agent's container holding the password (e.g. a mounted Secret).",
+    secret_env_field("password-env", holding="the password", example="RABBITMQ_PASSWORD"),
+    secret_file_field(
+        "password-file",
+        holding="the password (e.g. a mounted Secret)",
         example="/etc/rabbitmq-credentials/password",
     ),
-    FieldDoc(
-        field="credentials-secret",
-        type="Secret name",
-        default=None,
-        meaning="Secret in the Deployment's namespace with keys username and password; read only by the "
-        "cluster-level waker.",
-        example="rabbitmq-credentials",
+    credentials_secret_field(keys=("username", "password"), example="rabbitmq-credentials", tls=True),
+    *tls_file_fields(
+        peer="the broker",
+        ca_needs="an amqps:// or https:// URL",
+        pair_needs="needs {other} and an amqps:// or https:// URL",
+        directory="/etc/rabbitmq-tls",
     ),
-    FieldDoc(
-        field="tls-ca-file",
-        type="absolute path",
-        default=None,
-        meaning="CA bundle to verify the broker (an amqps:// or https:// URL); absent: the system's CAs.",
-        example="/etc/rabbitmq-tls/ca.crt",
-    ),
-    FieldDoc(
-        field="tls-cert-file",
-        type="absolute path",
-        default=None,
-        meaning="Client certificate for mutual TLS (needs tls-key-file and an amqps:// or https:// URL).",
-        example="/etc/rabbitmq-tls/tls.crt",
-    ),
-    FieldDoc(
-        field="tls-key-file",
-        type="absolute path",
-        default=None,
-        meaning="Client private key (unencrypted) for mutual TLS (needs tls-cert-file).",
-        example="/etc/rabbitmq-tls/tls.key",
+    *tls_key_password_fields(
+        env_example="RABBITMQ_KEY_PASSWORD", file_example="/etc/rabbitmq-tls/key-password"
     ),
     FieldDoc(
         field="auth-mechanism",
@@ -272,13 +252,7 @@ RABBITMQ_FIELDS: tuple[FieldDoc, ...] = (
         "management-url).",
         example="external",
     ),
-    FieldDoc(
-        field="timeout",
-        type="duration",
-        default="5s",
-        meaning="Most time one measurement may take before it counts as failed.",
-        example="3s",
-    ),
+    timeout_field(),
 )
 
 
@@ -306,8 +280,10 @@ def parse_rabbitmq_settings(trigger: str, raw: Mapping[str, str]) -> RabbitMQSet
         tls_ca_file=fields.get("tls-ca-file", parse_file_path, None),
         tls_cert_file=fields.get("tls-cert-file", parse_file_path, None),
         tls_key_file=fields.get("tls-key-file", parse_file_path, None),
+        tls_key_password_env=fields.get("tls-key-password-env", parse_env_name, None),
+        tls_key_password_file=fields.get("tls-key-password-file", parse_file_path, None),
         auth_mechanism=fields.get("auth-mechanism", _parse_auth, "plain"),
-        timeout=fields.get("timeout", _parse_timeout, 5.0),
+        timeout=fields.get("timeout", parse_timeout, DEFAULT_TIMEOUT),
     )
     _check_combinations(fields, settings, url_vhost)
     fields.finish()
@@ -332,8 +308,7 @@ def _check_combinations(fields: FieldCollector, s: RabbitMQSettings, url_vhost: 
         fields.problem("queue-match", "to be set only together with queue-pattern")
     if fields.has("operation") and not fields.has("queue-pattern"):
         fields.problem("operation", "to be set only together with queue-pattern")
-    if s.password_env is not None and s.password_file is not None:
-        fields.problem("password-file", "either password-file or password-env, not both")
+    check_one_secret_source(fields, "password-env", "password-file")
 
 
 def _check_tls(fields: FieldCollector, s: RabbitMQSettings) -> None:
@@ -346,6 +321,10 @@ def _check_tls(fields: FieldCollector, s: RabbitMQSettings) -> None:
     if (s.tls_cert_file is None) != (s.tls_key_file is None):
         missing = "tls-key-file" if s.tls_key_file is None else "tls-cert-file"
         fields.problem(missing, "a value: tls-cert-file and tls-key-file go together")
+    for name in ("tls-key-password-env", "tls-key-password-file"):
+        if fields.has(name) and s.tls_key_file is None:
+            fields.problem(name, "to be set only together with tls-key-file (it decrypts that key)")
+    check_one_secret_source(fields, "tls-key-password-env", "tls-key-password-file")
     if s.auth_mechanism == "external":
         if s.uses_management or not (s.amqp_url or "").strip().lower().startswith("amqps://"):
             fields.problem(

@@ -26,7 +26,14 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound, SourceTimeout
 from tidescale.sources._fields import compile_linear
-from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
+from tidescale.sources.base import (
+    Measurement,
+    MeasurementFailure,
+    MeasurementWarning,
+    Scope,
+    TriggerSettings,
+    within_timeout,
+)
 from tidescale.sources.rabbitmq._depth import (
     LocalShare,
     QueueStats,
@@ -72,7 +79,8 @@ class RabbitMQSource:
         self._connection = settings
         self._pod_ip = pod_ip
         self._credentials = credentials
-        """Given (by the waker): the username and password; no *-env or *-file is read then."""
+        """Given (by the waker): the username and password and the TLS material (keys ca.crt, tls.crt,
+        tls.key, tls.key-password); no *-env or *-file is read then."""
         self._http: Any = None
         self._amqp: Any = None
         self._http_user: str | None = None
@@ -186,6 +194,8 @@ class RabbitMQSource:
             names = sorted(name for name in queues if _matches(pattern, name, settings))
             what = f"queue matching {settings.queue_pattern!r}"
         if not names:
+            if settings.queue is None:
+                return self._unmatched(settings)
             return SourceNotFound(
                 f"{self._where} has no {what} in vhost {settings.vhost!r}: check the queue name and that "
                 "the consumers declared it"
@@ -238,6 +248,13 @@ class RabbitMQSource:
         except httpx.TimeoutException as exc:
             raise SourceTimeout(f"{self._where} (management API) timed out on GET {path}") from exc
         except httpx.HTTPError as exc:
+            if (untrusted := _untrusted_certificate(exc)) is not None:
+                from tidescale.sources._tls import ca_advice
+
+                raise BrokerAuthFailed(
+                    f"the TLS certificate of the management API of {self._where} is not trusted "
+                    f"({untrusted.verify_message}): check {ca_advice(self._credentials)}"
+                ) from exc
             raise BrokerUnreachable(
                 f"cannot reach the management API of {self._where} ({exc or type(exc).__name__}): check "
                 "management-url, that the rabbitmq_management plugin is enabled, and network policies"
@@ -288,9 +305,11 @@ class RabbitMQSource:
 
     def _login(self, url_user: str | None) -> tuple[str | None, str | None]:
         """The username and password: the given credentials, else the *-env and *-file sources."""
-        if self._credentials is not None:
-            return self._credentials.username, self._credentials.password
         settings = self._connection
+        if self._credentials is not None:
+            if settings.auth_mechanism == "external":
+                return None, None  # the client certificate (keys tls.crt, tls.key) is the identity
+            return self._credentials.username, self._credentials.password
         username = _env(settings.username_env) if settings.username_env else url_user
         return username, _password(settings)
 
@@ -306,8 +325,22 @@ class RabbitMQSource:
             return RabbitMQSnapshot(queues=(queue_stats_from_api(payload),), via="management", local=local)
         queues = await self._matching_queues(settings)
         if not queues:
-            raise await self._not_found(settings, f"queue matching {settings.queue_pattern!r}")
+            return self._unmatched(settings)
         return RabbitMQSnapshot(queues=tuple(queues), via="management")
+
+    def _unmatched(self, settings: RabbitMQSettings) -> RabbitMQSnapshot:
+        """A pattern matching no queue of an existing vhost: no queue, no message waiting, so 0 (KEDA
+        reads 0 too, silently); said in a NoQueueMatched warning, since a wrong pattern reads the same."""
+        how = "anywhere in a name" if settings.queue_match == "substring" else "whole names"
+        warning = MeasurementWarning(
+            reason="NoQueueMatched",
+            message=(
+                f"trigger {settings.name}: queue-pattern {settings.queue_pattern!r} ({how}) matches no queue "
+                f"of vhost {settings.vhost!r} on {self._where}: it reads 0 and is idle, as in KEDA; if the "
+                "queues exist, check the pattern and queue-match"
+            ),
+        )
+        return RabbitMQSnapshot(queues=(), via="management", warnings=(warning,))
 
     async def _matching_queues(self, settings: RabbitMQSettings) -> list[QueueStats]:
         pattern = compile_linear(settings.queue_pattern or "")
@@ -432,9 +465,11 @@ class RabbitMQSource:
                 ) from exc
             except (aiormq.exceptions.AMQPConnectionError, OSError, ConnectionError) as exc:
                 if (untrusted := _untrusted_certificate(exc)) is not None:
+                    from tidescale.sources._tls import ca_advice
+
                     raise BrokerAuthFailed(
                         f"the TLS certificate of {self._where} is not trusted ({untrusted.verify_message}): "
-                        "check tls-ca-file (the CA that signed the broker's certificate)"
+                        f"check {ca_advice(self._credentials)}"
                     ) from exc
                 if isinstance(exc, aiormq.exceptions.AMQPConnectionError):
                     raise _amqp_connect_error(self._where, settings.vhost, exc) from exc
@@ -446,20 +481,19 @@ class RabbitMQSource:
 
     def _tls_context(self) -> Any:
         """The TLS context of an amqps:// or https:// URL: the system's CAs or tls-ca-file, and the
-        client certificate when given; unreadable files are a BrokerAuthFailed naming the hints."""
-        import ssl
+        client certificate when given (the waker: the keys of credentials-secret instead); unusable
+        material is a BrokerAuthFailed naming the fields or keys to check."""
+        from tidescale.sources._tls import client_context, read_key_password
 
         settings = self._connection
-        try:
-            context = ssl.create_default_context(cafile=settings.tls_ca_file)
-            if settings.tls_cert_file is not None:
-                context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
-        except OSError as exc:
-            raise BrokerAuthFailed(
-                f"cannot load the TLS files for {self._where} ({exc}): check tls-ca-file, tls-cert-file "
-                "and tls-key-file"
-            ) from exc
-        return context
+        return client_context(
+            where=self._where,
+            credentials=self._credentials,
+            ca_file=settings.tls_ca_file,
+            cert_file=settings.tls_cert_file,
+            key_file=settings.tls_key_file,
+            key_password=read_key_password(settings.tls_key_password_env, settings.tls_key_password_file),
+        )
 
 
 def _untrusted_certificate(exc: BaseException) -> Any:
