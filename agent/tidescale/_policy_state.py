@@ -159,10 +159,11 @@ def restore(
     Deployment was at zero, or leaderless for long) keeps all but last-active, which restarts
     now as a fresh leader's does: KEDA sets lastActiveTime when it scales from zero.
 
-    A state whose writer was active when it wrote (last active within one polling interval of
-    the write) says less than it seems: the leader writes on change and on a slow heartbeat, and
-    the turn from active to idle is a change it writes, so its absence means the triggers stayed
-    active while the old leader lived. That leader was alive (renewing) until at most one lease
+    A state whose writer was active when it wrote (last active less than half a polling interval
+    before the write: at the tick that wrote it) says less than it seems: the leader writes on
+    change and on a slow heartbeat, and the turn from active to idle is a change it writes, so
+    its absence means the triggers stayed active while the old leader lived. That leader was
+    alive (renewing) until at most one lease
     duration ago, so last-active is taken as no earlier than that. ``observed_ago``: see
     :func:`decode`."""
     text = annotations.get(POLICY_STATE_ANNOTATION)
@@ -175,8 +176,7 @@ def restore(
         return History()
     shift = elapsed if observed_ago is None else min(elapsed, max(0.0, observed_ago))
     active_at_write = (
-        history.last_active is not None
-        and now - shift - history.last_active <= max(hints.polling_interval, 1.0) + 0.5
+        history.last_active is not None and now - shift - history.last_active < hints.polling_interval / 2
     )
     if elapsed > hints.cooldown:
         history = replace(history, last_active=now)

@@ -73,15 +73,23 @@ def held_by(decision: Decision, hints: Hints, *, now: float, wall: datetime) -> 
     return held
 
 
-def holds_count(decision: Decision | None, current: int) -> bool:
-    """Whether a window or a policy (not a bound) kept ``current`` from the recommendation."""
+def holds_count(decision: Decision | None, current: int, hints: Hints | None = None) -> bool:
+    """Whether a window or a policy (not a bound) kept ``current`` from the recommendation.
+
+    With ``hints``, a window or policy that only kept what the bounds would have kept anyway
+    does not count (min = max = 1 under light load: the down window "holds" 1 against a
+    recommendation of 0 that min-replicas lifts to 1 all the same; the label would flip at every
+    poll whose lag crosses zero)."""
     cap = decision.capped_by if decision is not None else None
-    return (
-        cap is not None
-        and decision is not None
-        and decision.desired == current
-        and _kind(cap.limit) != "limit"
-    )
+    if cap is None or decision is None or decision.desired != current or _kind(cap.limit) == "limit":
+        return False
+    if hints is None or hints.scaling_modifiers is not None:
+        return True  # a formula combines the triggers its own way: trust the engine's cap
+    opinions = [rec.replicas for rec in decision.recommendations if rec.state != "failing"]
+    if not opinions:
+        return True
+    floor = max(hints.min_replicas, 1)  # while running, zero is the waker's
+    return min(max(max(opinions), floor), hints.max_replicas) != decision.desired
 
 
 def state_of(
@@ -94,15 +102,17 @@ def state_of(
     parking: bool,
     previous: str | None,
     held_last_tick: bool = True,
+    hints: Hints | None = None,
 ) -> State:
     """The state label's value after one leader tick. ``held_last_tick``: whether the previous
-    tick's decision was held too (:func:`holds_count`); holding needs two in a row."""
+    tick's decision was held too (:func:`holds_count`); holding needs two in a row. ``hints``:
+    see :func:`holds_count`."""
     if not hints_valid or (readings and all(isinstance(r, MeasurementFailure) for r in readings)):
         return "error"
     if parking or current == 0:
         return "parked"
     if previous in ("parked", "waking") and (ready is None or ready < 1):
         return "waking"
-    if holds_count(decision, current) and held_last_tick:
+    if holds_count(decision, current, hints) and held_last_tick:
         return "holding"
     return "scaling"

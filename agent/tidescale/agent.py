@@ -541,6 +541,7 @@ class _Leadership:
         self._requested_at: float | None = None
         self._protocol_hold: str | None = None
         self._status_key: Any = None
+        self._written_active = False
         self._state: str | None = (((agent.deployment or {}).get("metadata") or {}).get("labels") or {}).get(
             STATE_LABEL
         )
@@ -843,8 +844,9 @@ class _Leadership:
             parking=self._parking,
             previous=self._state,
             held_last_tick=self._held_last_tick,
+            hints=hints,
         )
-        self._held_last_tick = holds_count(decision, current)
+        self._held_last_tick = holds_count(decision, current, hints)
         status = status_annotation(
             leader=env.pod_name,
             term=self.term.transitions,
@@ -860,12 +862,15 @@ class _Leadership:
         policy_state = encode_policy_state(
             self.history, hints=hints, now=agent._clock(), wall=_wallclock.time()
         )
-        key = (_status_key(status), _policy_state_key(policy_state, hints), state)
+        shape, active = _policy_state_key(policy_state, hints)
+        key = (_status_key(status), shape, state)
         since = agent._clock() - self._last_status_at
         # A Deployment write costs the API server and wakes every watcher of the Deployment (each
         # agent, the waker): only on change, on a slow heartbeat, and faster while a window holds.
-        if key == self._status_key and since < (
-            STATUS_HOLDING_INTERVAL if state == "holding" else STATUS_HEARTBEAT
+        if (
+            key == self._status_key
+            and not (active and not self._written_active)
+            and since < (STATUS_HOLDING_INTERVAL if state == "holding" else STATUS_HEARTBEAT)
         ):
             return
         annotations = {
@@ -883,42 +888,52 @@ class _Leadership:
             _log.warning("status annotation not written: %s", error)
             return
         self._last_status, self._last_status_at, self._state = status, agent._clock(), state
-        self._status_key = key
+        self._status_key, self._written_active = key, active
 
 
 def _status_key(status: Mapping[str, Any]) -> Any:
-    """What of the status is worth a write when it changes: all but the measured values (they move
-    every poll under load and are refreshed by the heartbeat), the write time and heldBy's until."""
+    """What of the status is worth a write when it changes: not the measured values, whether each
+    trigger is active, or heldBy (under light load they move every poll; the state label says
+    when a window or policy holds, and the heartbeat refreshes the rest), nor the write time or
+    the peers' lag."""
     triggers = {
-        name: {key: value for key, value in fields.items() if key != "value"}
+        name: {key: value for key, value in fields.items() if key not in ("value", "active")}
         for name, fields in (status.get("triggers") or {}).items()
     }
-    held = status.get("heldBy") or {}
     return orjson.dumps(
         {
             **{key: value for key, value in status.items() if key not in ("updatedAt", "pods", "heldBy")},
             "triggers": triggers,
             "pods": sorted(status.get("pods") or {}),
-            "heldBy": [held.get("kind"), held.get("by")],
         },
         option=orjson.OPT_SORT_KEYS,
     )
 
 
-def _policy_state_key(text: str, hints: Hints) -> Any:
-    """What of the policy state is worth a write when it changes: which counts and events it holds,
-    the failure counts, and whether the triggers were active at this tick (last active less than
-    half an interval ago: the turn to idle starts the cooldown a new leader must continue; see
-    _policy_state.restore). Ages are not: they change every poll."""
+def _policy_state_key(text: str, hints: Hints) -> tuple[Any, bool]:
+    """What of the policy state is worth a write when it changes, and whether a trigger was active
+    at this tick (last active less than half an interval ago).
+
+    Worth a write: the scale events, which triggers fail and whether past the fallback threshold.
+    Not the recommendations: they decide something only while a window holds the count, and then
+    the state is written every STATUS_HOLDING_INTERVAL (a new count is a write of its own). Ages
+    are not either: they change every poll.
+    Activity is the caller's: a turn to activity must be written at once (a new leader must not
+    take an older last-active for the truth, or it parks early); a turn to idle need not (a new
+    leader that reads "active at the write" counts it active until about when it took over; see
+    _policy_state.restore), which spares a write per flap under light load."""
     body = orjson.loads(text)
     last_active = body.get("a")
-    return (
-        tuple(count for _, count in body.get("r") or ()),
+    threshold = hints.fallback.failure_threshold if hints.fallback is not None else None
+    shape = (
         tuple(tuple(event[1:]) for event in body.get("u") or ()),
         tuple(tuple(event[1:]) for event in body.get("d") or ()),
-        tuple((trigger, count) for trigger, count, _ in body.get("f") or ()),
-        None if last_active is None else last_active < hints.polling_interval * 500,
+        tuple(
+            (trigger, threshold is not None and count > threshold)
+            for trigger, count, _ in body.get("f") or ()
+        ),
     )
+    return shape, last_active is not None and last_active < hints.polling_interval * 500
 
 
 def _log_end_offsets(readings: Sequence[Reading]) -> dict[str, dict[str, int]]:
