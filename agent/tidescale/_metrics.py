@@ -21,6 +21,11 @@ AGENT_FAMILIES: tuple[tuple[str, str, str], ...] = (
     ("tidescale_build_info", "gauge", "Always 1: the agent's version and Python"),
     ("tidescale_leader", "gauge", "1 while this agent leads its Deployment"),
     ("tidescale_hints_valid", "gauge", "1 while the Deployment's hints parse"),
+    (
+        "tidescale_protocol_hold",
+        "gauge",
+        "1 while the leader holds: the park record or status is of a newer protocol version",
+    ),
     ("tidescale_paused", "gauge", "1 while the hints pause scaling (paused, paused-replicas)"),
     ("tidescale_trigger_value", "gauge", "Last measured value of a trigger (lag, queue length)"),
     ("tidescale_trigger_target", "gauge", "Per-replica target of a trigger"),

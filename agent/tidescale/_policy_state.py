@@ -85,9 +85,16 @@ def encode(history: History, *, hints: Hints, now: float, wall: float) -> str:
     return json.dumps(body, separators=(",", ":"))
 
 
-def decode(text: str, *, now: float, wall: float) -> tuple[History, float]:
-    """The history an annotation holds, and how many seconds ago it was written; raises
-    :class:`PolicyStateInvalid` on anything this version did not write."""
+def decode(text: str, *, now: float, wall: float, observed_ago: float | None = None) -> tuple[History, float]:
+    """The history an annotation holds, and how many seconds ago it was written by the wall
+    clocks; raises :class:`PolicyStateInvalid` on anything this version did not write.
+
+    ``observed_ago``: how long ago, on this process's monotonic clock, the reader first saw this
+    very annotation value (None: not known). It cannot be longer ago than the write, so the
+    history is placed no further back than that: a writer whose wall clock ran behind the
+    reader's must not make the windows and the cooldown look older than they are (a park too
+    early, a scale-down before its window ends). Ages are then at most underestimated: every
+    window and cooldown lasts at least as long as it should."""
     if len(text) > MAX_STATE_BYTES:
         raise PolicyStateInvalid(f"{len(text)} characters: expected at most {MAX_STATE_BYTES}")
     try:
@@ -102,9 +109,10 @@ def decode(text: str, *, now: float, wall: float) -> tuple[History, float]:
     if not isinstance(written, int | float) or isinstance(written, bool) or written != written:
         raise PolicyStateInvalid('"w" is not a time')
     elapsed = max(0.0, wall - float(written))  # a writer's clock ahead of ours: treat as written now
+    shift = elapsed if observed_ago is None else min(elapsed, max(0.0, observed_ago))
 
     def at(age_ms: Any) -> float:
-        return now - elapsed - _int(age_ms, 0, _MAX_AGE_MS, "an age") / 1000
+        return now - shift - _int(age_ms, 0, _MAX_AGE_MS, "an age") / 1000
 
     recommendations = tuple(
         Recommendation(at=at(a), replicas=_int(n, 0, _MAX_COUNT, "a replica count"))
@@ -138,21 +146,42 @@ def decode(text: str, *, now: float, wall: float) -> tuple[History, float]:
     return history, elapsed
 
 
-def restore(annotations: Mapping[str, str], *, hints: Hints, now: float, wall: float) -> History:
+def restore(
+    annotations: Mapping[str, str],
+    *,
+    hints: Hints,
+    now: float,
+    wall: float,
+    observed_ago: float | None = None,
+) -> History:
     """What a new leader starts with: the annotation's history, or an empty one (with a log line
     saying why) when there is none or it is refused. A state older than the cooldown (the
     Deployment was at zero, or leaderless for long) keeps all but last-active, which restarts
-    now as a fresh leader's does: KEDA sets lastActiveTime when it scales from zero."""
+    now as a fresh leader's does: KEDA sets lastActiveTime when it scales from zero.
+
+    A state whose writer was active when it wrote (last active less than half a polling interval
+    before the write: at the tick that wrote it) says less than it seems: the leader writes on
+    change and on a slow heartbeat, and the turn from active to idle is a change it writes, so
+    its absence means the triggers stayed active while the old leader lived. That leader was
+    alive (renewing) until at most one lease
+    duration ago, so last-active is taken as no earlier than that. ``observed_ago``: see
+    :func:`decode`."""
     text = annotations.get(POLICY_STATE_ANNOTATION)
     if text is None:
         return History()
     try:
-        history, elapsed = decode(text, now=now, wall=wall)
+        history, elapsed = decode(text, now=now, wall=wall, observed_ago=observed_ago)
     except PolicyStateInvalid as exc:
         _log.warning("ignoring %s (%s): starting with empty windows and counts", POLICY_STATE_ANNOTATION, exc)
         return History()
+    shift = elapsed if observed_ago is None else min(elapsed, max(0.0, observed_ago))
+    active_at_write = (
+        history.last_active is not None and now - shift - history.last_active < hints.polling_interval / 2
+    )
     if elapsed > hints.cooldown:
         history = replace(history, last_active=now)
+    elif active_at_write and history.last_active is not None:
+        history = replace(history, last_active=max(history.last_active, now - hints.lease.duration))
     _log.info(
         "restored policy state written %.1fs ago: %d recommendations, %d scale events, last active %s",
         elapsed,

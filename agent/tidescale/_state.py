@@ -3,7 +3,10 @@
 ``tidescale.io/state`` (for ``kubectl get deploy -L tidescale.io/state``):
 
 * ``scaling``: tidescale follows the triggers (a change is being made, or none is needed);
-* ``holding``: a stabilization window or a scaling policy keeps the count from the recommendation;
+* ``holding``: a stabilization window or a scaling policy keeps the count from the recommendation,
+  for more than one poll in a row (a cap that lasts a single poll, as between the steps of a
+  rate-limited scale-up, is part of scaling: it would flip the label, a Deployment write, twice
+  per step);
 * ``parked``: handed to the waker (a park under way, or at zero);
 * ``waking``: woken from zero, pods still starting;
 * ``error``: the hints do not parse, or every trigger fails to measure.
@@ -19,7 +22,7 @@ from tidescale.hints import Hints
 from tidescale.policy import Decision, Limit
 from tidescale.sources.base import Measurement, MeasurementFailure
 
-__all__ = ["STATES", "STATE_LABEL", "State", "held_by", "state_of"]
+__all__ = ["STATES", "STATE_LABEL", "State", "held_by", "holds_count", "state_of"]
 
 STATE_LABEL = "tidescale.io/state"
 State = Literal["scaling", "holding", "parked", "waking", "error"]
@@ -70,6 +73,25 @@ def held_by(decision: Decision, hints: Hints, *, now: float, wall: datetime) -> 
     return held
 
 
+def holds_count(decision: Decision | None, current: int, hints: Hints | None = None) -> bool:
+    """Whether a window or a policy (not a bound) kept ``current`` from the recommendation.
+
+    With ``hints``, a window or policy that only kept what the bounds would have kept anyway
+    does not count (min = max = 1 under light load: the down window "holds" 1 against a
+    recommendation of 0 that min-replicas lifts to 1 all the same; the label would flip at every
+    poll whose lag crosses zero)."""
+    cap = decision.capped_by if decision is not None else None
+    if cap is None or decision is None or decision.desired != current or _kind(cap.limit) == "limit":
+        return False
+    if hints is None or hints.scaling_modifiers is not None:
+        return True  # a formula combines the triggers its own way: trust the engine's cap
+    opinions = [rec.replicas for rec in decision.recommendations if rec.state != "failing"]
+    if not opinions:
+        return True
+    floor = max(hints.min_replicas, 1)  # while running, zero is the waker's
+    return min(max(max(opinions), floor), hints.max_replicas) != decision.desired
+
+
 def state_of(
     *,
     hints_valid: bool,
@@ -79,20 +101,18 @@ def state_of(
     ready: int | None,
     parking: bool,
     previous: str | None,
+    held_last_tick: bool = True,
+    hints: Hints | None = None,
 ) -> State:
-    """The state label's value after one leader tick."""
+    """The state label's value after one leader tick. ``held_last_tick``: whether the previous
+    tick's decision was held too (:func:`holds_count`); holding needs two in a row. ``hints``:
+    see :func:`holds_count`."""
     if not hints_valid or (readings and all(isinstance(r, MeasurementFailure) for r in readings)):
         return "error"
     if parking or current == 0:
         return "parked"
     if previous in ("parked", "waking") and (ready is None or ready < 1):
         return "waking"
-    cap = decision.capped_by if decision is not None else None
-    if (
-        cap is not None
-        and decision is not None
-        and decision.desired == current
-        and _kind(cap.limit) != "limit"
-    ):
+    if holds_count(decision, current, hints) and held_last_tick:
         return "holding"
     return "scaling"

@@ -39,24 +39,32 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
 
-from tidescale import _logging
+from tidescale import _logging, _wallclock
 from tidescale._events import EventRecorder
 from tidescale._metrics import AGENT_FAMILIES, LEADER_ONLY, Metrics, build_info
 from tidescale._policy_state import POLICY_STATE_ANNOTATION
 from tidescale._policy_state import encode as encode_policy_state
 from tidescale._policy_state import restore as restore_policy_state
-from tidescale._state import STATE_LABEL, held_by, state_of
+from tidescale._state import STATE_LABEL, held_by, holds_count, state_of
 from tidescale.election import LeaseElector, LeaseTiming, Term, lease_name
 from tidescale.errors import HintsInvalid, KubeConflict, KubeError, LeadershipLost, TidescaleError
 from tidescale.hints import AGENT_OWNED, Hints, parse_hints
 from tidescale.httpserver import HttpServer, Request, Response
 from tidescale.kube import Deployment, KubeClient, KubeConfig, ObjectReference, Pod
-from tidescale.parking import PARK_RECORD_ANNOTATION, DeploymentSnapshot, leader_step
+from tidescale.parking import (
+    PARK_RECORD_ANNOTATION,
+    PROTOCOL_VERSION,
+    STATUS_ANNOTATION,
+    DeploymentSnapshot,
+    LeaderAction,
+    leader_step,
+    newer_protocol,
+)
 from tidescale.policy import Decision, History, decide
 from tidescale.rbac import describe_missing, missing_permissions
 from tidescale.sources.base import (
@@ -73,11 +81,15 @@ __all__ = ["STATUS_ANNOTATION", "Agent", "AgentEnv", "main", "status_annotation"
 
 _log = logging.getLogger("tidescale.agent")
 
-STATUS_ANNOTATION = "tidescale.io/status"
 HINT_PREFIX = "tidescale.io/"
 DEFAULT_PORT = 9464
 PEER_REFRESH_SECONDS = 15.0
-STATUS_MIN_INTERVAL = 10.0
+STATUS_HOLDING_INTERVAL = 10.0
+"""While a window or policy holds the count, the status and policy state are written at least this
+often: the times of the recommendations in the window are what a new leader restores."""
+STATUS_HEARTBEAT = 60.0
+"""Otherwise they are written when something in them changes, and at least this often (the
+``updatedAt`` that ``tidescale status`` shows as the status's age)."""
 _BACKOFF_MAX = 30.0
 
 Reading = Measurement | MeasurementFailure
@@ -114,7 +126,7 @@ class AgentEnv:
 
 
 def _utc_now() -> datetime:
-    return datetime.now(UTC)
+    return _wallclock.now()
 
 
 def _iso(moment: datetime) -> str:
@@ -159,6 +171,7 @@ def status_annotation(
                 "active": reading.active,
             }
     status: dict[str, Any] = {
+        "version": PROTOCOL_VERSION,
         "leader": leader,
         "leaseTransitions": term,
         "replicas": {"current": current, "desired": desired},
@@ -212,6 +225,7 @@ class Agent:
         """What is wrong with the Deployment's current hints, while something is."""
         self.deployment: Deployment | None = None
         self._seen_hints: dict[str, str] | None = None
+        self._policy_state_seen: tuple[str | None, float] = (None, self._clock())
         self._pool = SourcePool(pod_ip=env.pod_ip)
         self._sources: dict[str, tuple[TriggerSettings, Source]] = {}
         self._local: tuple[Reading, ...] = ()
@@ -230,6 +244,7 @@ class Agent:
         )
         self.metrics.set("tidescale_build_info", 1, build_info())
         self.metrics.set("tidescale_leader", 0)
+        self.metrics.set("tidescale_protocol_hold", 0)
 
     # ------------------------------------------------------------------ running
 
@@ -320,6 +335,10 @@ class Agent:
         """Takes in a new state of the Deployment: re-parses the hints when they changed."""
         self.deployment = deployment
         annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+        policy_state = annotations.get(POLICY_STATE_ANNOTATION)
+        if policy_state != self._policy_state_seen[0]:
+            # When this process first saw it: the state is at least this old, whatever the clocks.
+            self._policy_state_seen = (policy_state, self._clock())
         # What the agents and the waker write themselves (status, park record) is not a hint change.
         hints_now = {
             key: value
@@ -521,7 +540,13 @@ class _Leadership:
         self.history = (
             History()
             if agent.hints is None
-            else restore_policy_state(annotations, hints=agent.hints, now=agent._clock(), wall=time.time())
+            else restore_policy_state(
+                annotations,
+                hints=agent.hints,
+                now=agent._clock(),
+                wall=_wallclock.time(),
+                observed_ago=agent._clock() - agent._policy_state_seen[1],
+            )
         )
         self.park_epoch: int | None = None
         self.last_change: dict[str, Any] | None = None
@@ -533,6 +558,11 @@ class _Leadership:
         self._decision: Decision | None = None
         self._trigger_states: dict[str, str] = {}
         self._parking = False
+        self._held_last_tick = False
+        self._requested_at: float | None = None
+        self._protocol_hold: str | None = None
+        self._status_key: Any = None
+        self._written_active = False
         self._state: str | None = (((agent.deployment or {}).get("metadata") or {}).get("labels") or {}).get(
             STATE_LABEL
         )
@@ -562,6 +592,7 @@ class _Leadership:
         finally:
             for family in LEADER_ONLY:  # a new leader elsewhere reports them; no stale copy here
                 agent.metrics.clear(family)
+            agent.metrics.set("tidescale_protocol_hold", 0)
             peers.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await peers
@@ -576,6 +607,8 @@ class _Leadership:
 
     async def tick(self, hints: Hints, deployment: Deployment) -> None:
         agent = self.agent
+        if await self._hold(newer_protocol((deployment.get("metadata") or {}).get("annotations") or {})):
+            return
         readings = await agent._measure(Scope.GROUP)
         current = int((deployment.get("spec") or {}).get("replicas", 1))
         pods = (deployment.get("status") or {}).get("replicas")  # the scale subresource's status.replicas
@@ -610,6 +643,27 @@ class _Leadership:
             self._dry_run_said = None
         await self._maybe_refresh_peers()
         await self._maybe_write_status(hints, readings, current, decision.desired)
+
+    async def _hold(self, why: str | None) -> bool:
+        """Whether to hold (write nothing this tick): the Deployment carries a park record or status
+        of a newer protocol version than this build speaks. Said once: log, gauge, Warning Event."""
+        agent = self.agent
+        if why is None:
+            if self._protocol_hold is not None:
+                _log.info(
+                    "deployment %s is back to protocol %d: acting again",
+                    agent.env.deployment,
+                    PROTOCOL_VERSION,
+                )
+                agent.metrics.set("tidescale_protocol_hold", 0)
+                self._protocol_hold = None
+            return False
+        if why != self._protocol_hold:
+            self._protocol_hold = why
+            _log.warning("holding deployment %s: %s", agent.env.deployment, why)
+            agent.metrics.set("tidescale_protocol_hold", 1)
+            await agent._event("ProtocolTooNew", why, "Warning")
+        return True
 
     async def _report_triggers(self, decision: Decision) -> None:
         """TriggerFailing / FallbackApplied when a trigger's state worsens, Recovered when it is back."""
@@ -698,14 +752,19 @@ class _Leadership:
             me=env.pod_name,
             lease_transitions=self.term.transitions,
             my_epoch=self.park_epoch,
+            requested_ago=None if self._requested_at is None else agent._clock() - self._requested_at,
             idle=idle,
             now=_utc_now(),
             ack_timeout=hints.park_ack_timeout,
             triggers=tuple(settings.name for settings in hints.triggers),
             last_offsets=_log_end_offsets(readings),
         )
+        if step.action is LeaderAction.HOLD:
+            await self._hold(step.why)
+            return
         if step.why:
             _log.info("park: %s", step.why)
+        sent = agent._clock()
         if step.write is not None:
             body = step.write
             try:
@@ -721,6 +780,10 @@ class _Leadership:
             except (LeadershipLost, KubeError) as error:
                 _log.warning("park write (%s) not made: %s", step.action.value, error)
                 return
+        if step.action is LeaderAction.REQUEST:
+            self._requested_at = sent  # the ack timeout runs on this clock, not on requestedAt
+        elif step.epoch is None:
+            self._requested_at = None
         self.park_epoch = step.epoch
         if step.event is not None:
             await agent._event(
@@ -801,7 +864,10 @@ class _Leadership:
             ready=(deployment.get("status") or {}).get("readyReplicas"),
             parking=self._parking,
             previous=self._state,
+            held_last_tick=self._held_last_tick,
+            hints=hints,
         )
+        self._held_last_tick = holds_count(decision, current, hints)
         status = status_annotation(
             leader=env.pod_name,
             term=self.term.transitions,
@@ -814,15 +880,20 @@ class _Leadership:
             held_by=None if decision is None else held_by(decision, hints, now=agent._clock(), wall=wall),
             updated_at=_iso(wall),
         )
-        changed_count = (
-            self._last_status is None
-            or self._last_status.get("replicas") != status["replicas"]
-            or state != self._state
+        policy_state = encode_policy_state(
+            self.history, hints=hints, now=agent._clock(), wall=_wallclock.time()
         )
-        # Written at least every STATUS_MIN_INTERVAL even when unchanged: the policy state rides along.
-        if not changed_count and agent._clock() - self._last_status_at < STATUS_MIN_INTERVAL:
+        shape, active = _policy_state_key(policy_state, hints)
+        key = (_status_key(status), shape, state)
+        since = agent._clock() - self._last_status_at
+        # A Deployment write costs the API server and wakes every watcher of the Deployment (each
+        # agent, the waker): only on change, on a slow heartbeat, and faster while a window holds.
+        if (
+            key == self._status_key
+            and not (active and not self._written_active)
+            and since < (STATUS_HOLDING_INTERVAL if state == "holding" else STATUS_HEARTBEAT)
+        ):
             return
-        policy_state = encode_policy_state(self.history, hints=hints, now=agent._clock(), wall=time.time())
         annotations = {
             STATUS_ANNOTATION: orjson.dumps(status).decode(),
             POLICY_STATE_ANNOTATION: policy_state,
@@ -838,6 +909,52 @@ class _Leadership:
             _log.warning("status annotation not written: %s", error)
             return
         self._last_status, self._last_status_at, self._state = status, agent._clock(), state
+        self._status_key, self._written_active = key, active
+
+
+def _status_key(status: Mapping[str, Any]) -> Any:
+    """What of the status is worth a write when it changes: not the measured values, whether each
+    trigger is active, or heldBy (under light load they move every poll; the state label says
+    when a window or policy holds, and the heartbeat refreshes the rest), nor the write time or
+    the peers' lag."""
+    triggers = {
+        name: {key: value for key, value in fields.items() if key not in ("value", "active")}
+        for name, fields in (status.get("triggers") or {}).items()
+    }
+    return orjson.dumps(
+        {
+            **{key: value for key, value in status.items() if key not in ("updatedAt", "pods", "heldBy")},
+            "triggers": triggers,
+            "pods": sorted(status.get("pods") or {}),
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
+
+
+def _policy_state_key(text: str, hints: Hints) -> tuple[Any, bool]:
+    """What of the policy state is worth a write when it changes, and whether a trigger was active
+    at this tick (last active less than half an interval ago).
+
+    Worth a write: the scale events, which triggers fail and whether past the fallback threshold.
+    Not the recommendations: they decide something only while a window holds the count, and then
+    the state is written every STATUS_HOLDING_INTERVAL (a new count is a write of its own). Ages
+    are not either: they change every poll.
+    Activity is the caller's: a turn to activity must be written at once (a new leader must not
+    take an older last-active for the truth, or it parks early); a turn to idle need not (a new
+    leader that reads "active at the write" counts it active until about when it took over; see
+    _policy_state.restore), which spares a write per flap under light load."""
+    body = orjson.loads(text)
+    last_active = body.get("a")
+    threshold = hints.fallback.failure_threshold if hints.fallback is not None else None
+    shape = (
+        tuple(tuple(event[1:]) for event in body.get("u") or ()),
+        tuple(tuple(event[1:]) for event in body.get("d") or ()),
+        tuple(
+            (trigger, threshold is not None and count > threshold)
+            for trigger, count, _ in body.get("f") or ()
+        ),
+    )
+    return shape, last_active is not None and last_active < hints.polling_interval * 500
 
 
 def _log_end_offsets(readings: Sequence[Reading]) -> dict[str, dict[str, int]]:
@@ -882,8 +999,13 @@ def main(argv: list[str]) -> int:
     _configure_logging(args.log_level, args.log_format)
     try:
         env = AgentEnv.from_environ(os.environ)
+        shifted = _wallclock.configure(os.environ)
         static = {"namespace": env.namespace, "deployment": env.deployment, "pod": env.pod_name}
         _configure_logging(args.log_level, args.log_format, static)
+        if shifted:
+            _log.warning(
+                "wall clock shifted by %+gs (%s: for fault tests only)", shifted, _wallclock.OFFSET_ENV
+            )
         if args.kubeconfig:
             from pathlib import Path
 

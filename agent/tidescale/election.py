@@ -45,10 +45,11 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
 from typing import TypeVar
 
+from tidescale import _wallclock
 from tidescale.errors import HintError, KubeConflict, KubeError, KubeNotFound, LeadershipLost
 from tidescale.kube import KubeClient, Lease, LeaseSpec, format_micro_time, parse_time
 
@@ -373,7 +374,7 @@ class LeaseElector:
 
     async def _write(self, action: Action) -> None:
         record = self._record
-        spec = next_spec(record, identity=self.identity, timing=self.timing, now=datetime.now(UTC))
+        spec = next_spec(record, identity=self.identity, timing=self.timing, now=_wallclock.now())
         sent = self._clock()
         self._last_try = sent
         try:
@@ -475,7 +476,7 @@ class LeaseElector:
                 lease = await self._client.update_lease(
                     self.namespace,
                     self.name,
-                    released_spec(record, now=datetime.now(UTC)),
+                    released_spec(record, now=_wallclock.now()),
                     resource_version=record.resource_version,
                 )
             self._record = LeaseRecord.from_lease(lease)

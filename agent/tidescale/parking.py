@@ -9,6 +9,13 @@ bit of shared state on the Deployment itself (docs/scale-to-zero.md draws the se
 * annotation ``tidescale.io/park-epoch``: the last epoch used. It outlives the record, so epochs
   keep increasing across park/wake cycles even though a wake removes the record.
 
+Both the record and the leader's ``tidescale.io/status`` carry the protocol's major version
+(:data:`PROTOCOL_VERSION`; absent means 1, what every earlier build wrote). A side that meets a
+*newer* version than it speaks holds: it writes nothing to that Deployment (no clear, no ack, no
+wake, no scale) and says so, rather than act on a record whose meaning it cannot know. Old
+readers ignore fields they do not know, so a change that only adds a field keeps the version;
+a change that old readers would misread raises it (docs/reliability.md, "Upgrades").
+
 Every write is a JSON merge patch of the Deployment carrying ``metadata.resourceVersion``: the
 API server applies it only if nothing changed since the read it was decided on, otherwise 409.
 Writes are therefore serializable; a side that gets 409 re-reads and decides again with
@@ -31,6 +38,8 @@ __all__ = [
     "PARK_EPOCH_ANNOTATION",
     "PARK_LABEL",
     "PARK_RECORD_ANNOTATION",
+    "PROTOCOL_VERSION",
+    "STATUS_ANNOTATION",
     "DeploymentSnapshot",
     "Event",
     "LeaderAction",
@@ -43,6 +52,7 @@ __all__ = [
     "Write",
     "format_time",
     "leader_step",
+    "newer_protocol",
     "parse_time",
     "waker_step",
 ]
@@ -50,6 +60,9 @@ __all__ = [
 PARK_LABEL = "tidescale.io/park"
 PARK_RECORD_ANNOTATION = "tidescale.io/park-record"
 PARK_EPOCH_ANNOTATION = "tidescale.io/park-epoch"
+STATUS_ANNOTATION = "tidescale.io/status"
+PROTOCOL_VERSION = 1
+"""The major version of the park record and status this build writes and understands."""
 DEFAULT_ACK_TIMEOUT = 30.0
 """Seconds the leader waits for the waker's ack before giving up (hint ``park-ack-timeout``)."""
 
@@ -66,6 +79,7 @@ class ParkState(StrEnum):
 class RawParkRecord(TypedDict, total=False):
     """The record as stored in the annotation (camelCase, like the rest of a Kubernetes object)."""
 
+    version: int
     epoch: int
     state: str
     requester: str
@@ -109,9 +123,11 @@ class ParkRecord:
     acked_by: str | None = None
     acked_at: datetime | None = None
     parked_at: datetime | None = None
+    version: int = PROTOCOL_VERSION
 
     def to_json(self) -> str:
         raw: RawParkRecord = {
+            "version": self.version,
             "epoch": self.epoch,
             "state": self.state.value,
             "requester": self.requester,
@@ -132,6 +148,9 @@ class ParkRecord:
             raw = json.loads(text)
             if not isinstance(raw, dict):
                 raise ValueError("not a JSON object")
+            version = raw.get("version", 1)
+            if type(version) is not int or not 1 <= version <= PROTOCOL_VERSION:
+                raise ValueError(f"protocol version {version!r}: this build reads 1 to {PROTOCOL_VERSION}")
             epoch, transitions = raw["epoch"], raw["leaseTransitions"]
             if type(epoch) is not int or epoch < 1 or type(transitions) is not int:
                 raise ValueError("epoch must be a whole number >= 1, leaseTransitions a whole number")
@@ -155,9 +174,37 @@ class ParkRecord:
                 acked_by=acked_by if isinstance(acked_by, str) else None,
                 acked_at=_optional_time(raw.get("ackedAt")),
                 parked_at=_optional_time(raw.get("parkedAt")),
+                version=version,
             )
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a park record: {exc}") from exc
+
+
+def _version_of(text: str | None) -> int:
+    """The protocol version a stored JSON object says it was written in (absent: 1; unreadable: 0)."""
+    if text is None:
+        return 0
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        return 0
+    if not isinstance(raw, dict):
+        return 0
+    version = raw.get("version", 1)
+    return version if type(version) is int and version >= 1 else 0
+
+
+def newer_protocol(annotations: Mapping[str, str]) -> str | None:
+    """Why this build must hold on a Deployment: its park record or status says a newer protocol
+    version than :data:`PROTOCOL_VERSION` (None: nothing newer)."""
+    for annotation in (PARK_RECORD_ANNOTATION, STATUS_ANNOTATION):
+        version = _version_of(annotations.get(annotation))
+        if version > PROTOCOL_VERSION:
+            return (
+                f"{annotation} says protocol version {version}, newer than the {PROTOCOL_VERSION} "
+                "this build speaks: holding (no write) until an agent of that version takes over"
+            )
+    return None
 
 
 def _optional_time(value: object) -> datetime | None:
@@ -209,6 +256,11 @@ class DeploymentSnapshot:
             return ParkRecord.from_json(text)
         except ValueError:
             return None
+
+    @property
+    def newer_protocol(self) -> str | None:
+        """Why to hold: the record or status is of a newer protocol version (see the module doc)."""
+        return newer_protocol(self.annotations)
 
     @property
     def unreadable(self) -> bool:
@@ -285,6 +337,8 @@ class LeaderAction(StrEnum):
     """A record this leader did not write (an earlier leader's): remove it and start over."""
     FORGET = "forget"
     """Our request is gone (the waker woke the Deployment, or someone cleared it): drop it."""
+    HOLD = "hold"
+    """The record or status is of a newer protocol version: write nothing, say why."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -312,6 +366,7 @@ def leader_step(
     ack_timeout: float = DEFAULT_ACK_TIMEOUT,
     triggers: Sequence[str] = (),
     last_offsets: Mapping[str, Mapping[str, int]] | None = None,
+    requested_ago: float | None = None,
 ) -> LeaderDecision:
     """What the leader writes next.
 
@@ -319,7 +374,12 @@ def leader_step(
     *after* ``snapshot`` was read (after the ack, for the park write). ``my_epoch``: the epoch of
     the request this leader wrote and still follows, kept in memory (None after a restart, which
     makes any record foreign). The caller keeps ``decision.epoch`` as its new ``my_epoch``.
+    ``requested_ago``: seconds since this leader sent its request, on its monotonic clock (None:
+    the record's requestedAt against ``now``, which a wall-clock step would skew).
     """
+    newer = snapshot.newer_protocol
+    if newer is not None:
+        return LeaderDecision(action=LeaderAction.HOLD, epoch=my_epoch, why=newer)
     record = snapshot.record
     mine = (
         record is not None
@@ -381,7 +441,7 @@ def leader_step(
             why=f"a trigger is active again: park epoch {record.epoch} abandoned",
         )
     if record.state is ParkState.REQUESTED:
-        waited = (now - record.requested_at).total_seconds()
+        waited = (now - record.requested_at).total_seconds() if requested_ago is None else requested_ago
         if waited < ack_timeout:
             return LeaderDecision(action=LeaderAction.NONE, epoch=my_epoch, why="waiting for the waker's ack")
         return LeaderDecision(
@@ -434,6 +494,8 @@ class WakerAction(StrEnum):
     """A trigger is active: record and label removed, and at zero spec.replicas = wake-replicas."""
     RELEASE = "release"
     """Replicas > 0 while parked (scaled by hand), or unreadable state: record and label removed."""
+    HOLD = "hold"
+    """The record is of a newer protocol version: write nothing, say why (a Warning Event)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -460,6 +522,19 @@ def waker_step(
     Waking never depends on the probe's epoch: activity is activity, and an extra wake costs
     one pod for one cooldown; a missed one loses events.
     """
+    version = _version_of(snapshot.annotations.get(PARK_RECORD_ANNOTATION))
+    if version > PROTOCOL_VERSION:
+        return WakerDecision(
+            action=WakerAction.HOLD,
+            event=Event(
+                reason="ProtocolTooNew",
+                type="Warning",
+                message=f"{PARK_RECORD_ANNOTATION} says protocol version {version}, newer than the "
+                f"{PROTOCOL_VERSION} this waker speaks: it neither acks nor wakes this Deployment "
+                "until a waker of that version runs",
+            ),
+            why=f"park record of protocol version {version}",
+        )
     record = snapshot.record
     if snapshot.unreadable:
         if snapshot.replicas > 0:

@@ -266,6 +266,11 @@ class Waker:
                 ("tidescale_waker_round_duration_seconds", "gauge", "Duration of the last full poll round"),
                 ("tidescale_waker_wakes_total", "counter", "Parked Deployments it scaled up"),
                 ("tidescale_waker_acks_total", "counter", "Park requests it acknowledged"),
+                (
+                    "tidescale_waker_protocol_holds_total",
+                    "counter",
+                    "Park records of a newer protocol version it held on (wrote nothing)",
+                ),
                 ("tidescale_waker_measurement_failures_total", "counter", "Trigger measurements that failed"),
                 (
                     "tidescale_waker_refused_triggers",
@@ -276,7 +281,13 @@ class Waker:
                 ("tidescale_waker_batches_in_flight", "gauge", "Broker batches running, stragglers included"),
             ]
         )
-        for name in ("wakes_total", "acks_total", "measurement_failures_total", "deployment_errors_total"):
+        for name in (
+            "wakes_total",
+            "acks_total",
+            "protocol_holds_total",
+            "measurement_failures_total",
+            "deployment_errors_total",
+        ):
             self.metrics.set(f"tidescale_waker_{name}", 0)
 
     @property
@@ -804,6 +815,9 @@ class Waker:
                 wake_replicas=tracked.wake_replicas,
                 now=self._clock(),
             )
+            if decision.action is WakerAction.HOLD:
+                self._hold(tracked, decision)
+                return
             if decision.write is None:
                 return
             try:
@@ -839,6 +853,15 @@ class Waker:
             )
             await self._emit(tracked.snapshot, decision, cast(Mapping[str, Any], written))
             return
+
+    def _hold(self, tracked: _Tracked, decision: WakerDecision) -> None:
+        """A park record of a newer protocol: no write; said once (log, metric, Warning Event)."""
+        event = decision.event
+        if event is None or (event.reason, event.message) in tracked.warned:
+            return
+        self.metrics.inc("tidescale_waker_protocol_holds_total")
+        _log.warning("%s: holding: %s", _name(tracked), decision.why, extra=_fields(tracked.snapshot))
+        self._warn(tracked, event.reason, event.message)
 
     async def _write(self, snapshot: DeploymentSnapshot, decision: WakerDecision) -> Deployment:
         assert decision.write is not None

@@ -12,6 +12,8 @@ from tidescale.parking import (
     PARK_EPOCH_ANNOTATION,
     PARK_LABEL,
     PARK_RECORD_ANNOTATION,
+    PROTOCOL_VERSION,
+    STATUS_ANNOTATION,
     DeploymentSnapshot,
     LeaderAction,
     ParkRecord,
@@ -84,8 +86,9 @@ def test_the_record_json_uses_the_documented_camel_case_keys() -> None:
     raw = json.loads(record(ParkState.PARKED).to_json())
     assert set(raw) == {
         "epoch", "state", "requester", "leaseTransitions", "requestedAt", "triggers",
-        "lastOffsets", "ackedBy", "ackedAt", "parkedAt",
+        "lastOffsets", "ackedBy", "ackedAt", "parkedAt", "version",
     }  # fmt: skip
+    assert raw["version"] == PROTOCOL_VERSION == 1
     assert raw["requestedAt"] == "2026-11-28T03:00:00.000000Z"
     assert raw["lastOffsets"] == {"kafka": {"orders/0": 120}}
 
@@ -340,3 +343,97 @@ def test_unreadable_park_state_is_released_when_running_and_woken_at_zero() -> N
 def test_a_deployment_without_park_state_is_not_the_wakers_business() -> None:
     decision = wake(snapshot(), Probe(epoch=0, active=True))
     assert (decision.action, decision.write, decision.track) == (WakerAction.NONE, None, False)
+
+
+# -- protocol versions --------------------------------------------------------------------------
+
+
+def with_version(rec: ParkRecord, version: int | None) -> str:
+    raw = json.loads(rec.to_json())
+    if version is None:
+        del raw["version"]
+    else:
+        raw["version"] = version
+    return json.dumps(raw)
+
+
+def versioned(rec: ParkRecord, version: int | None, *, replicas: int = 1) -> DeploymentSnapshot:
+    base = snapshot(rec, replicas=replicas)
+    return DeploymentSnapshot(
+        namespace=base.namespace,
+        name=base.name,
+        resource_version=base.resource_version,
+        replicas=base.replicas,
+        labels=base.labels,
+        annotations={**base.annotations, PARK_RECORD_ANNOTATION: with_version(rec, version)},
+    )
+
+
+def test_a_record_without_a_version_is_read_as_version_1_as_every_earlier_build_wrote_it() -> None:
+    rec = record(ParkState.WATCHING)
+    assert ParkRecord.from_json(with_version(rec, None)) == rec
+    assert versioned(rec, None).newer_protocol is None
+
+
+def test_a_record_of_a_newer_version_makes_the_leader_hold_instead_of_clearing_it() -> None:
+    foreign = record(ParkState.REQUESTED, requester="web-2")
+    assert leader_step(versioned(foreign, None), me="web-1", lease_transitions=2, my_epoch=None, idle=True,
+                       now=T0).action is LeaderAction.CLEAR  # fmt: skip
+    step = leader_step(
+        versioned(foreign, 2), me="web-1", lease_transitions=2, my_epoch=None, idle=True, now=T0
+    )
+    assert step.action is LeaderAction.HOLD
+    assert step.write is None
+    assert "version 2" in step.why
+
+
+def test_a_status_of_a_newer_version_makes_the_leader_hold() -> None:
+    base = snapshot(None)
+    newer = DeploymentSnapshot(
+        namespace="shop",
+        name="web",
+        resource_version="100",
+        replicas=1,
+        annotations={STATUS_ANNOTATION: json.dumps({"version": 2, "leader": "web-9"})},
+    )
+    assert leader_step(base, me="web-1", lease_transitions=2, my_epoch=None, idle=True,
+                       now=T0).action is LeaderAction.REQUEST  # fmt: skip
+    step = leader_step(newer, me="web-1", lease_transitions=2, my_epoch=None, idle=True, now=T0)
+    assert step.action is LeaderAction.HOLD
+    assert step.write is None
+
+
+@pytest.mark.parametrize("active", [True, False])
+def test_a_record_of_a_newer_version_makes_the_waker_hold_neither_acking_nor_waking(active: bool) -> None:
+    for state, replicas in ((ParkState.REQUESTED, 1), (ParkState.PARKED, 0)):
+        rec = record(state)
+        decision = waker_step(
+            versioned(rec, 2, replicas=replicas),
+            waker="waker-0",
+            probe=Probe(epoch=rec.epoch, active=active),
+            wake_replicas=1,
+            now=T0,
+        )
+        assert decision.action is WakerAction.HOLD
+        assert decision.write is None
+        assert decision.event is not None
+        assert decision.event.reason == "ProtocolTooNew"
+        same = waker_step(
+            versioned(rec, 1, replicas=replicas),
+            waker="waker-0",
+            probe=Probe(epoch=rec.epoch, active=active),
+            wake_replicas=1,
+            now=T0,
+        )
+        if active or state is ParkState.REQUESTED:
+            assert same.write is not None  # version 1 is spoken here: woken, or acked
+
+
+def test_the_ack_timeout_runs_on_the_leaders_own_clock_when_it_gives_one() -> None:
+    rec = record(ParkState.REQUESTED)
+    args: dict[str, Any] = {"me": "web-1", "lease_transitions": 2, "my_epoch": 4, "idle": True}
+    # The wall clock jumped an hour ahead; 5 s have passed on the monotonic clock.
+    later = T0 + timedelta(hours=1)
+    assert leader_step(snapshot(rec), **args, now=later).action is LeaderAction.ABORT
+    assert leader_step(snapshot(rec), **args, now=later, requested_ago=5.0).action is LeaderAction.NONE
+    assert leader_step(snapshot(rec), **args, now=T0, requested_ago=31.0).action is LeaderAction.ABORT

@@ -68,12 +68,37 @@ def test_a_new_leader_does_not_scale_down_before_the_old_leaders_window_ends() -
 def test_a_new_leader_keeps_the_cooldown_running() -> None:
     hints = kafka_hints(min_replicas="0", cooldown="120s")
     decision = decide([lag(50, 0)], current=1, hints=hints, now=0, history=History())
-    restored = failover(decision.history, hints, old_now=0, new_now=900, gap=30)
-    assert restored.last_active == 870
-    quiet = decide([lag(0, 990, active=False)], current=1, hints=hints, now=990, history=restored)
+    idle = decide([lag(0, 40, active=False)], current=1, hints=hints, now=40, history=decision.history)
+    # The old leader's last write came after the turn to idle (a change it writes at once).
+    restored = failover(idle.history, hints, old_now=40, new_now=900, gap=30)
+    assert restored.last_active == 830
+    quiet = decide([lag(0, 950, active=False)], current=1, hints=hints, now=950, history=restored)
     assert quiet.wants_zero is False
-    later = decide([lag(0, 991, active=False)], current=1, hints=hints, now=991, history=restored)
+    later = decide([lag(0, 951, active=False)], current=1, hints=hints, now=951, history=restored)
     assert later.wants_zero is True
+
+
+def test_a_state_written_while_active_counts_the_old_leader_active_until_a_lease_duration_ago() -> None:
+    hints = kafka_hints(min_replicas="0", cooldown="120s", lease_duration="15s")
+    decision = decide([lag(50, 0)], current=1, hints=hints, now=0, history=History())
+    # Written at its last active tick; the old leader then lived on (its later heartbeat is lost).
+    restored = failover(decision.history, hints, old_now=0, new_now=900, gap=30)
+    assert restored.last_active == 885
+
+
+def test_a_writer_whose_wall_clock_runs_behind_does_not_age_the_state_beyond_what_the_reader_saw() -> None:
+    hints = kafka_hints(min_replicas="0", cooldown="120s")
+    decision = decide([lag(50, 0)], current=1, hints=hints, now=0, history=History())
+    idle = decide([lag(0, 40, active=False)], current=1, hints=hints, now=40, history=decision.history)
+    text = encode(idle.history, hints=hints, now=40, wall=WALL)
+    # Written 10 s ago by a clock 50 s behind the reader's: the wall clocks say 60 s.
+    annotations = {POLICY_STATE_ANNOTATION: text}
+    skewed = restore(annotations, hints=hints, now=900, wall=WALL + 60)
+    seen = restore(annotations, hints=hints, now=900, wall=WALL + 60, observed_ago=10)
+    assert skewed.last_active == 800  # 50 s too early: it would park 50 s before the cooldown ends
+    assert seen.last_active == 850
+    ahead = restore(annotations, hints=hints, now=900, wall=WALL - 60, observed_ago=10)
+    assert ahead.last_active == 860  # a writer ahead of the reader: as if written just now
 
 
 def test_a_state_older_than_the_cooldown_restarts_last_active() -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidescale._state import STATES, held_by, state_of
+from tidescale._state import STATES, held_by, holds_count, state_of
 from tidescale.agent import status_annotation
 from tidescale.hints import Hints, parse_hints
 from tidescale.policy import Decision, History, decide
@@ -80,6 +80,15 @@ def test_a_count_held_by_a_window_is_in_the_holding_state() -> None:
         previous="scaling",
     )
     assert state == "holding"
+
+
+def test_a_count_held_for_a_single_poll_is_still_scaling_and_holding_starts_at_the_second() -> None:
+    _, decision = held_down_by_window()
+    assert holds_count(decision, 4)
+    args = {"hints_valid": True, "readings": [lag(100, 10)], "decision": decision, "current": 4, "ready": 4}
+    first = state_of(**args, parking=False, previous="scaling", held_last_tick=False)  # type: ignore[arg-type]
+    second = state_of(**args, parking=False, previous=first, held_last_tick=True)  # type: ignore[arg-type]
+    assert (first, second) == ("scaling", "holding")
 
 
 def test_every_trigger_failing_or_broken_hints_is_the_error_state() -> None:

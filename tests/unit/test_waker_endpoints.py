@@ -58,6 +58,7 @@ async def test_a_standby_waker_is_healthy_and_ready_and_reports_that_it_does_not
         "tidescale_waker_round_duration_seconds": 0,
         "tidescale_waker_wakes_total": 0,
         "tidescale_waker_acks_total": 0,
+        "tidescale_waker_protocol_holds_total": 0,
         "tidescale_waker_measurement_failures_total": 0,
         "tidescale_waker_refused_triggers": 0,
         "tidescale_waker_deployment_errors_total": 0,
