@@ -8,8 +8,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+KUBERNETES_OLDEST_VERSION := $(shell sed -n 's/^KUBERNETES_OLDEST_VERSION=//p' tests/rig/build/versions.env)
 
-.PHONY: help venv rig lint test test-unit test-rig test-faults test-faults-long test-hpa-diff demo bench clean
+.PHONY: help venv rig lint test test-unit test-rig test-faults test-faults-long test-hpa-diff test-k8s-oldest demo bench clean
 
 help:
 	@echo "make demo       bring up the local cluster rig with tidescale and a sample consumer"
@@ -17,6 +18,7 @@ help:
 	@echo "make test-unit  the fast tests, without the rig (chart-render tests, which need helm, run in make test)"
 	@echo "make test-faults       the fault suite on the rig (tests/faults, also part of make test)"
 	@echo "make test-faults-long  kill storms (FAULTS_LONG_SECONDS, default 300) and a broker lost of three; not in make test"
+	@echo "make test-k8s-oldest   the smoke subset on the oldest Kubernetes supported ($(KUBERNETES_OLDEST_VERSION); not in make test)"
 	@echo "make rig        build or fetch the rig's pieces (cached in ~/.cache/tidescale-rig)"
 	@echo "make lint       ruff and mypy --strict"
 
@@ -56,6 +58,13 @@ test-faults-long: venv rig
 
 test: venv rig lint
 	$(BIN)/pytest -m "not long" $(PYTEST_ARGS)
+
+# The smoke subset (marker `smoke`: injection, agent scaling, park and wake, the chart's install)
+# on the oldest Kubernetes supported, built like the default one and cached beside it (a cold
+# build takes tens of minutes on 2 cores). Not part of make test.
+test-k8s-oldest: venv rig
+	TIDESCALE_RIG_KUBERNETES_VERSION=$(KUBERNETES_OLDEST_VERSION) tests/rig/build/build.sh kubernetes
+	TIDESCALE_RIG_KUBERNETES_VERSION=$(KUBERNETES_OLDEST_VERSION) $(BIN)/pytest -m smoke $(PYTEST_ARGS)
 
 # The policy engine against the real HPA controller on 300 generated scenarios (plus the named
 # ones); `make test` runs the named ones and 30 generated. Writes bench/results/hpa-differential.md.

@@ -33,6 +33,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "long: kill storms and soaks (`make test-faults-long`, FAULTS_LONG_SECONDS); not in `make test`",
     )
+    config.addinivalue_line(
+        "markers",
+        "smoke: the subset `make test-k8s-oldest` runs on the oldest Kubernetes supported "
+        "(injection, agent scaling, park and wake, the chart's install); also in `make test`",
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

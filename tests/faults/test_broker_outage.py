@@ -10,31 +10,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from tests.faults.invariants import (
     check_replicas_within,
     check_writes_follow_the_lease,
-    group_lag,
     queue_messages,
 )
-from tests.integration.rigkube import get, wait_for
+from tests.faults.prologue import MakeArmedKafka, MakeArmedRabbitMQ
+from tests.integration.rigkube import wait_for
 from tests.integration.test_scale_to_zero import (
     MAX_REPLICAS,
     Background,
     KafkaIds,
     RabbitIds,
     Setup,
-    arm,
-    kafka_setup,
-    rabbitmq_setup,
     wait_no_pods,
 )
 from tests.rig.controlplane import ControlPlane
 from tests.rig.kafka import Kafka
-from tests.rig.podrunner import PodRunner
 from tests.rig.processes import Supervisor
 from tests.rig.rabbitmq import RabbitMQ
 
@@ -87,18 +82,15 @@ def outage_then_parked_outage_then_wake(
 
 
 def test_kafka_down_holds_replicas_parks_nothing_and_a_parked_deployment_wakes_once_it_is_back(
+    armed_kafka: MakeArmedKafka,
     control_plane: ControlPlane,
-    pod_runner: PodRunner,
     kafka: Kafka,
     rig_supervisor: Supervisor,
-    rig_run_dir: Path,
     background: Background,
     teardown: list[Callable[[], None]],
 ) -> None:
-    setup, ids = kafka_setup(
-        control_plane, rig_supervisor, background, kafka, rig_run_dir, "fault-kafka-down", extra=EXTRA
-    )
-    arm(teardown, control_plane, setup, ids)
+    armed = armed_kafka("fault-kafka-down", extra=EXTRA)
+    setup, ids = armed.setup, armed.ids
 
     def start() -> Callable[[int], list[str]]:
         kafka.start_again(rig_supervisor)
@@ -107,27 +99,19 @@ def test_kafka_down_holds_replicas_parks_nothing_and_a_parked_deployment_wakes_o
         return fresh.send
 
     outage_then_parked_outage_then_wake(control_plane, setup, ids.send, kafka.stop, start)
-    group = get(control_plane, "deployment", setup.name, setup.namespace)["metadata"]["annotations"][
-        "tidescale.io/kafka.consumer-group"
-    ]
-    wait_for(
-        "no lag left in Kafka's own view", lambda: group_lag(kafka, group) == 0, timeout=60, interval=1.0
-    )
+    armed.wait_no_lag()
 
 
 def test_rabbitmq_down_holds_replicas_parks_nothing_and_a_parked_deployment_wakes_once_it_is_back(
+    armed_rabbitmq: MakeArmedRabbitMQ,
     control_plane: ControlPlane,
-    pod_runner: PodRunner,
     rabbitmq: RabbitMQ,
     rig_supervisor: Supervisor,
-    rig_run_dir: Path,
     background: Background,
     teardown: list[Callable[[], None]],
 ) -> None:
-    setup, ids = rabbitmq_setup(
-        control_plane, rig_supervisor, background, rabbitmq, rig_run_dir, "fault-rabbit-down", extra=EXTRA
-    )
-    arm(teardown, control_plane, setup, ids)
+    armed = armed_rabbitmq("fault-rabbit-down", extra=EXTRA)
+    setup, ids = armed.setup, armed.ids
 
     def start() -> Callable[[int], list[str]]:
         rabbitmq.start_node_again(rig_supervisor)

@@ -15,25 +15,19 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from tests.faults.invariants import (
     check_replicas_within,
     check_writes_follow_the_lease,
-    group_lag,
-    lease_holder,
     lease_writes,
     wait_for_scale_write,
 )
+from tests.faults.prologue import MakeLedKafka
 from tests.integration.rigkube import get, wait_for
-from tests.integration.test_scale_to_zero import Background, arm, kafka_setup
 from tests.rig.controlplane import ControlPlane
-from tests.rig.kafka import Kafka
-from tests.rig.podrunner import PodRunner
 from tests.rig.processes import Supervisor
 
 pytestmark = pytest.mark.rig
@@ -54,30 +48,13 @@ def pause_etcd(plane: ControlPlane) -> None:
 @pytest.mark.parametrize("fault", ["apiserver-restart", "etcd-paused"])
 def test_after_a_control_plane_outage_the_agents_elect_again_and_a_burst_scales_with_every_write_in_a_term(
     fault: str,
+    led_kafka: MakeLedKafka,
     control_plane: ControlPlane,
-    pod_runner: PodRunner,
-    kafka: Kafka,
     rig_supervisor: Supervisor,
-    rig_run_dir: Path,
-    background: Background,
-    teardown: list[Callable[[], None]],
 ) -> None:
-    setup, ids = kafka_setup(
-        control_plane,
-        rig_supervisor,
-        background,
-        kafka,
-        rig_run_dir,
-        f"fault-{fault}",
-        work_seconds=0.2,
-        extra={"min-replicas": str(MIN), "max-replicas": str(MAX), "scale-up-policies": "10 pods/1s"},
-    )
-    arm(teardown, control_plane, setup, ids)
+    led = led_kafka(f"fault-{fault}", min_replicas=MIN, max_replicas=MAX)
+    setup, ids = led.setup, led.ids
     namespace, name, observer = setup.namespace, setup.name, setup.observer
-    group = get(control_plane, "deployment", name, namespace)["metadata"]["annotations"][
-        "tidescale.io/kafka.consumer-group"
-    ]
-    wait_for("a leader", lambda: lease_holder(control_plane, namespace, name), timeout=60)
     wait_for(
         "the leader's status",
         lambda: (
@@ -105,9 +82,7 @@ def test_after_a_control_plane_outage_the_agents_elect_again_and_a_burst_scales_
     wait_for_scale_write(control_plane, namespace, name, after=began, what=f"a scale write after the {fault}")
 
     setup.wait_consumed(set(burst), timeout=120)
-    wait_for(
-        "no lag left in Kafka's own view", lambda: group_lag(kafka, group) == 0, timeout=60, interval=1.0
-    )
+    led.wait_no_lag()
     observer.wait(f"back to min {MIN}", lambda s: s.replicas == MIN, timeout=90, after=at_max)
     assert check_writes_follow_the_lease(control_plane, namespace, name) >= 2
     check_replicas_within(observer, MIN, MAX)

@@ -8,19 +8,15 @@ Scaled by hand, it consumes every message produced meanwhile.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from tests.faults.invariants import writes_by
+from tests.faults.prologue import MakeArmedKafka
 from tests.integration.rigkube import WAKER_ACCOUNT, WAKER_NAMESPACE, apply, get, wait_for
-from tests.integration.test_scale_to_zero import Background, arm, events, kafka_setup, wait_no_pods
+from tests.integration.test_scale_to_zero import events, wait_no_pods
 from tests.rig.controlplane import ControlPlane
-from tests.rig.kafka import Kafka
-from tests.rig.podrunner import PodRunner
-from tests.rig.processes import Supervisor
 from tidescale.parking import PARK_EPOCH_ANNOTATION, PARK_LABEL, PARK_RECORD_ANNOTATION
 
 pytestmark = pytest.mark.rig
@@ -29,16 +25,11 @@ WAKER_USER = f"system:serviceaccount:{WAKER_NAMESPACE}:{WAKER_ACCOUNT}"
 
 
 def test_a_deployment_recreated_with_the_name_of_a_deleted_parked_one_is_not_woken_from_the_old_record(
+    armed_kafka: MakeArmedKafka,
     control_plane: ControlPlane,
-    pod_runner: PodRunner,
-    kafka: Kafka,
-    rig_supervisor: Supervisor,
-    rig_run_dir: Path,
-    background: Background,
-    teardown: list[Callable[[], None]],
 ) -> None:
-    setup, ids = kafka_setup(control_plane, rig_supervisor, background, kafka, rig_run_dir, "fault-recreate")
-    arm(teardown, control_plane, setup, ids)
+    armed = armed_kafka("fault-recreate")
+    setup, ids = armed.setup, armed.ids
     namespace, name, observer = setup.namespace, setup.name, setup.observer
     setup.waker.start()
     first = ids.send(5)

@@ -8,20 +8,16 @@ fixing them sets the gauge back to 1 and the fixed hints apply.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.faults.invariants import check_replicas_within, check_writes_follow_the_lease, lease_holder
+from tests.faults.prologue import MakeLedKafka
 from tests.integration.rigkube import AGENT_PORT, get, wait_for
-from tests.integration.test_scale_to_zero import Background, arm, events, kafka_setup
+from tests.integration.test_scale_to_zero import events
 from tests.rig.controlplane import ControlPlane
-from tests.rig.kafka import Kafka
-from tests.rig.podrunner import PodRunner
-from tests.rig.processes import Supervisor
 
 pytestmark = pytest.mark.rig
 
@@ -42,25 +38,11 @@ def hints_valid_gauge(plane: ControlPlane, namespace: str, pod: str) -> float | 
 
 
 def test_hints_changed_under_a_leader_apply_broken_ones_keep_the_last_good_with_an_event_and_a_fix_clears_it(
+    led_kafka: MakeLedKafka,
     control_plane: ControlPlane,
-    pod_runner: PodRunner,
-    kafka: Kafka,
-    rig_supervisor: Supervisor,
-    rig_run_dir: Path,
-    background: Background,
-    teardown: list[Callable[[], None]],
 ) -> None:
-    setup, ids = kafka_setup(
-        control_plane,
-        rig_supervisor,
-        background,
-        kafka,
-        rig_run_dir,
-        "fault-hints",
-        work_seconds=0.2,
-        extra={"min-replicas": "1", "max-replicas": str(MAX), "scale-up-policies": "10 pods/1s"},
-    )
-    arm(teardown, control_plane, setup, ids)
+    led = led_kafka("fault-hints", min_replicas=1, max_replicas=MAX)
+    setup, ids, leader = led.setup, led.ids, led.leader
     namespace, name, observer = setup.namespace, setup.name, setup.observer
 
     def annotate(value: str) -> None:
@@ -74,7 +56,6 @@ def test_hints_changed_under_a_leader_apply_broken_ones_keep_the_last_good_with_
             "--overwrite",
         )
 
-    leader = wait_for("a leader", lambda: lease_holder(control_plane, namespace, name), timeout=60)
     wait_for("valid hints", lambda: hints_valid_gauge(control_plane, namespace, leader) == 1.0, timeout=30)
 
     # 1. A valid change: the new minimum is written on the next poll.

@@ -12,23 +12,19 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from tests.faults.invariants import (
     check_replicas_within,
     check_writes_follow_the_lease,
-    group_lag,
     lease_holder,
     lease_writes,
 )
-from tests.integration.rigkube import get, wait_for
-from tests.integration.test_scale_to_zero import Background, arm, kafka_setup
+from tests.faults.prologue import MakeLedKafka
+from tests.integration.rigkube import wait_for
 from tests.rig.controlplane import ControlPlane
-from tests.rig.kafka import Kafka
 from tests.rig.podrunner import PodRunner
-from tests.rig.processes import Supervisor
 
 pytestmark = pytest.mark.rig
 
@@ -41,38 +37,25 @@ def host_veth(runner: PodRunner, namespace: str, pod: str) -> str:
     return f"tsv{slot}x{index}"
 
 
+def link_up(veth: str, *, check: bool) -> None:
+    subprocess.run(["ip", "link", "set", veth, "up"], check=check)
+
+
 def test_a_leader_cut_off_from_the_network_is_replaced_and_writes_nothing_out_of_term_once_reconnected(
+    led_kafka: MakeLedKafka,
     control_plane: ControlPlane,
     pod_runner: PodRunner,
-    kafka: Kafka,
-    rig_supervisor: Supervisor,
-    rig_run_dir: Path,
-    background: Background,
     teardown: list[Callable[[], None]],
 ) -> None:
-    setup, ids = kafka_setup(
-        control_plane,
-        rig_supervisor,
-        background,
-        kafka,
-        rig_run_dir,
-        "fault-cutoff",
-        work_seconds=0.2,
-        extra={"min-replicas": str(MIN), "max-replicas": str(MAX), "scale-up-policies": "10 pods/1s"},
-    )
-    arm(teardown, control_plane, setup, ids)
+    led = led_kafka("fault-cutoff", min_replicas=MIN, max_replicas=MAX)
+    setup, ids, settled, leader = led.setup, led.ids, led.settled, led.leader
     namespace, name, observer = setup.namespace, setup.name, setup.observer
-    group = get(control_plane, "deployment", name, namespace)["metadata"]["annotations"][
-        "tidescale.io/kafka.consumer-group"
-    ]
-    settled = observer.wait(f"the minimum {MIN}", lambda s: s.replicas == MIN, timeout=60)
-    leader = wait_for("a leader", lambda: lease_holder(control_plane, namespace, name), timeout=60)
     veth = host_veth(pod_runner, namespace, leader)
 
     cut = datetime.now(UTC)
     subprocess.run(["ip", "link", "set", veth, "down"], check=True)
     try:
-        teardown.append(lambda: subprocess.run(["ip", "link", "set", veth, "up"], check=False))
+        teardown.append(lambda: link_up(veth, check=False))
         takeover = wait_for(
             "another pod to take the Lease",
             lambda: next(
@@ -87,7 +70,7 @@ def test_a_leader_cut_off_from_the_network_is_replaced_and_writes_nothing_out_of
             f"scaled to {MAX} by the new leader", lambda s: s.replicas == MAX, timeout=60, after=settled
         )
     finally:
-        subprocess.run(["ip", "link", "set", veth, "up"], check=True)
+        link_up(veth, check=True)
 
     # It stepped down on its own, at its renew deadline, while still cut off (it may be gone by
     # now: scaling down, the ReplicaSet removes the pod that was unready first).
@@ -95,9 +78,7 @@ def test_a_leader_cut_off_from_the_network_is_replaced_and_writes_nothing_out_of
     assert f"{leader} stopped leading" in log, "the cut-off leader never stepped down"
     assert "no renewal succeeded" in log
     setup.wait_consumed(set(burst), timeout=120)
-    wait_for(
-        "no lag left in Kafka's own view", lambda: group_lag(kafka, group) == 0, timeout=60, interval=1.0
-    )
+    led.wait_no_lag()
     assert lease_holder(control_plane, namespace, name) != leader or lease_writes(
         control_plane, namespace, name, after=cut
     )

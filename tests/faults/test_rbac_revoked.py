@@ -7,9 +7,7 @@ the binding is back, an agent leads again and a burst scales, every write follow
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,16 +15,13 @@ import pytest
 from tests.faults.invariants import (
     check_replicas_within,
     check_writes_follow_the_lease,
-    lease_holder,
     pod_writes,
     wait_for_scale_write,
 )
+from tests.faults.prologue import MakeLedKafka
 from tests.integration.rigkube import AGENT_PORT, apply, get, items, wait_for
-from tests.integration.test_scale_to_zero import Background, arm, kafka_setup
 from tests.rig.controlplane import ControlPlane
-from tests.rig.kafka import Kafka
 from tests.rig.podrunner import PodRunner
-from tests.rig.processes import Supervisor
 
 pytestmark = pytest.mark.rig
 
@@ -55,27 +50,13 @@ def leader_gauges(plane: ControlPlane, namespace: str, app: str) -> dict[str, fl
 
 
 def test_with_the_agents_rolebinding_deleted_nothing_is_written_and_scaling_resumes_once_it_is_restored(
+    led_kafka: MakeLedKafka,
     control_plane: ControlPlane,
     pod_runner: PodRunner,
-    kafka: Kafka,
-    rig_supervisor: Supervisor,
-    rig_run_dir: Path,
-    background: Background,
-    teardown: list[Callable[[], None]],
 ) -> None:
-    setup, ids = kafka_setup(
-        control_plane,
-        rig_supervisor,
-        background,
-        kafka,
-        rig_run_dir,
-        "fault-rbac",
-        work_seconds=0.2,
-        extra={"min-replicas": str(MIN), "max-replicas": str(MAX), "scale-up-policies": "10 pods/1s"},
-    )
-    arm(teardown, control_plane, setup, ids)
+    led = led_kafka("fault-rbac", min_replicas=MIN, max_replicas=MAX)
+    setup, ids, leader = led.setup, led.ids, led.leader
     namespace, name, observer = setup.namespace, setup.name, setup.observer
-    leader = wait_for("a leader", lambda: lease_holder(control_plane, namespace, name), timeout=60)
     binding = get(control_plane, "rolebinding", "tidescale-agent", namespace)
 
     control_plane.kubectl("delete", "rolebinding", "tidescale-agent", "-n", namespace)

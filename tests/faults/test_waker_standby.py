@@ -15,23 +15,14 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from tests.faults.invariants import check_writes_follow_the_lease, lease_holder
+from tests.faults.prologue import MakeArmedKafka
 from tests.integration.rigkube import WAKER_NAMESPACE, items, wait_for
-from tests.integration.test_scale_to_zero import (
-    Background,
-    WakerProcess,
-    arm,
-    events,
-    kafka_setup,
-    wait_no_pods,
-)
+from tests.integration.test_scale_to_zero import WakerProcess, events, wait_no_pods
 from tests.rig.controlplane import ControlPlane
-from tests.rig.kafka import Kafka
-from tests.rig.podrunner import PodRunner
 from tests.rig.processes import Supervisor
 
 pytestmark = pytest.mark.rig
@@ -48,18 +39,13 @@ def waker_lease_holder(plane: ControlPlane, lease: str) -> str | None:
 @pytest.mark.parametrize("step", ["requested", "watching", "parked"])
 def test_the_standby_waker_finishes_the_handoff_when_the_active_one_is_killed_at_each_step(
     step: str,
+    armed_kafka: MakeArmedKafka,
     control_plane: ControlPlane,
-    pod_runner: PodRunner,
-    kafka: Kafka,
     rig_supervisor: Supervisor,
-    rig_run_dir: Path,
-    background: Background,
     teardown: list[Callable[[], None]],
 ) -> None:
-    setup, ids = kafka_setup(
-        control_plane, rig_supervisor, background, kafka, rig_run_dir, f"fault-standby-{step}"
-    )
-    arm(teardown, control_plane, setup, ids)
+    armed = armed_kafka(f"fault-standby-{step}")
+    setup, ids = armed.setup, armed.ids
     observer, active = setup.observer, setup.waker
     standby = WakerProcess(rig_supervisor, active.kubeconfig, setup.namespace, lease_name=active.lease_name)
     teardown.append(standby.stop)

@@ -63,6 +63,7 @@ def consumed_ids(record_file: Path) -> set[str]:
     return set(record_file.read_text().split()) if record_file.exists() else set()
 
 
+@pytest.mark.smoke
 def test_a_burst_scales_the_deployment_to_the_count_the_policy_predicts_and_draining_returns_it_to_min(
     control_plane: ControlPlane, pod_runner: PodRunner, kafka: Kafka, rig_run_dir: Path
 ) -> None:

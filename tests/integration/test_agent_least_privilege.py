@@ -147,6 +147,7 @@ def lease(name: str, holder: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.smoke
 def test_the_api_server_refuses_the_agent_of_a_any_write_but_its_own_while_its_leader_still_scales_a(
     control_plane: ControlPlane, pod_runner: PodRunner, kafka: Kafka, rig_run_dir: Path, agent_policy: None
 ) -> None:

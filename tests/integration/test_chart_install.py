@@ -117,6 +117,7 @@ def webhook_configurations(plane: ControlPlane, release: str) -> list[str]:
     return out.split()
 
 
+@pytest.mark.smoke
 def test_helm_install_opt_in_scale_upgrade_and_uninstall_on_the_rig(
     control_plane: ControlPlane, pod_runner: PodRunner, kafka: Kafka, rig_run_dir: Path, tmp_path: Path
 ) -> None:

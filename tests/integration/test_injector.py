@@ -280,6 +280,7 @@ def pods_of(control_plane: ControlPlane, ns: str, app: str, count: int) -> list[
     return found
 
 
+@pytest.mark.smoke
 def test_a_labelled_deployments_pods_carry_the_agent_as_a_native_sidecar(setup: Setup) -> None:
     cp = setup.control_plane
     apply(cp, deployment("worker", setup.inject_ns, {"tidescale.io/max-replicas": "5"}))

@@ -25,6 +25,7 @@ from tests.rig.certs import CertificateAuthority
 from tests.rig.controlplane import ControlPlane
 from tests.rig.fixtures_controlplane import api_client, control_plane_binaries
 from tests.rig.network import Network
+from tests.rig.paths import kubernetes_version
 from tests.rig.processes import Supervisor, free_port
 
 pytestmark = pytest.mark.rig
@@ -75,10 +76,13 @@ def _deployment(name: str, replicas: int) -> dict[str, Any]:
     }
 
 
-async def test_the_api_server_is_ready_and_reports_its_version(control_plane: ControlPlane) -> None:
+@pytest.mark.smoke
+async def test_the_api_server_is_ready_and_reports_the_version_the_rig_was_asked_for(
+    control_plane: ControlPlane,
+) -> None:
     readyz = control_plane.kubectl("get", "--raw", "/readyz?verbose")
     assert "readyz check passed" in readyz.stdout
-    assert control_plane.version == "v1.37.2"
+    assert control_plane.version == kubernetes_version()
     assert control_plane.server == f"https://{control_plane.node_address}:{control_plane.port}"
 
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests.rig.paths import REPO_ROOT, RigNotBuilt, helm_binary
+from tests.unit.test_chart_render import KUBE_VERSION
 
 CHART = REPO_ROOT / "charts" / "tidescale"
 
@@ -55,7 +56,7 @@ def test_the_chart_passes_strict_lint(helm: Path) -> None:
 
 @pytest.mark.rig
 def test_the_chart_renders_with_its_default_values(helm: Path) -> None:
-    result = _run(helm, "template", "demo", str(CHART), "--namespace", "tidescale-system")
+    result = _run(helm, "template", "demo", str(CHART), "--namespace", "tidescale-system", *KUBE_VERSION)
 
     assert result.returncode == 0, result.stderr
     kinds = {doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc}
@@ -64,7 +65,7 @@ def test_the_chart_renders_with_its_default_values(helm: Path) -> None:
 
 @pytest.mark.rig
 def test_the_schema_rejects_a_misspelled_value_key(helm: Path) -> None:
-    result = _run(helm, "template", "demo", str(CHART), "--set", "injector.replcas=3")
+    result = _run(helm, "template", "demo", str(CHART), "--set", "injector.replcas=3", *KUBE_VERSION)
 
     assert result.returncode != 0
     assert "additional properties 'replcas' not allowed" in result.stderr
@@ -84,7 +85,7 @@ def test_the_helpers_give_every_resource_the_recommended_labels(helm: Path, tmp_
     shutil.copytree(CHART, chart)
     (chart / "templates" / "probe.yaml").write_text(PROBE)
 
-    result = _run(helm, "template", "demo", str(chart), "--set", "commonLabels.team=payments")
+    result = _run(helm, "template", "demo", str(chart), "--set", "commonLabels.team=payments", *KUBE_VERSION)
 
     assert result.returncode == 0, result.stderr
     (probe,) = [doc for doc in yaml.safe_load_all(result.stdout) if doc and doc["kind"] == "ConfigMap"]

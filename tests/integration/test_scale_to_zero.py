@@ -455,6 +455,7 @@ def arm(
 # -- 1. drain to zero and wake ------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_a_kafka_deployment_drains_to_zero_through_the_handoff_and_wakes_on_the_next_message(
     control_plane: ControlPlane,
     pod_runner: PodRunner,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,6 +25,34 @@ def _versions() -> dict[str, str]:
 
 VERSIONS = _versions()
 
+# Set by `make test-k8s-oldest` to KUBERNETES_OLDEST_VERSION: the whole rig (build.sh and the
+# control plane) then runs that Kubernetes instead of KUBERNETES_VERSION.
+KUBERNETES_VERSION_ENV = "TIDESCALE_RIG_KUBERNETES_VERSION"
+_KUBERNETES_VERSION = re.compile(r"v1\.(\d+)\.(\d+)")
+
+
+class RigVersionError(ValueError):
+    """A Kubernetes version the rig cannot run (not of the form v1.<minor>.<patch>)."""
+
+
+def kubernetes_version() -> str:
+    """The Kubernetes the rig runs: $TIDESCALE_RIG_KUBERNETES_VERSION, else versions.env's
+    KUBERNETES_VERSION."""
+    version = os.environ.get(KUBERNETES_VERSION_ENV) or VERSIONS["KUBERNETES_VERSION"]
+    kubernetes_minor(version)
+    return version
+
+
+def kubernetes_minor(version: str) -> int:
+    """30 for "v1.30.14"."""
+    matched = _KUBERNETES_VERSION.fullmatch(version)
+    if matched is None:
+        raise RigVersionError(
+            f"Kubernetes version {version!r} (${KUBERNETES_VERSION_ENV} or versions.env) is not of the "
+            "form v1.<minor>.<patch>, like v1.30.14"
+        )
+    return int(matched.group(1))
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("TIDESCALE_RIG_CACHE", Path.home() / ".cache" / "tidescale-rig"))
@@ -41,11 +70,13 @@ class Binaries:
     kubectl: Path
     helm: Path
     kafka_classpath: str
+    kubernetes_version: str
 
     @classmethod
     def from_cache(cls) -> Binaries:
         root = cache_dir()
-        k8s = root / f"kubernetes-{VERSIONS['KUBERNETES_VERSION']}" / "bin"
+        version = kubernetes_version()
+        k8s = root / f"kubernetes-{version}" / "bin"
         found = cls(
             etcd=root / f"etcd-{VERSIONS['ETCD_VERSION']}" / "bin" / "etcd",
             kube_apiserver=k8s / "kube-apiserver",
@@ -53,6 +84,7 @@ class Binaries:
             kubectl=k8s / "kubectl",
             helm=root / f"helm-{VERSIONS['HELM_VERSION']}" / "bin" / "helm",
             kafka_classpath=_read_classpath(root),
+            kubernetes_version=version,
         )
         for path in (
             found.etcd,
@@ -62,7 +94,7 @@ class Binaries:
             found.helm,
         ):
             if not path.is_file():
-                raise RigNotBuilt(f"{path} is missing: run `make rig` (tests/rig/build/build.sh) first")
+                raise RigNotBuilt(f"{path} is missing: {_build_hint(version)}")
         return found
 
 
@@ -74,21 +106,30 @@ class ControlPlaneBinaries:
     kube_apiserver: Path
     kube_controller_manager: Path
     kubectl: Path
+    kubernetes_version: str  # what the binaries were built as: the flags they take depend on it
 
     @classmethod
     def from_cache(cls) -> ControlPlaneBinaries:
         root = cache_dir()
-        k8s = root / f"kubernetes-{VERSIONS['KUBERNETES_VERSION']}" / "bin"
+        version = kubernetes_version()
+        k8s = root / f"kubernetes-{version}" / "bin"
         found = cls(
             etcd=root / f"etcd-{VERSIONS['ETCD_VERSION']}" / "bin" / "etcd",
             kube_apiserver=k8s / "kube-apiserver",
             kube_controller_manager=k8s / "kube-controller-manager",
             kubectl=k8s / "kubectl",
+            kubernetes_version=version,
         )
         for path in (found.etcd, found.kube_apiserver, found.kube_controller_manager, found.kubectl):
             if not path.is_file():
-                raise RigNotBuilt(f"{path} is missing: run `make rig` (tests/rig/build/build.sh) first")
+                raise RigNotBuilt(f"{path} is missing: {_build_hint(version)}")
         return found
+
+
+def _build_hint(version: str) -> str:
+    if version == VERSIONS["KUBERNETES_VERSION"]:
+        return "run `make rig` (tests/rig/build/build.sh) first"
+    return f"run `{KUBERNETES_VERSION_ENV}={version} tests/rig/build/build.sh all` first"
 
 
 def _read_classpath(root: Path) -> str:

@@ -19,7 +19,14 @@ import pytest
 import yaml
 from cryptography import x509
 
-from tests.rig.paths import REPO_ROOT, RigNotBuilt, helm_binary
+from tests.rig.paths import (
+    REPO_ROOT,
+    VERSIONS,
+    RigNotBuilt,
+    helm_binary,
+    kubernetes_minor,
+    kubernetes_version,
+)
 
 CHART = REPO_ROOT / "charts" / "tidescale"
 RELEASE, NAMESPACE = "demo", "tidescale-system"
@@ -27,6 +34,9 @@ INJECTOR, WAKER = "demo-tidescale-injector", "demo-tidescale-waker"
 SECRET_VALUES = ("--set", "certificates.mode=secret", "--set", "certificates.existingSecret=my-tls")
 CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 DIGEST = "sha256:" + "ab" * 32
+# Rendered for the Kubernetes the rig runs: without it the rig's helm (built without Helm's release
+# ldflags) assumes 1.20, older than the chart's kubeVersion.
+KUBE_VERSION = ("--kube-version", kubernetes_version())
 
 
 @functools.cache
@@ -73,14 +83,14 @@ class Rendered:
 
 
 def render(*args: str, release: str = RELEASE, namespace: str = NAMESPACE) -> Rendered:
-    result = run_helm("template", release, str(CHART), "--namespace", namespace, *args)
+    result = run_helm("template", release, str(CHART), "--namespace", namespace, *KUBE_VERSION, *args)
     assert result.returncode == 0, result.stderr
     docs = tuple(d for d in yaml.safe_load_all(result.stdout) if d)
     return Rendered(text=result.stdout, docs=docs)
 
 
 def render_error(*args: str) -> str:
-    result = run_helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+    result = run_helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *KUBE_VERSION, *args)
     assert result.returncode != 0, "expected the chart to refuse these values"
     return result.stderr
 
@@ -962,3 +972,17 @@ def test_the_injector_may_only_ask_subject_access_reviews_and_names_the_agent_ro
     (container,) = default.get("Deployment", INJECTOR)["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["TIDESCALE_AGENT_CLUSTER_ROLE"] == "tidescale-agent"
+
+
+def test_the_charts_kube_version_admits_the_oldest_kubernetes_tested_and_refuses_the_minor_before() -> None:
+    oldest = VERSIONS["KUBERNETES_OLDEST_VERSION"]
+    minor = kubernetes_minor(oldest)
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == f">=1.{minor}.0-0"
+
+    on_oldest = run_helm("template", RELEASE, str(CHART), "--kube-version", oldest)
+    older = run_helm("template", RELEASE, str(CHART), "--kube-version", f"v1.{minor - 1}.99")
+
+    assert on_oldest.returncode == 0, on_oldest.stderr
+    assert older.returncode != 0
+    assert f"chart requires kubeVersion: >=1.{minor}.0-0" in older.stderr

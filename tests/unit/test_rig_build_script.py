@@ -10,7 +10,7 @@ import pytest
 BUILD = Path(__file__).resolve().parents[2] / "tests" / "rig" / "build" / "build.sh"
 
 
-def run_without(tmp_path: Path, piece: str) -> subprocess.CompletedProcess[str]:
+def run_without(tmp_path: Path, piece: str, **env: str) -> subprocess.CompletedProcess[str]:
     # A PATH with the shell's basics only: no Go, no Java, no Maven.
     bare = tmp_path / "bin"
     bare.mkdir()
@@ -21,7 +21,7 @@ def run_without(tmp_path: Path, piece: str) -> subprocess.CompletedProcess[str]:
                 break
     return subprocess.run(
         ["/bin/bash", str(BUILD), piece],
-        env={"PATH": str(bare), "HOME": str(tmp_path), "TIDESCALE_RIG_CACHE": str(tmp_path / "cache")},
+        env={"PATH": str(bare), "HOME": str(tmp_path), "TIDESCALE_RIG_CACHE": str(tmp_path / "cache"), **env},
         capture_output=True,
         text=True,
         check=False,
@@ -48,3 +48,13 @@ def test_an_unknown_piece_is_refused_with_the_pieces_it_knows(tmp_path: Path) ->
     assert result.returncode == 2
     assert "unknown piece 'kubelet'" in result.stderr
     assert "kubernetes" in result.stderr
+
+
+def test_a_malformed_kubernetes_version_ends_the_build_with_one_line_naming_the_form_expected(
+    tmp_path: Path,
+) -> None:
+    result = run_without(tmp_path, "kubernetes", TIDESCALE_RIG_KUBERNETES_VERSION="1.30")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("rig: Kubernetes version '1.30' is not of the form v1.<minor>.<patch>")

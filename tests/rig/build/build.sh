@@ -4,6 +4,7 @@
 # not touched again, so a warm run takes a second or two.
 #
 #   tests/rig/build/build.sh [all|kubernetes|etcd|helm|kafka|rabbitmq]
+#   TIDESCALE_RIG_KUBERNETES_VERSION=v1.30.14 tests/rig/build/build.sh kubernetes
 #
 # Prints one line per piece; on a missing prerequisite, one line naming it and how
 # to get it, and exit status 2.
@@ -11,6 +12,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
+# Another Kubernetes beside the default one, built and cached the same way (make test-k8s-oldest
+# sets it to KUBERNETES_OLDEST_VERSION); the rig's control plane reads the same variable.
+KUBERNETES_VERSION=${TIDESCALE_RIG_KUBERNETES_VERSION:-$KUBERNETES_VERSION}
 cache=${TIDESCALE_RIG_CACHE:-$HOME/.cache/tidescale-rig}
 mkdir -p "$cache"
 export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
@@ -62,6 +66,8 @@ GO
 }
 
 build_kubernetes() {
+  [[ $KUBERNETES_VERSION =~ ^v1\.[0-9]+\.[0-9]+$ ]] \
+    || die "Kubernetes version '$KUBERNETES_VERSION' is not of the form v1.<minor>.<patch>, like $KUBERNETES_OLDEST_VERSION"
   local dest="$cache/kubernetes-$KUBERNETES_VERSION"
   [ -x "$dest/bin/kube-apiserver" ] && [ -x "$dest/bin/kube-controller-manager" ] && [ -x "$dest/bin/kubectl" ] \
     && { say "kubernetes $KUBERNETES_VERSION cached"; return; }
@@ -81,6 +87,8 @@ build_kubernetes() {
     printf ')\n'
   } >"$src/go.mod"
   local pkgs="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl"
+  # Each package at the version asked for: a bare `go get` would upgrade k8s.io/kubernetes to the
+  # newest release the proxy has.
   local major=${KUBERNETES_VERSION#v}; major=${major%%.*}
   local minor=${KUBERNETES_VERSION#v*.}; minor=${minor%%.*}
   local ldflags="-s -w"
@@ -89,7 +97,7 @@ build_kubernetes() {
   done
   (cd "$src" &&
     logged "$src/get.log" "could not resolve Kubernetes $KUBERNETES_VERSION modules from the Go module proxy" \
-      go get $pkgs &&
+      go get $(printf '%s@'"$KUBERNETES_VERSION"' ' $pkgs) &&
     logged "$src/build.log" "Kubernetes build failed" \
       go build -trimpath -ldflags "$ldflags" -o "$dest.tmp/bin/" $pkgs)
   mv "$dest.tmp" "$dest"
