@@ -59,7 +59,8 @@ def test_importing_the_registry_loads_no_broker_client() -> None:
     code = (
         "import sys, tidescale.sources.registry;"
         "import tidescale.sources.kafka._source, tidescale.sources.rabbitmq._source;"
-        "print(sorted(m for m in ('aiokafka', 'aio_pika', 'aiormq', 'httpx') if m in sys.modules))"
+        "import tidescale.sources.redis._source, tidescale.sources.postgresql._source;"
+        "print(sorted(m for m in ('aiokafka', 'aio_pika', 'aiormq', 'httpx', 'asyncpg') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
