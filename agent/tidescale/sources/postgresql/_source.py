@@ -1,7 +1,8 @@
 """PostgreSQL query results: the I/O, over one asyncpg connection per server, database and login.
 
-asyncpg rather than psycopg 3: it adds 2.2 MiB to the agent where psycopg (with its binary
-wheel) adds 10.3 MiB (bench/results/source_import.md), and it is asyncio-native.
+asyncpg rather than psycopg 3: a first measurement with asyncpg adds 3.7 MiB to the agent, where
+importing psycopg (with its binary wheel) alone adds 10.7 MiB (bench/results/source_import.md);
+and asyncpg is asyncio-native, with no libpq to install.
 
 Each measurement: BEGIN READ ONLY; the query prepared once per connection (its result columns
 checked then, before it ever runs); a cursor fetching two rows at most; ROLLBACK. The session has
