@@ -200,8 +200,8 @@ def test_scaling_modifiers_and_fallback_behavior_carry_over_with_the_formula_ren
 
 
 def test_a_trigger_of_another_type_and_a_non_deployment_target_are_refused_by_name() -> None:
-    notes = notes_of(migrate_documents([scaled_object(triggers=[{"type": "prometheus", "metadata": {}}])]))
-    assert any("'prometheus': tidescale measures kafka and rabbitmq only" in n for n in notes)
+    notes = notes_of(migrate_documents([scaled_object(triggers=[{"type": "external", "metadata": {}}])]))
+    assert any("'external': tidescale migrates KEDA's" in n for n in notes)
     stateful = scaled_object()
     stateful["spec"]["scaleTargetRef"] = {"kind": "StatefulSet", "name": "db"}
     result = migrate_documents([stateful])
