@@ -67,9 +67,11 @@ def test_a_parked_deployment_is_woken_when_its_window_opens_and_scaled_to_the_de
 ) -> None:
     namespace, name = unique("cron"), "office-hours"
     namespace_with_agent_rbac(control_plane, namespace)
-    teardown.append(
-        lambda: control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-    )
+
+    def delete_namespace() -> None:
+        control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+    teardown.append(delete_namespace)
     waker = WakerProcess(rig_supervisor, waker_rbac(control_plane, [namespace]), namespace)
     teardown.append(waker.stop)
     # A window twelve hours away: closed now and for the whole test until it is moved.
