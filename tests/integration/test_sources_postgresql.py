@@ -116,13 +116,16 @@ async def test_a_query_that_writes_is_refused_by_the_read_only_transaction_and_n
     with pytest.raises(SourceError, match="multiple commands"):
         await _measure(_settings(postgresql, superuser, "SELECT 1; DELETE FROM jobs"))
     assert postgresql.psql("SELECT count(*) FROM jobs") == "4"
+    # Two guards, each enough alone: the transaction is READ ONLY, and so is the session's default.
+    session = "SELECT (current_setting('default_transaction_read_only') = 'on')::int"
+    assert (await _measure(_settings(postgresql, superuser, session))).value == 1
 
 
 async def test_a_query_longer_than_the_timeout_is_cancelled_as_a_timeout(
     postgresql: PostgreSQL, reader: dict[str, str]
 ) -> None:
     slow = _settings(postgresql, reader, "SELECT 1 FROM pg_sleep(30)", timeout="1s")
-    with pytest.raises(SourceTimeout):
+    with pytest.raises(SourceTimeout, match="statement_timeout"):  # the server's own cancel
         await _measure(slow)
     running = (
         "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()"
@@ -196,4 +199,4 @@ async def test_a_batch_runs_every_query_and_a_bad_one_fails_only_itself(
     ]
     failure = found[bad]
     assert isinstance(failure, MeasurementFailure)
-    assert "not a number" in failure.error
+    assert "of type text, not a number" in failure.error  # refused when prepared, before it ran

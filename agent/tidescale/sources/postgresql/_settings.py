@@ -2,8 +2,8 @@
 
 The query is tenant input run against the tenant's database as the tenant's user: it is bounded
 in length here, and the source runs it as one prepared statement (one command, no ``;``-chained
-second one), inside a READ ONLY transaction, with ``statement_timeout`` set to the trigger's
-timeout. The database user should be read-only besides (docs/security.md): the READ ONLY
+second one), inside a READ ONLY transaction, with ``statement_timeout`` set to the
+trigger's timeout. The database user should be read-only besides (docs/security.md): the READ ONLY
 transaction is the second guard, not the only one.
 """
 
@@ -203,8 +203,8 @@ POSTGRESQL_FIELDS: tuple[FieldDoc, ...] = (
         type="SQL",
         default=None,
         meaning=f"One query returning one row of one numeric column (required; at most {MAX_QUERY_BYTES} "
-        "bytes). Run as one prepared statement in a READ ONLY transaction with statement_timeout = timeout. "
-        "No row, several rows, NULL, a negative number or a non-numeric column is a failed reading.",
+        "bytes). Run as one prepared statement in a READ ONLY transaction with statement_timeout = "
+        "timeout. No row, several rows, NULL, a negative number or a non-numeric column is a failed reading.",
         example="SELECT count(*) FROM jobs WHERE state = 'queued'",
     ),
     FieldDoc(
@@ -226,8 +226,8 @@ POSTGRESQL_FIELDS: tuple[FieldDoc, ...] = (
         field="timeout",
         type="duration",
         default="5s",
-        meaning="Most time one measurement may take (connecting and the query); also the query's "
-        "statement_timeout on the server.",
+        meaning="The query's statement_timeout on the server, which cancels a slow query itself; the "
+        "measurement as a whole (connecting, the transaction) may take 2s more before it counts as failed.",
         example="3s",
     ),
 )

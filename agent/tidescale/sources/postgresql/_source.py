@@ -5,9 +5,10 @@ importing psycopg (with its binary wheel) alone adds 10.7 MiB (bench/results/sou
 and asyncpg is asyncio-native, with no libpq to install.
 
 Each measurement: BEGIN READ ONLY; the query prepared once per connection (its result columns
-checked then, before it ever runs); a cursor fetching two rows at most; ROLLBACK. The session has
-``statement_timeout`` set to the trigger's timeout and ``default_transaction_read_only`` on, so a
-query runs read-only and bounded on the server, whatever the client does. A failure mid-exchange
+checked then, before it ever runs); a cursor fetching two rows at most; COMMIT. The session has
+``statement_timeout`` set to the trigger's timeout (the client waits 2 s more) and
+``default_transaction_read_only`` on, so a query runs read-only and bounded on the server,
+whatever the client does. A failure mid-exchange
 (a timeout, a lost connection) drops the connection; the next measurement opens a new one.
 A batch (:meth:`PostgreSQLSource.measure_many`, the waker's poll) runs its queries one after the
 other on the one connection: about three round trips per trigger plus each query's own time.
@@ -32,6 +33,9 @@ from tidescale.sources.postgresql._settings import PostgreSQLSettings
 
 __all__ = ["PostgreSQLSource"]
 
+CLIENT_GRACE = 2.0
+"""Seconds the client waits past the trigger's timeout (the server's statement_timeout) before it
+gives up on a measurement: connecting and BEGIN come before the statement's own clock starts."""
 _PREPARED_PER_CONNECTION = 64
 """Most prepared statements kept per connection (one per distinct query)."""
 
@@ -61,7 +65,7 @@ class PostgreSQLSource:
         number = await within_timeout(
             self._run(s),
             trigger=s.name,
-            seconds=s.timeout,
+            seconds=s.timeout + CLIENT_GRACE,
             waiting_for=f"{self._where} for the query of trigger {s.name!r}",
             advice="check the query's plan and the server's load, or raise timeout",
         )
@@ -102,6 +106,8 @@ class PostgreSQLSource:
                 return number_of(rows)
             except SourceError:
                 raise
+            except asyncpg.QueryCanceledError as exc:  # statement_timeout (an "operator intervention")
+                raise _postgres_error(self._where, settings, exc) from exc
             except (asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError) as exc:
                 await self._drop()
                 raise BrokerUnreachable(
@@ -148,6 +154,8 @@ class PostgreSQLSource:
                 timeout=s.timeout,
                 statement_cache_size=0,  # the source keeps its own prepared statements
                 server_settings={
+                    # The server cancels a slow query itself (and says so) before the client gives
+                    # up (CLIENT_GRACE later), and the connection stays usable.
                     "statement_timeout": str(max(1, int(s.timeout * 1000))),
                     "default_transaction_read_only": "on",
                     "application_name": "tidescale",
@@ -235,7 +243,10 @@ def _postgres_error(where: str, settings: PostgreSQLSettings, exc: Any) -> Sourc
 
     message = f"{where} failed trigger {settings.name!r}'s query: {type(exc).__name__}: {exc}"
     if isinstance(exc, asyncpg.QueryCanceledError):
-        return SourceTimeout(f"{message} (statement_timeout is the trigger's timeout, {settings.timeout:g}s)")
+        return SourceTimeout(
+            f"{message} (statement_timeout is the trigger's timeout, {settings.timeout:g}s): make the query "
+            "cheaper, or raise timeout"
+        )
     if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
         return SourceError(f"{message}: the query must only read (it runs in a READ ONLY transaction)")
     if isinstance(exc, asyncpg.InsufficientPrivilegeError):
