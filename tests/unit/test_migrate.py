@@ -322,3 +322,73 @@ def test_value_metric_type_carries_when_every_trigger_reads_value_and_is_named_w
     )
     assert "tidescale.io/metric-type" not in mixed.migrations[0].annotations
     assert any("spec.triggers[*].metricType: not carried" in n for n in notes_of(mixed))
+
+
+def _keda_object(*triggers: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "worker", "namespace": "shop"},
+        "spec": {"scaleTargetRef": {"name": "worker"}, "triggers": list(triggers)},
+    }
+
+
+def _hints_of(*triggers: dict[str, Any]) -> dict[str, str]:
+    result = migrate_documents([_keda_object(*triggers)])
+    annotations = dict(result.migrations[0].annotations)
+    assert validate_hints(annotations) == ()
+    return annotations
+
+
+def test_a_keda_redis_list_and_a_redis_stream_with_lag_become_valid_redis_triggers() -> None:
+    hints = _hints_of(
+        {
+            "type": "redis",
+            "metadata": {"address": "redis:6379", "listName": "jobs", "activationListLength": "2"},
+        },
+        {
+            "type": "redis-streams",
+            "metadata": {
+                "host": "redis",
+                "port": "6380",
+                "stream": "s",
+                "consumerGroup": "g",
+                "lagCount": "7",
+            },
+        },
+    )
+    assert hints["tidescale.io/redis-0.list"] == "jobs"
+    assert hints["tidescale.io/redis-0.value"] == "5"
+    assert hints["tidescale.io/redis-0.activation-value"] == "2"
+    assert hints["tidescale.io/redis-1.address"] == "redis:6380"
+    assert (hints["tidescale.io/redis-1.stream-metric"], hints["tidescale.io/redis-1.value"]) == ("lag", "7")
+
+
+def test_a_keda_postgresql_trigger_keeps_its_query_and_refuses_a_connection_string() -> None:
+    metadata = {
+        "host": "pg",
+        "port": "5432",
+        "dbName": "orders",
+        "userName": "reader",
+        "sslmode": "require",
+        "query": "SELECT count(*) FROM jobs",
+        "targetQueryValue": "10",
+        "passwordFromEnv": "PG_PASSWORD",
+    }
+    hints = _hints_of({"type": "postgresql", "metadata": metadata})
+    assert hints["tidescale.io/postgresql.query"] == "SELECT count(*) FROM jobs"
+    assert hints["tidescale.io/postgresql.password-env"] == "PG_PASSWORD"
+    result = migrate_documents([_keda_object({"type": "postgresql", "metadata": {"connectionFromEnv": "X"}})])
+    assert any("connection string carries the password" in note for note in notes_of(result))
+
+
+def test_a_keda_cron_trigger_carries_every_field() -> None:
+    metadata = {
+        "start": "0 8 * * *",
+        "end": "0 18 * * *",
+        "timezone": "Europe/Berlin",
+        "desiredReplicas": "4",
+    }
+    hints = _hints_of({"type": "cron", "metadata": metadata})
+    assert hints["tidescale.io/cron.desired-replicas"] == "4"
+    assert hints["tidescale.io/cron.timezone"] == "Europe/Berlin"

@@ -285,3 +285,23 @@ def test_a_missing_stream_is_not_found_rather_than_empty() -> None:
 def test_a_malformed_group_listing_is_a_source_error(reply: Reply) -> None:
     with pytest.raises(SourceError):
         groups_from_xinfo(reply, "orders")
+
+
+def test_events_name_the_redis_metric_a_trigger_scales_on() -> None:
+    from tidescale.hints import parse_hints
+
+    p, address = "tidescale.io/", {"address": "r:6379"}
+    raw = {
+        "jobs": {**address, "list": "jobs"},
+        "grown": {**address, "stream": "s"},
+        "held": {**address, "stream": "s", "consumer-group": "g"},
+        "behind": {**address, "stream": "s", "consumer-group": "g", "stream-metric": "lag"},
+    }
+    annotations = {f"{p}{name}.type": "redis" for name in raw}
+    annotations |= {f"{p}{name}.{k}": v for name, fields in raw.items() for k, v in fields.items()}
+    assert dict(parse_hints(annotations).trigger_metrics) == {
+        "jobs": "list length",
+        "grown": "stream length",
+        "held": "pending entries",
+        "behind": "lag",
+    }
