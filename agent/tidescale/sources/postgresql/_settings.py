@@ -36,8 +36,9 @@ __all__ = [
 SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
 SSL_MODES: tuple[SslMode, ...] = ("disable", "prefer", "require", "verify-ca", "verify-full")
 
-MAX_QUERY_BYTES = 8192
-"""Longest query a trigger may give, in UTF-8 bytes."""
+MAX_QUERY_BYTES = 4096
+"""Longest query a trigger may give, in UTF-8 bytes: the hints' own bound on any value
+(``hints.MAX_HINT_BYTES``), repeated here so the parser states it."""
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?")
 _NAME = re.compile(r"[^\x00\s]{1,63}")
