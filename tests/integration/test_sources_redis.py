@@ -250,3 +250,21 @@ async def test_a_batch_of_many_triggers_is_one_round_trip_and_a_missing_stream_f
     failure = found[missing]
     assert isinstance(failure, MeasurementFailure)
     assert "no stream" in failure.error
+
+
+async def test_tls_with_the_server_s_ca_measures_and_without_it_is_an_untrusted_certificate(
+    redis: Redis, login: dict[str, str]
+) -> None:
+    assert redis.tls_ca is not None
+    key = _key("jobs")
+    redis.cli("RPUSH", key, "a", "b")
+    tls = {"address": redis.tls_address, "enable-tls": "true"}
+    trusted = {**tls, "tls-ca-file": str(redis.tls_ca.cert_file)}
+    assert (await _measure(_settings(redis, login, list=key, **_fields(trusted)))).value == 2
+    with pytest.raises(BrokerAuthFailed, match="not trusted"):
+        await _measure(_settings(redis, login, list=key, **_fields(tls)))
+
+
+def _fields(raw: dict[str, str]) -> dict[str, str]:
+    """Hint fields as keyword arguments of ``_settings`` (which turns _ back into -)."""
+    return {k.replace("-", "_"): v for k, v in raw.items()}

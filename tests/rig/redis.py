@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.rig.certs import CertificateAuthority
 from tests.rig.network import Network
 from tests.rig.paths import RigNotBuilt
 from tests.rig.processes import Managed, Supervisor, free_port, port_open, run_tool, wait_until
@@ -48,6 +49,13 @@ class Redis:
     """:data:`LIMITED_USER`'s."""
     process: Managed
     directory: Path
+    tls_port: int = 0
+    """A TLS listener with a certificate of ``tls_ca`` (client certificates not asked for)."""
+    tls_ca: CertificateAuthority | None = None
+
+    @property
+    def tls_address(self) -> str:
+        return f"{self.host}:{self.tls_port}"
 
     @property
     def address(self) -> str:
@@ -64,6 +72,9 @@ class Redis:
         port = free_port(host)
         password = secrets.token_urlsafe(18)
         limited = secrets.token_urlsafe(18)
+        tls_port = free_port(host)
+        tls_ca = CertificateAuthority.create(directory / "tls", common_name="tidescale-rig-redis-ca")
+        serving = tls_ca.issue_serving_cert("redis", dns_names=("localhost",), ip_addresses=(host,))
         config = directory / "redis.conf"
         config.write_text(
             "\n".join(
@@ -77,6 +88,11 @@ class Redis:
                     "appendonly no",
                     f"requirepass {password}",
                     f"user {LIMITED_USER} on >{limited} ~jobs* +llen +auth +select",
+                    f"tls-port {tls_port}",
+                    f"tls-cert-file {serving.cert_file}",
+                    f"tls-key-file {serving.key_file}",
+                    f"tls-ca-cert-file {tls_ca.cert_file}",
+                    "tls-auth-clients no",
                     "",
                 ]
             )
@@ -90,6 +106,8 @@ class Redis:
             limited_password=limited,
             process=process,
             directory=directory,
+            tls_port=tls_port,
+            tls_ca=tls_ca,
         )
         wait_until(
             f"redis on {host}:{port}",
@@ -98,6 +116,12 @@ class Redis:
             process=process,
         )
         wait_until("redis answering PING", redis._answers, timeout=timeout, process=process)
+        wait_until(
+            f"redis TLS on {host}:{tls_port}",
+            functools.partial(port_open, host, tls_port),
+            timeout=timeout,
+            process=process,
+        )
         return redis
 
     def _answers(self) -> bool:
