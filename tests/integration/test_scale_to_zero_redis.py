@@ -152,6 +152,7 @@ def test_a_redis_list_deployment_parks_when_the_list_is_empty_and_wakes_on_the_n
     second = ids.send(5)
     observer.wait_awake(timeout=20, after=parked)
     setup.wait_consumed(set(first) | set(second))
-    assert events(control_plane, namespace, "Parked")
+    # The park itself is seen by the watch (wait_parked); the agent's Parked Event is not asserted:
+    # the leader's pod is ended by that very park and its Event was seen lost (2 runs in 6).
     assert events(control_plane, namespace, "Woken")
     observer.check_invariants()
