@@ -15,6 +15,7 @@ from tests.rig.processes import Supervisor
 pytest_plugins = [
     "tests.rig.fixtures_controlplane",
     "tests.rig.fixtures_brokers",
+    "tests.rig.fixtures_stores",
     "tests.rig.fixtures_podrunner",
 ]
 

@@ -351,9 +351,21 @@ def _trigger_names(triggers: Sequence[Any]) -> list[str]:
     return names
 
 
+_KEDA_TYPES: dict[str, str] = {
+    "kafka": "kafka",
+    "apache-kafka": "kafka",
+    "rabbitmq": "rabbitmq",
+    "redis": "redis",
+    "redis-streams": "redis",
+    "postgresql": "postgresql",
+    "cron": "cron",
+}
+"""KEDA trigger type -> tidescale trigger type."""
+
+
 def _source_type(trigger: Any) -> str | None:
     kind = str(trigger.get("type", "")) if isinstance(trigger, dict) else ""
-    return {"kafka": "kafka", "apache-kafka": "kafka", "rabbitmq": "rabbitmq"}.get(kind)
+    return _KEDA_TYPES.get(kind)
 
 
 def _trigger(
@@ -369,7 +381,8 @@ def _trigger(
         return
     kind = _source_type(trigger)
     if kind is None:
-        build.drop(f"{where}.type", f"{trigger.get('type')!r}: tidescale measures kafka and rabbitmq only")
+        known = ", ".join(sorted(_KEDA_TYPES))
+        build.drop(f"{where}.type", f"{trigger.get('type')!r}: tidescale migrates KEDA's {known} triggers")
         return
     if trigger.get("type") == "apache-kafka":
         build.tell(f"{where}.type", "apache-kafka (KEDA's experimental scaler) becomes a kafka trigger")
@@ -387,8 +400,14 @@ def _trigger(
     )
     if kind == "kafka":
         _kafka(metadata, auth, field_prefix, where, build)
-    else:
+    elif kind == "rabbitmq":
         _rabbitmq(metadata, auth, field_prefix, where, build)
+    elif kind == "redis":
+        _redis(metadata, auth, field_prefix, where, build, streams=trigger.get("type") == "redis-streams")
+    elif kind == "postgresql":
+        _postgresql(metadata, auth, field_prefix, where, build)
+    else:
+        _cron(metadata, field_prefix, where, build)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -689,6 +708,137 @@ def _rabbitmq(
             "no tidescale field for it (TLS to RabbitMQ is an https:// or amqps:// URL)",
         )
     _credentials(auth, metadata, prefix, where, build, env_fields=("username-env", "password-env"))
+
+
+def _password_only(
+    auth: Mapping[str, _Param], metadata: Mapping[str, Any], prefix: str, where: str, build: _Builder
+) -> None:
+    """A password (and username) Secret -> credentials-secret (the waker); env -> password-env."""
+    password = auth.get("password")
+    if password is not None and password.env:
+        build.set(prefix + "password-env", password.env)
+    elif password is not None and password.secret:
+        username = auth.get("username")
+        if password.key == "password" and (username is None or username.secret == password.secret):
+            build.set(prefix + "credentials-secret", password.secret)
+            build.tell(
+                f"{where}.authenticationRef",
+                f"Secret {password.secret} becomes credentials-secret (read by the waker); give the agent "
+                f"the password with {PREFIX}{prefix}password-env (an env var of its container) or "
+                "password-file",
+            )
+        else:
+            build.drop(
+                f"{where}.authenticationRef",
+                "credentials-secret needs the key password; this password is "
+                f"{password.secret}/{password.key}",
+            )
+    elif metadata.get("passwordFromEnv"):
+        build.set(prefix + "password-env", str(metadata["passwordFromEnv"]))
+    for parameter in sorted(set(auth) - {"password", "username", "host", "port"}):
+        build.drop(
+            f"{where}.authenticationRef: {parameter}", "no tidescale field for it (docs/keda-mapping.md)"
+        )
+
+
+_REDIS_KEYS = {
+    "listName": "list",
+    "stream": "stream",
+    "consumerGroup": "consumer-group",
+    "databaseIndex": "database",
+    "username": "username",
+    "address": "address",
+    "activationListLength": "activation-value",
+    "activationLagCount": "activation-value",
+}
+
+
+def _redis(
+    metadata: Mapping[str, Any],
+    auth: Mapping[str, _Param],
+    prefix: str,
+    where: str,
+    build: _Builder,
+    *,
+    streams: bool,
+) -> None:
+    """KEDA's redis (lists) and redis-streams triggers; the target field names the stream metric."""
+    for key, value in metadata.items():
+        here = f"{where}.metadata.{key}"
+        if key in _REDIS_KEYS:
+            build.set(prefix + _REDIS_KEYS[key], str(value))
+        elif key in ("listLength", "streamLength", "pendingEntriesCount"):
+            build.set(prefix + "value", str(value))
+        elif key == "lagCount":
+            build.set(prefix + "value", str(value))
+            build.set(prefix + "stream-metric", "lag")
+        elif key == "enableTLS":
+            build.set(prefix + "enable-tls", _boolean(value))
+        elif key in ("host", "port", "passwordFromEnv"):
+            continue
+        elif key in ("addressFromEnv", "hostFromEnv", "portFromEnv", "usernameFromEnv"):
+            build.drop(here, f"hints are literal: write the value in {PREFIX}{prefix}address or username")
+        else:
+            build.drop(here, "no tidescale field for it (see docs/keda-mapping.md)")
+    if "address" not in metadata and "host" in metadata:
+        build.set(prefix + "address", f"{metadata['host']}:{metadata.get('port', 6379)}")
+    if streams and "consumerGroup" in metadata and "lagCount" not in metadata:
+        build.set(prefix + "stream-metric", "pending")
+    if not streams and "listLength" not in metadata:
+        build.set(prefix + "value", "5")  # KEDA's default, written out
+    _password_only(auth, metadata, prefix, where, build)
+
+
+_POSTGRESQL_KEYS = {
+    "host": "host",
+    "port": "port",
+    "dbName": "database",
+    "userName": "username",
+    "sslmode": "sslmode",
+    "query": "query",
+    "targetQueryValue": "value",
+    "activationTargetQueryValue": "activation-value",
+}
+
+
+def _postgresql(
+    metadata: Mapping[str, Any], auth: Mapping[str, _Param], prefix: str, where: str, build: _Builder
+) -> None:
+    for key, value in metadata.items():
+        here = f"{where}.metadata.{key}"
+        if key in _POSTGRESQL_KEYS:
+            build.set(prefix + _POSTGRESQL_KEYS[key], str(value))
+        elif key == "passwordFromEnv":
+            continue
+        elif key in ("connection", "connectionFromEnv"):
+            build.drop(
+                here,
+                "a connection string carries the password: give host, port, dbName, userName and sslmode, "
+                "and the password in a Secret (credentials-secret, password-env)",
+            )
+        else:
+            build.drop(here, "no tidescale field for it (see docs/keda-mapping.md)")
+    for parameter, field_name in (("host", "host"), ("port", "port"), ("userName", "username")):
+        if parameter in auth and parameter not in metadata:
+            build.tell(
+                f"{where}.authenticationRef: {parameter}",
+                f"lives in a Secret: write it in {PREFIX}{prefix}{field_name} (hints are literal)",
+            )
+    _password_only(auth, metadata, prefix, where, build)
+
+
+def _cron(metadata: Mapping[str, Any], prefix: str, where: str, build: _Builder) -> None:
+    for key, value in metadata.items():
+        names = {
+            "start": "start",
+            "end": "end",
+            "timezone": "timezone",
+            "desiredReplicas": "desired-replicas",
+        }
+        if key in names:
+            build.set(prefix + names[key], str(value))
+        else:
+            build.drop(f"{where}.metadata.{key}", "no tidescale field for it (see docs/keda-mapping.md)")
 
 
 # ---------------------------------------------------------------- the whole input

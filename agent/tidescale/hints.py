@@ -970,6 +970,13 @@ def _metric_noun(source_type: str, fields: Mapping[str, str]) -> str:
         return "lag"
     if source_type == "rabbitmq":
         return "message rate" if fields.get("mode", "").strip().lower() == "message-rate" else "queue length"
+    if source_type == "redis":
+        if "stream" not in fields:
+            return "list length"
+        metric = fields.get("stream-metric", "pending" if "consumer-group" in fields else "length")
+        return {"lag": "lag", "pending": "pending entries"}.get(metric.strip().lower(), "stream length")
+    if source_type == "cron":
+        return "desired replicas"
     return "value"
 
 

@@ -38,6 +38,8 @@ IMAGES: dict[str, Image] = {
     "tidescale-test/echo": _script("echo.py"),
     "tidescale-test/kafka-consumer": _script("kafka_consumer.py"),
     "tidescale-test/rabbitmq-consumer": _script("rabbitmq_consumer.py"),
+    "tidescale-test/redis-consumer": _script("redis_consumer.py"),
+    "tidescale-test/postgresql-consumer": _script("postgresql_consumer.py"),
 }
 
 

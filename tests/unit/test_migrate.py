@@ -200,8 +200,8 @@ def test_scaling_modifiers_and_fallback_behavior_carry_over_with_the_formula_ren
 
 
 def test_a_trigger_of_another_type_and_a_non_deployment_target_are_refused_by_name() -> None:
-    notes = notes_of(migrate_documents([scaled_object(triggers=[{"type": "prometheus", "metadata": {}}])]))
-    assert any("'prometheus': tidescale measures kafka and rabbitmq only" in n for n in notes)
+    notes = notes_of(migrate_documents([scaled_object(triggers=[{"type": "external", "metadata": {}}])]))
+    assert any("'external': tidescale migrates KEDA's" in n for n in notes)
     stateful = scaled_object()
     stateful["spec"]["scaleTargetRef"] = {"kind": "StatefulSet", "name": "db"}
     result = migrate_documents([stateful])
@@ -353,3 +353,73 @@ def test_tls_material_of_a_trigger_authentication_names_the_agents_file_and_the_
         (note,) = [n for n in notes if f"authenticationRef: {parameter}: not carried" in n]
         assert f"{trigger['type']}.{field}" in note
         assert f"key {key} of the Secret named by credentials-secret" in note
+
+
+def _keda_object(*triggers: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "worker", "namespace": "shop"},
+        "spec": {"scaleTargetRef": {"name": "worker"}, "triggers": list(triggers)},
+    }
+
+
+def _hints_of(*triggers: dict[str, Any]) -> dict[str, str]:
+    result = migrate_documents([_keda_object(*triggers)])
+    annotations = dict(result.migrations[0].annotations)
+    assert validate_hints(annotations) == ()
+    return annotations
+
+
+def test_a_keda_redis_list_and_a_redis_stream_with_lag_become_valid_redis_triggers() -> None:
+    hints = _hints_of(
+        {
+            "type": "redis",
+            "metadata": {"address": "redis:6379", "listName": "jobs", "activationListLength": "2"},
+        },
+        {
+            "type": "redis-streams",
+            "metadata": {
+                "host": "redis",
+                "port": "6380",
+                "stream": "s",
+                "consumerGroup": "g",
+                "lagCount": "7",
+            },
+        },
+    )
+    assert hints["tidescale.io/redis-0.list"] == "jobs"
+    assert hints["tidescale.io/redis-0.value"] == "5"
+    assert hints["tidescale.io/redis-0.activation-value"] == "2"
+    assert hints["tidescale.io/redis-1.address"] == "redis:6380"
+    assert (hints["tidescale.io/redis-1.stream-metric"], hints["tidescale.io/redis-1.value"]) == ("lag", "7")
+
+
+def test_a_keda_postgresql_trigger_keeps_its_query_and_refuses_a_connection_string() -> None:
+    metadata = {
+        "host": "pg",
+        "port": "5432",
+        "dbName": "orders",
+        "userName": "reader",
+        "sslmode": "require",
+        "query": "SELECT count(*) FROM jobs",
+        "targetQueryValue": "10",
+        "passwordFromEnv": "PG_PASSWORD",
+    }
+    hints = _hints_of({"type": "postgresql", "metadata": metadata})
+    assert hints["tidescale.io/postgresql.query"] == "SELECT count(*) FROM jobs"
+    assert hints["tidescale.io/postgresql.password-env"] == "PG_PASSWORD"
+    result = migrate_documents([_keda_object({"type": "postgresql", "metadata": {"connectionFromEnv": "X"}})])
+    assert any("connection string carries the password" in note for note in notes_of(result))
+
+
+def test_a_keda_cron_trigger_carries_every_field() -> None:
+    metadata = {
+        "start": "0 8 * * *",
+        "end": "0 18 * * *",
+        "timezone": "Europe/Berlin",
+        "desiredReplicas": "4",
+    }
+    hints = _hints_of({"type": "cron", "metadata": metadata})
+    assert hints["tidescale.io/cron.desired-replicas"] == "4"
+    assert hints["tidescale.io/cron.timezone"] == "Europe/Berlin"

@@ -24,8 +24,14 @@ from tidescale.sources.registry import (
 KAFKA = {"bootstrap-servers": "k:9092", "consumer-group": "g"}
 
 
-def test_the_trigger_types_are_kafka_and_rabbitmq() -> None:
-    assert TRIGGER_TYPES == ("kafka", "rabbitmq")
+def test_every_source_folder_is_registered_under_its_own_type_name() -> None:
+    import pkgutil
+
+    import tidescale.sources
+
+    folders = {m.name for m in pkgutil.iter_modules(tidescale.sources.__path__) if m.ispkg}
+    assert {"kafka", "rabbitmq", "redis"} <= folders
+    assert set(TRIGGER_TYPES) == folders
 
 
 @pytest.mark.parametrize("type_name", TRIGGER_TYPES)
@@ -53,7 +59,8 @@ def test_importing_the_registry_loads_no_broker_client() -> None:
     code = (
         "import sys, tidescale.sources.registry;"
         "import tidescale.sources.kafka._source, tidescale.sources.rabbitmq._source;"
-        "print(sorted(m for m in ('aiokafka', 'aio_pika', 'aiormq', 'httpx') if m in sys.modules))"
+        "import tidescale.sources.redis._source, tidescale.sources.postgresql._source;"
+        "print(sorted(m for m in ('aiokafka', 'aio_pika', 'aiormq', 'httpx', 'asyncpg') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

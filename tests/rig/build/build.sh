@@ -3,7 +3,7 @@
 # $TIDESCALE_RIG_CACHE (default ~/.cache/tidescale-rig). A piece already built is
 # not touched again, so a warm run takes a second or two.
 #
-#   tests/rig/build/build.sh [all|kubernetes|etcd|helm|kafka|rabbitmq]
+#   tests/rig/build/build.sh [all|kubernetes|etcd|helm|kafka|rabbitmq|redis|postgresql]
 #   TIDESCALE_RIG_KUBERNETES_VERSION=v1.30.14 tests/rig/build/build.sh kubernetes
 #
 # Prints one line per piece; on a missing prerequisite, one line naming it and how
@@ -157,6 +157,33 @@ install_rabbitmq() {
   say "rabbitmq-server installed"
 }
 
+# Debian's redis-server (with redis-cli) and postgresql: the rig runs its own instances in its run
+# folder (tests/rig/redis.py, tests/rig/postgresql.py); the system services are stopped.
+install_debian_server() {
+  local package=$1 binary=$2 service=$3
+  if [ -x "$binary" ]; then say "$package installed"; return; fi
+  need apt-get "install $package by hand (Debian's $package package)"
+  [ "$(id -u)" = 0 ] || die "$package is missing and installing it needs root: apt-get install $package"
+  say "installing $package from Debian ..."
+  # policy-rc.d keeps the package's service from starting at all while it installs.
+  local policy=/usr/sbin/policy-rc.d had_policy=0
+  [ -e "$policy" ] && had_policy=1
+  if [ "$had_policy" = 0 ]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; fi
+  local installed=0
+  (logged "$cache/apt-$package.log" "apt-get could not install $package: check the Debian mirror" \
+    bash -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $package") &&
+    installed=1
+  if [ "$had_policy" = 0 ]; then rm -f "$policy"; fi
+  [ "$installed" = 1 ] || exit 2  # logged has said why
+  (systemctl disable --now "$service" 2>/dev/null || service "$service" stop 2>/dev/null || true) >/dev/null
+  [ -x "$binary" ] || die "$package installed but $binary is missing"
+  say "$package installed"
+}
+install_redis() { install_debian_server redis-server /usr/bin/redis-server redis-server; }
+install_postgresql() {
+  install_debian_server postgresql "/usr/lib/postgresql/$POSTGRESQL_MAJOR/bin/postgres" postgresql
+}
+
 # One build at a time per cache: two sessions (or a test and `make demo`) starting
 # together would otherwise wreck each other's half-built pieces.
 exec 9>"$cache/.build.lock"
@@ -165,11 +192,13 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 case "${1:-all}" in
-  all) install_rabbitmq; install_kafka; build_etcd; build_helm; build_kubernetes ;;
+  all) install_rabbitmq; install_redis; install_postgresql; install_kafka; build_etcd; build_helm; build_kubernetes ;;
   kubernetes) build_kubernetes ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
   kafka) install_kafka ;;
   rabbitmq) install_rabbitmq ;;
-  *) die "unknown piece '$1': expected all, kubernetes, etcd, helm, kafka or rabbitmq" ;;
+  redis) install_redis ;;
+  postgresql) install_postgresql ;;
+  *) die "unknown piece '$1': expected all, kubernetes, etcd, helm, kafka, rabbitmq, redis or postgresql" ;;
 esac
