@@ -24,8 +24,18 @@ from tidescale.sources.registry import (
 KAFKA = {"bootstrap-servers": "k:9092", "consumer-group": "g"}
 
 
-def test_the_trigger_types_are_kafka_and_rabbitmq() -> None:
-    assert TRIGGER_TYPES == ("kafka", "rabbitmq")
+def test_every_source_folder_is_registered_under_its_trigger_type() -> None:
+    import importlib
+    from pathlib import Path
+
+    import tidescale.sources
+
+    folders = [
+        p.name for p in Path(tidescale.sources.__file__).parent.iterdir() if (p / "__init__.py").is_file()
+    ]
+    types = {importlib.import_module(f"tidescale.sources.{folder}").KIND.type_name for folder in folders}
+    assert set(TRIGGER_TYPES) == types
+    assert {"kafka", "rabbitmq", "prometheus"} <= types
 
 
 @pytest.mark.parametrize("type_name", TRIGGER_TYPES)
@@ -53,6 +63,7 @@ def test_importing_the_registry_loads_no_broker_client() -> None:
     code = (
         "import sys, tidescale.sources.registry;"
         "import tidescale.sources.kafka._source, tidescale.sources.rabbitmq._source;"
+        "import tidescale.sources.prometheus._source;"
         "print(sorted(m for m in ('aiokafka', 'aio_pika', 'aiormq', 'httpx') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
