@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.rig.fixtures_controlplane",
     "tests.rig.fixtures_brokers",
     "tests.rig.fixtures_podrunner",
+    "tests.rig.fixtures_prom_nats",
 ]
 
 _RUN_DIR_KEY = pytest.StashKey[Path]()
