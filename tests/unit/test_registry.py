@@ -35,7 +35,7 @@ def test_every_source_folder_is_registered_under_its_trigger_type() -> None:
     ]
     types = {importlib.import_module(f"tidescale.sources.{folder}").KIND.type_name for folder in folders}
     assert set(TRIGGER_TYPES) == types
-    assert {"kafka", "rabbitmq", "prometheus"} <= types
+    assert {"kafka", "rabbitmq", "prometheus", "nats-jetstream"} <= types
 
 
 @pytest.mark.parametrize("type_name", TRIGGER_TYPES)
@@ -63,7 +63,7 @@ def test_importing_the_registry_loads_no_broker_client() -> None:
     code = (
         "import sys, tidescale.sources.registry;"
         "import tidescale.sources.kafka._source, tidescale.sources.rabbitmq._source;"
-        "import tidescale.sources.prometheus._source;"
+        "import tidescale.sources.prometheus._source, tidescale.sources.nats_jetstream._source;"
         "print(sorted(m for m in ('aiokafka', 'aio_pika', 'aiormq', 'httpx') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

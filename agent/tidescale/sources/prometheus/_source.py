@@ -18,7 +18,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tidescale.credentials import Credentials
-from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound, SourceTimeout
+from tidescale.errors import BrokerAuthFailed, SourceError, SourceNotFound, SourceTimeout
+from tidescale.sources._http import read_capped, transport_error
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
 from tidescale.sources.prometheus._result import QueryValue, prometheus_measurement, query_value
 from tidescale.sources.prometheus._settings import PrometheusSettings
@@ -164,11 +165,16 @@ class PrometheusSource:
                         f"{self._where} has no {urlsplit(str(response.url)).path} (HTTP 404): check "
                         "server-address (the base URL the API's /api/v1 hangs below)"
                     )
-                body = await _read_capped(response, self._where)
+                body = await read_capped(
+                    response,
+                    where=self._where,
+                    limit=MAX_RESPONSE_BYTES,
+                    advice="a query giving one number answers in well under 1 KiB: aggregate the query",
+                )
         except httpx.TimeoutException as exc:
             raise SourceTimeout(f"{self._where} timed out on the query {settings.query!r}") from exc
         except httpx.HTTPError as exc:
-            raise _transport_error(self._where, exc) from exc
+            raise transport_error(self._where, exc, check="server-address") from exc
         import orjson
 
         try:
@@ -238,37 +244,6 @@ class PrometheusSource:
                 f"cannot load the CA bundle {self._connection.tls_ca_file} for {self._where} "
                 f"({type(exc).__name__}): check tls-ca-file"
             ) from exc
-
-
-async def _read_capped(response: Any, where: str) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise SourceError(
-                f"{where} answered with more than {MAX_RESPONSE_BYTES >> 20} MiB: refused (a query giving "
-                "one number answers in well under 1 KiB: aggregate the query)"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _transport_error(where: str, exc: Exception) -> SourceError:
-    import ssl
-
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return BrokerAuthFailed(
-                f"the TLS certificate of {where} is not trusted ({cause.verify_message}): check tls-ca-file "
-                "(the CA that signed the server's certificate)"
-            )
-        cause = cause.__cause__ or cause.__context__
-    return BrokerUnreachable(
-        f"cannot reach {where} ({exc or type(exc).__name__}): check server-address, that the server "
-        "listens there, and network policies"
-    )
 
 
 def _env(name: str) -> str:

@@ -1,0 +1,204 @@
+"""NATS JetStream consumer backlogs from the server's monitoring endpoint (httpx, imported the first
+time a client opens), as KEDA reads them.
+
+One :class:`NatsJetStreamSource` is one HTTP client to one monitoring endpoint (see the pool in
+``registry``). A measurement is one ``GET /jsz?acc=<account>&consumers=true``: the account's streams
+and their consumers in one answer, read with a size cap (:data:`MAX_RESPONSE_BYTES`). A batch
+(:meth:`NatsJetStreamSource.measure_many`, the waker's poll) reads ``/jsz`` once per account for
+every trigger of that server, whatever their number.
+
+A cluster: the answering server reports the consumer as it sees it. Followers replicate a
+clustered consumer's state, so their counts can trail the leader's; KEDA looks the consumer leader
+up (``/varz`` connect URLs, one more ``/jsz`` per node) and reads it there. Following the leader is
+not implemented here (it would connect to addresses the server advertises, each of which the waker
+would have to vet): point monitoring-endpoint at a server, and docs/keda-mapping.md says what to
+expect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from tidescale.errors import SourceError, SourceTimeout
+from tidescale.sources._http import read_capped, transport_error
+from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
+from tidescale.sources.nats_jetstream._backlog import consumer_backlog, nats_jetstream_measurement
+from tidescale.sources.nats_jetstream._settings import NatsJetStreamSettings
+
+__all__ = ["BATCH_CONCURRENCY", "MAX_RESPONSE_BYTES", "NatsJetStreamSource"]
+
+MAX_RESPONSE_BYTES = 8 << 20
+"""Most bytes read of one /jsz answer: about 13,000 consumers of one account (~600 bytes each)."""
+BATCH_CONCURRENCY = 4
+"""Most /jsz reads in flight to one server during a batch (one per account)."""
+
+
+class NatsJetStreamSource:
+    """An HTTP client to one NATS monitoring endpoint; measures any trigger naming it."""
+
+    def __init__(self, settings: NatsJetStreamSettings) -> None:
+        self._connection = settings
+        self._http: Any = None
+        self._open_lock = asyncio.Lock()
+        self._closed = False
+        self.requests = 0
+        """/jsz reads sent so far (tests and the bench count them)."""
+
+    @property
+    def _where(self) -> str:
+        s = self._connection
+        return f"the NATS monitoring endpoint {s.base_url}"
+
+    async def measure(self, settings: TriggerSettings, scope: Scope) -> Measurement:
+        """Scope makes no difference: a consumer's backlog is the same for every pod."""
+        s = _own(settings)
+        if self._closed:
+            raise SourceError("the NATS JetStream source is closed", trigger=s.name)
+        answer = await within_timeout(
+            self._jsz(s.account),
+            trigger=s.name,
+            seconds=s.timeout,
+            waiting_for=f"{self._where} for account {s.account!r}",
+            advice="check the server's load, or raise timeout",
+        )
+        try:
+            backlog = consumer_backlog(answer, s, where=self._where)
+        except SourceError as exc:
+            raise type(exc)(str(exc), trigger=s.name) from exc
+        return nats_jetstream_measurement(backlog, s, time.monotonic())
+
+    async def measure_many(
+        self, settings: Iterable[TriggerSettings]
+    ) -> dict[NatsJetStreamSettings, Measurement | MeasurementFailure]:
+        """Measurements of many triggers of this server (the waker's poll): one /jsz per account,
+        at most BATCH_CONCURRENCY at a time. Never raises a SourceError."""
+        by_account: dict[str, list[NatsJetStreamSettings]] = {}
+        for s in dict.fromkeys(settings):
+            by_account.setdefault(_own(s).account, []).append(_own(s))
+        gate = asyncio.Semaphore(BATCH_CONCURRENCY)
+        results: dict[NatsJetStreamSettings, Measurement | MeasurementFailure] = {}
+
+        async def one(account: str, members: list[NatsJetStreamSettings]) -> None:
+            answer: Any = None
+            failure: SourceError | None = None
+            limit = max(s.timeout for s in members)
+            async with gate:
+                try:
+                    async with asyncio.timeout(limit):
+                        answer = await self._jsz(account)
+                except TimeoutError:
+                    failure = SourceTimeout(
+                        f"{self._where} did not answer /jsz for account {account!r} within {limit:g}s: check "
+                        "the server's load, or raise timeout"
+                    )
+                except SourceError as exc:
+                    failure = exc
+            taken_at = time.monotonic()
+            for s in members:
+                if failure is not None:
+                    results[s] = MeasurementFailure(trigger=s.name, error=str(failure), taken_at=taken_at)
+                    continue
+                try:
+                    backlog = consumer_backlog(answer, s, where=self._where)
+                    results[s] = nats_jetstream_measurement(backlog, s, taken_at)
+                except SourceError as exc:
+                    results[s] = MeasurementFailure(trigger=s.name, error=str(exc), taken_at=taken_at)
+
+        await asyncio.gather(*(one(account, members) for account, members in by_account.items()))
+        return results
+
+    def forget(self, settings: TriggerSettings) -> None:
+        """Nothing is kept per trigger."""
+
+    async def close(self) -> None:
+        self._closed = True
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
+
+    async def _jsz(self, account: str) -> Any:
+        """The parsed /jsz answer for one account; every failure a SourceError (the one place client
+        exceptions are translated, so none escapes ``measure``)."""
+        try:
+            return await self._get_jsz(account)
+        except (SourceError, asyncio.CancelledError, TimeoutError):
+            raise
+        except Exception as exc:
+            raise SourceError(f"{self._where} gave an unusable answer ({type(exc).__name__})") from exc
+
+    async def _get_jsz(self, account: str) -> Any:
+        import httpx
+
+        client = await self._http_client()
+        self.requests += 1
+        try:
+            async with client.stream("GET", "/jsz", params={"acc": account, "consumers": "true"}) as response:
+                status = response.status_code
+                body = await read_capped(
+                    response,
+                    where=self._where,
+                    limit=MAX_RESPONSE_BYTES,
+                    advice="an account with more consumers than that is not supported",
+                )
+        except httpx.TimeoutException as exc:
+            raise SourceTimeout(f"{self._where} timed out on /jsz") from exc
+        except httpx.HTTPError as exc:
+            raise transport_error(self._where, exc, check="monitoring-endpoint and use-https") from exc
+        if status != 200:
+            text = body[:300].decode("utf-8", "replace").strip()
+            raise SourceError(
+                f"{self._where} answered /jsz with HTTP {status} ({text or 'no reason given'}): check "
+                "monitoring-endpoint (the server's http_port) and that JetStream is enabled"
+            )
+        import orjson
+
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise SourceError(
+                f"{self._where} answered /jsz with something not JSON: check monitoring-endpoint (the "
+                "server's http_port, not its client port)"
+            ) from exc
+
+    async def _http_client(self) -> Any:
+        async with self._open_lock:
+            if self._closed:
+                raise SourceError("the NATS JetStream source is closed")
+            if self._http is None:
+                import httpx
+
+                settings = self._connection
+                verify: Any = True
+                if settings.use_https:
+                    verify = self._tls_context()
+                self._http = httpx.AsyncClient(
+                    base_url=settings.base_url,
+                    headers={"accept": "application/json"},
+                    timeout=settings.timeout,
+                    verify=verify,
+                    follow_redirects=False,  # a redirect would lead past the waker's address check
+                    trust_env=False,  # no proxy from the environment: the address is the hint's
+                )
+            return self._http
+
+    def _tls_context(self) -> Any:
+        import ssl
+
+        from tidescale.errors import BrokerAuthFailed
+
+        try:
+            return ssl.create_default_context(cafile=self._connection.tls_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerAuthFailed(
+                f"cannot load the CA bundle {self._connection.tls_ca_file} for {self._where} "
+                f"({type(exc).__name__}): check tls-ca-file"
+            ) from exc
+
+
+def _own(settings: TriggerSettings) -> NatsJetStreamSettings:
+    if not isinstance(settings, NatsJetStreamSettings):
+        raise TypeError(f"NatsJetStreamSource cannot measure {type(settings).__name__}")
+    return settings
