@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.rig.nats import NatsServer, nats_server_binary
 from tests.rig.network import Network
 from tests.rig.paths import RigNotBuilt
 from tests.rig.processes import Supervisor
@@ -23,5 +24,17 @@ def prometheus(rig_supervisor: Supervisor, rig_network: Network, rig_run_dir: Pa
     except RigNotBuilt as exc:
         pytest.fail(f"Prometheus cannot start: {exc}", pytrace=False)
     server = Prometheus.start(rig_supervisor, rig_network, rig_run_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats(rig_supervisor: Supervisor, rig_network: Network, rig_run_dir: Path) -> Iterator[NatsServer]:
+    """nats-server with JetStream and its monitoring endpoint on the node address."""
+    try:
+        nats_server_binary()
+    except RigNotBuilt as exc:
+        pytest.fail(f"NATS cannot start: {exc}", pytrace=False)
+    server = NatsServer.start(rig_supervisor, rig_network, rig_run_dir)
     yield server
     server.stop()

@@ -1,0 +1,175 @@
+"""Our JetStream consumer backlogs against the server's own answers (its /jsz monitoring JSON and
+the JetStream API's consumer info), on the rig's real nats-server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import nats as nats_client
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from tests.rig.nats import NatsServer
+from tests.rig.processes import free_port
+from tidescale.errors import BrokerUnreachable, SourceError, SourceNotFound
+from tidescale.sources.base import Measurement, MeasurementFailure, Scope
+from tidescale.sources.nats_jetstream._settings import NatsJetStreamSettings, parse_nats_jetstream_settings
+from tidescale.sources.nats_jetstream._source import NatsJetStreamSource
+from tidescale.sources.registry import open_source
+
+pytestmark = pytest.mark.rig
+
+CONSUMER = "workers"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Backlog:
+    stream: str
+    subject: str
+    info: Any
+    """The JetStream API's consumer info (nats-py), read after the messages were fetched and acked."""
+
+
+@asynccontextmanager
+async def _backlog(
+    nats: NatsServer, *, published: int, fetched: int = 0, acked: int = 0
+) -> AsyncIterator[Backlog]:
+    """A stream of ``published`` messages and a durable pull consumer that fetched ``fetched`` of them
+    and acknowledged ``acked`` (the rest of the fetched ones stay ack-pending for 5 minutes)."""
+    stream = f"S{uuid.uuid4().hex[:8].upper()}"
+    subject = f"{stream.lower()}.jobs"
+    connection = await nats_client.connect(nats.url)
+    try:
+        js = connection.jetstream()
+        await js.add_stream(name=stream, subjects=[f"{stream.lower()}.>"])
+        await js.add_consumer(
+            stream,
+            ConsumerConfig(
+                durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=300, filter_subject=subject
+            ),
+        )
+        for number in range(published):
+            await js.publish(subject, f"m{number}".encode())
+        subscription = await js.pull_subscribe(subject, durable=CONSUMER, stream=stream)
+        messages: list[Any] = []
+        while len(messages) < fetched:
+            messages += await subscription.fetch(fetched - len(messages), timeout=5)
+        for message in messages[:acked]:
+            await message.ack_sync()
+        info = await js.consumer_info(stream, CONSUMER)
+        yield Backlog(stream=stream, subject=subject, info=info)
+    finally:
+        await connection.close()
+
+
+def _settings(nats: NatsServer, **fields: str) -> NatsJetStreamSettings:
+    raw = {
+        "monitoring-endpoint": nats.monitoring_endpoint,
+        "consumer": CONSUMER,
+        "lag-threshold": "5",
+        **fields,
+    }
+    return parse_nats_jetstream_settings("nats-jetstream", raw)
+
+
+async def _measure(settings: NatsJetStreamSettings) -> Measurement:
+    source = open_source(settings)
+    try:
+        measured: Measurement = await source.measure(settings, Scope.GROUP)
+        return measured
+    finally:
+        await source.close()
+
+
+# -- the backlog equals the server's own answer ------------------------------------------------------
+
+
+async def test_the_backlog_is_pending_plus_ack_pending_as_jsz_and_the_consumer_info_give_it(
+    nats: NatsServer,
+) -> None:
+    async with _backlog(nats, published=10, fetched=3, acked=1) as backlog:
+        measured = await _measure(_settings(nats, stream=backlog.stream))
+        jsz = nats.jsz_consumer(backlog.stream, CONSUMER)
+    assert (jsz["num_pending"], jsz["num_ack_pending"]) == (7, 2)
+    assert (backlog.info.num_pending, backlog.info.num_ack_pending) == (7, 2)
+    assert measured.value == jsz["num_pending"] + jsz["num_ack_pending"] == 9
+    assert (measured.target, measured.active) == (5.0, True)
+    assert measured.detail == {
+        f"{backlog.stream}/{CONSUMER}:pending": 7.0,
+        f"{backlog.stream}/{CONSUMER}:ack-pending": 2.0,
+    }
+
+
+async def test_a_drained_consumer_is_idle_and_the_activation_threshold_holds_a_small_backlog(
+    nats: NatsServer,
+) -> None:
+    async with _backlog(nats, published=4, fetched=4, acked=4) as drained:
+        idle = await _measure(_settings(nats, stream=drained.stream))
+    async with _backlog(nats, published=3) as small:
+        below = await _measure(_settings(nats, stream=small.stream, **{"activation-lag-threshold": "3"}))
+    assert (idle.value, idle.active) == (0.0, False)
+    assert (below.value, below.active) == (3.0, False)
+
+
+async def test_many_triggers_of_one_account_cost_one_jsz_read_per_batch(nats: NatsServer) -> None:
+    async with (
+        _backlog(nats, published=2) as a,
+        _backlog(nats, published=5, fetched=1) as b,
+        _backlog(nats, published=0) as c,
+    ):
+        settings = [_settings(nats, stream=x.stream) for x in (a, b, c)]
+        source = open_source(settings[0])
+        assert isinstance(source, NatsJetStreamSource)
+        try:
+            results = await source.measure_many([*settings, settings[0]])
+            assert source.requests == 1
+        finally:
+            await source.close()
+        for s, backlog in zip(settings, (a, b, c), strict=True):
+            result = results[s]
+            jsz = nats.jsz_consumer(backlog.stream, CONSUMER)
+            assert isinstance(result, Measurement)
+            assert result.value == jsz["num_pending"] + jsz["num_ack_pending"]
+    assert [r.value for r in results.values() if isinstance(r, Measurement)] == [2.0, 5.0, 0.0]
+
+
+# -- missing objects, and a server that is not there ------------------------------------------------
+
+
+async def test_a_missing_stream_consumer_or_account_is_named(nats: NatsServer) -> None:
+    async with _backlog(nats, published=1) as backlog:
+        with pytest.raises(SourceNotFound, match=r"no stream 'NOPE' in account '\$G'"):
+            await _measure(_settings(nats, stream="NOPE"))
+        with pytest.raises(SourceNotFound, match=f"no consumer 'other' on stream '{backlog.stream}'"):
+            await _measure(_settings(nats, stream=backlog.stream, consumer="other"))
+        with pytest.raises(SourceNotFound, match="no JetStream account 'TEAM_B'"):
+            await _measure(_settings(nats, stream=backlog.stream, account="TEAM_B"))
+
+
+async def test_a_missing_consumer_in_a_batch_fails_only_its_trigger(nats: NatsServer) -> None:
+    async with _backlog(nats, published=2) as backlog:
+        good = _settings(nats, stream=backlog.stream)
+        missing = _settings(nats, stream=backlog.stream, consumer="gone")
+        source = open_source(good)
+        try:
+            results = await source.measure_many([good, missing])
+        finally:
+            await source.close()
+    assert isinstance(results[good], Measurement)
+    assert results[good].value == 2.0
+    assert isinstance(results[missing], MeasurementFailure)
+    assert "no consumer 'gone'" in results[missing].error
+
+
+async def test_a_server_that_is_down_is_unreachable_and_the_client_port_is_not_a_monitoring_endpoint(
+    nats: NatsServer,
+) -> None:
+    down = f"{nats.host}:{free_port(nats.host)}"
+    with pytest.raises(BrokerUnreachable, match="check monitoring-endpoint"):
+        await _measure(_settings(nats, stream="S", **{"monitoring-endpoint": down}))
+    with pytest.raises(SourceError, match="monitoring-endpoint"):
+        await _measure(_settings(nats, stream="S", **{"monitoring-endpoint": f"{nats.host}:{nats.port}"}))
