@@ -200,8 +200,8 @@ def test_scaling_modifiers_and_fallback_behavior_carry_over_with_the_formula_ren
 
 
 def test_a_trigger_of_another_type_and_a_non_deployment_target_are_refused_by_name() -> None:
-    notes = notes_of(migrate_documents([scaled_object(triggers=[{"type": "prometheus", "metadata": {}}])]))
-    assert any("'prometheus': tidescale measures kafka and rabbitmq only" in n for n in notes)
+    notes = notes_of(migrate_documents([scaled_object(triggers=[{"type": "cpu", "metadata": {}}])]))
+    assert any("'cpu': tidescale measures kafka, " in n for n in notes)
     stateful = scaled_object()
     stateful["spec"]["scaleTargetRef"] = {"kind": "StatefulSet", "name": "db"}
     result = migrate_documents([stateful])
@@ -322,3 +322,74 @@ def test_value_metric_type_carries_when_every_trigger_reads_value_and_is_named_w
     )
     assert "tidescale.io/metric-type" not in mixed.migrations[0].annotations
     assert any("spec.triggers[*].metricType: not carried" in n for n in notes_of(mixed))
+
+
+def test_a_prometheus_trigger_carries_every_field_and_the_bearer_secret_becomes_credentials_secret() -> None:
+    auth = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
+        "metadata": {"name": "prom-auth", "namespace": "shop"},
+        "spec": {"secretTargetRef": [{"parameter": "bearerToken", "name": "prom-secret", "key": "token"}]},
+    }
+    trigger = {
+        "type": "prometheus",
+        "authenticationRef": {"name": "prom-auth"},
+        "metadata": {
+            "serverAddress": "http://prometheus.monitoring:9090",
+            "query": "sum(rate(http_requests_total[2m]))",
+            "threshold": "100",
+            "activationThreshold": "5",
+            "ignoreNullValues": "false",
+            "customHeaders": "X-Scope-OrgID=team-a",
+            "authModes": "bearer",
+            "timeout": "2000",
+            "unsafeSsl": "true",
+        },
+    }
+    result = migrate_documents([scaled_object(triggers=[trigger]), auth])
+    annotations = result.migrations[0].annotations
+    assert {k: v for k, v in annotations.items() if k.startswith("tidescale.io/prometheus.")} == {
+        "tidescale.io/prometheus.server-address": "http://prometheus.monitoring:9090",
+        "tidescale.io/prometheus.query": "sum(rate(http_requests_total[2m]))",
+        "tidescale.io/prometheus.threshold": "100",
+        "tidescale.io/prometheus.activation-threshold": "5",
+        "tidescale.io/prometheus.ignore-null-values": "false",
+        "tidescale.io/prometheus.custom-headers": "X-Scope-OrgID=team-a",
+        "tidescale.io/prometheus.auth-mode": "bearer",
+        "tidescale.io/prometheus.credentials-secret": "prom-secret",
+        "tidescale.io/prometheus.timeout": "2000ms",
+    }
+    notes = notes_of(result)
+    assert any("unsafeSsl" in n and "not supported" in n for n in notes)
+    assert any("bearer-token-env or bearer-token-file" in n for n in notes)
+    # With the agent's token source added (migrate --set), the hints are valid.
+    assert validate_hints({**annotations, "tidescale.io/prometheus.bearer-token-env": "TOKEN"}) == ()
+
+
+def test_a_nats_jetstream_trigger_carries_every_field_and_prefers_the_account_id() -> None:
+    trigger = {
+        "type": "nats-jetstream",
+        "metadata": {
+            "natsServerMonitoringEndpoint": "nats.nats.svc.cluster.local:8222",
+            "account": "ORDERS",
+            "accountID": "ACSJ3PUBLICKEY",
+            "stream": "mystream",
+            "consumer": "pull_consumer",
+            "lagThreshold": "10",
+            "activationLagThreshold": "15",
+            "useHttps": "false",
+        },
+    }
+    result = migrate_documents([scaled_object(triggers=[trigger])])
+    annotations = result.migrations[0].annotations
+    assert {k: v for k, v in annotations.items() if k.startswith("tidescale.io/nats-jetstream.")} == {
+        "tidescale.io/nats-jetstream.monitoring-endpoint": "nats.nats.svc.cluster.local:8222",
+        "tidescale.io/nats-jetstream.account": "ACSJ3PUBLICKEY",
+        "tidescale.io/nats-jetstream.stream": "mystream",
+        "tidescale.io/nats-jetstream.consumer": "pull_consumer",
+        "tidescale.io/nats-jetstream.lag-threshold": "10",
+        "tidescale.io/nats-jetstream.activation-lag-threshold": "15",
+        "tidescale.io/nats-jetstream.use-https": "false",
+    }
+    assert [n for n in notes_of(result) if "metadata" in n or "authenticationRef" in n] == []
+    assert validate_hints(annotations) == ()
