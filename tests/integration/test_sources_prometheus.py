@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.rig.processes import free_port
+from tests.rig.network import Network
+from tests.rig.processes import Supervisor, free_port
 from tests.rig.prometheus import Prometheus
 from tidescale._waker_guard import for_waker
 from tidescale.credentials import Credentials, CredentialsUnusable
@@ -245,3 +247,35 @@ async def test_a_failure_in_a_batch_fails_only_the_triggers_of_its_query(
     assert results[good].value == 4.0
     assert isinstance(results[bad], MeasurementFailure)
     assert "bad_data" in results[bad].error
+
+
+# -- TLS -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prometheus_tls(
+    rig_supervisor: Supervisor, rig_network: Network, rig_run_dir: Path
+) -> Iterator[Prometheus]:
+    """A second Prometheus serving https with a certificate of its own CA (only this module's)."""
+    server = Prometheus.start(rig_supervisor, rig_network, rig_run_dir, tls=True, name="prometheus-tls")
+    yield server
+    server.stop()
+
+
+async def test_https_is_read_with_the_ca_of_tls_ca_file_and_refused_by_name_without_it(
+    prometheus_tls: Prometheus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert prometheus_tls.tls_ca is not None
+    monkeypatch.setenv(USERNAME_ENV, prometheus_tls.username)
+    monkeypatch.setenv(PASSWORD_ENV, prometheus_tls.password)
+    login = {"username-env": USERNAME_ENV, "password-env": PASSWORD_ENV}
+    gauge = _gauge()
+    prometheus_tls.exporter.set(gauge, 5.5)
+    prometheus_tls.wait_value(gauge, 5.5)
+    ca = str(prometheus_tls.tls_ca.cert_file)
+    measured = await _measure(_settings(prometheus_tls, login, query=gauge, **{"tls-ca-file": ca}))
+    assert measured.value == _api_value(prometheus_tls, gauge) == 5.5
+    with pytest.raises(
+        BrokerAuthFailed, match=r"TLS certificate of Prometheus at .* is not trusted.*tls-ca-file"
+    ):
+        await _measure(_settings(prometheus_tls, login, query=gauge))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from tests.rig.certs import CertificateAuthority
 from tests.rig.network import Network
 from tests.rig.paths import RigNotBuilt
 from tests.rig.processes import Managed, Supervisor, free_port, port_open, run_tool, wait_until
@@ -108,22 +110,36 @@ class Prometheus:
     promtool: Path
     directory: Path
     start_seconds: float
+    tls_ca: CertificateAuthority | None = None
+    """With TLS: the CA that signed the server's certificate (its cert_file is the tls-ca-file)."""
     _argv: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         """Base URL of the HTTP API (no credentials)."""
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls_ca else 'http'}://{self.host}:{self.port}"
+
+    @property
+    def _verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=str(self.tls_ca.cert_file)) if self.tls_ca else True
 
     @classmethod
     def start(
-        cls, supervisor: Supervisor, network: Network, run_dir: Path, *, timeout: float = 60.0
+        cls,
+        supervisor: Supervisor,
+        network: Network,
+        run_dir: Path,
+        *,
+        tls: bool = False,
+        name: str = "prometheus",
+        timeout: float = 60.0,
     ) -> Prometheus:
+        """``tls``: serve https with a certificate of a CA of its own (``tls_ca``)."""
         import bcrypt
 
         began = time.monotonic()
         binary, promtool = prometheus_binaries()
-        directory = run_dir / "prometheus"
+        directory = run_dir / name
         directory.mkdir(parents=True, exist_ok=True)
         host = network.node_address
         port = free_port(host)
@@ -137,7 +153,15 @@ class Prometheus:
         )
         hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
         web = directory / "web.yml"
-        web.write_text(f'basic_auth_users:\n  {USERNAME}: "{hashed}"\n')
+        web_config = f'basic_auth_users:\n  {USERNAME}: "{hashed}"\n'
+        tls_ca = None
+        if tls:
+            tls_ca = CertificateAuthority.create(directory / "tls", common_name="tidescale-rig-prometheus-ca")
+            served = tls_ca.issue_serving_cert("prometheus", dns_names=("localhost",), ip_addresses=(host,))
+            web_config += (
+                f"tls_server_config:\n  cert_file: {served.cert_file}\n  key_file: {served.key_file}\n"
+            )
+        web.write_text(web_config)
         argv = [
             str(binary),
             f"--config.file={config}",
@@ -147,7 +171,7 @@ class Prometheus:
             "--storage.tsdb.retention.time=2h",
             "--log.level=warn",
         ]
-        process = supervisor.start("prometheus", argv, cwd=directory)
+        process = supervisor.start(name, argv, cwd=directory)
         prometheus = cls(
             host=host,
             port=port,
@@ -158,6 +182,7 @@ class Prometheus:
             promtool=promtool,
             directory=directory,
             start_seconds=0.0,
+            tls_ca=tls_ca,
             _argv=argv,
         )
         wait_until(
@@ -169,7 +194,9 @@ class Prometheus:
         return prometheus
 
     def _ready(self) -> bool:
-        response = httpx.get(f"{self.url}/-/ready", auth=(self.username, self.password), timeout=5)
+        response = httpx.get(
+            f"{self.url}/-/ready", auth=(self.username, self.password), timeout=5, verify=self._verify
+        )
         return response.status_code == 200
 
     def api_query(self, query: str) -> dict[str, Any]:
@@ -179,6 +206,7 @@ class Prometheus:
             params={"query": query},
             auth=(self.username, self.password),
             timeout=10,
+            verify=self._verify,
         )
         answer: dict[str, Any] = response.json()
         return answer
@@ -186,6 +214,8 @@ class Prometheus:
     def promtool_query(self, query: str) -> list[dict[str, Any]]:
         """``promtool query instant -o json`` against this server: its result (a list of series).
         promtool 2.42 has no HTTP config flag: the credentials go in the URL (test-only)."""
+        if self.tls_ca is not None:
+            raise PromtoolError("promtool 2.42 cannot be given a CA: query the TLS server with api_query")
         url = f"http://{self.username}:{self.password}@{self.host}:{self.port}"
         argv = [str(self.promtool), "query", "instant", "-o", "json", url, query]
         out = run_tool(argv, what=f"promtool query instant {query!r}", error=PromtoolError, timeout=30)
@@ -219,7 +249,7 @@ class Prometheus:
 
     def start_again(self, supervisor: Supervisor, *, timeout: float = 60.0) -> None:
         """After :meth:`stop_server`: the same server (port, data, users) again, once ready."""
-        self.process = supervisor.start("prometheus", self._argv, cwd=self.directory)
+        self.process = supervisor.start(self.process.name, self._argv, cwd=self.directory)
         wait_until("prometheus ready again", self._ready, timeout=timeout, process=self.process)
 
     def stop_server(self) -> None:
