@@ -255,3 +255,19 @@ def test_other_streams_and_consumers_beside_it_never_change_the_reading(names: l
         0, {"name": "sibling", "num_pending": noise, "num_ack_pending": noise}
     )
     assert consumer_backlog(answer, BASE, where=WHERE).total == 9
+
+
+# -- the waker's guard ------------------------------------------------------------------------------
+
+
+def test_the_waker_measures_a_plain_trigger_refuses_tls_files_and_checks_the_endpoint() -> None:
+    from tidescale._waker_guard import broker_endpoints, refusal
+
+    with_ca = parse_nats_jetstream_settings("q", {**BASIC, "use-https": "true", "tls-ca-file": "/ca.crt"})
+    assert refusal(BASE) is None
+    refused = refusal(with_ca)
+    assert refused is not None
+    assert refused[0] == "tidescale.io/q.tls-ca-file"
+    assert broker_endpoints(BASE) == [
+        ("tidescale.io/nats-jetstream.monitoring-endpoint", "nats.messaging", 8222)
+    ]

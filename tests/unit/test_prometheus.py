@@ -288,3 +288,28 @@ def test_any_sample_text_gives_a_float_or_a_source_error(text: str) -> None:
     except SourceError:
         return
     assert isinstance(number, float)
+
+
+# -- the waker's guard ------------------------------------------------------------------------------
+
+
+def test_the_waker_refuses_agent_credentials_without_a_secret_and_tls_files_always() -> None:
+    from tidescale._waker_guard import broker_endpoints, for_waker, refusal
+
+    env_only = parse_prometheus_settings("p", {**BASIC, "bearer-token-env": "T"})
+    with_secret = parse_prometheus_settings(
+        "p", {**BASIC, "bearer-token-file": "/t", "credentials-secret": "s"}
+    )
+    with_ca = parse_prometheus_settings(
+        "p", {**BASIC, "server-address": "https://prom:9091", "tls-ca-file": "/ca.crt"}
+    )
+    refused = refusal(env_only)
+    assert refused is not None
+    assert refused[0] == "tidescale.io/p.bearer-token-env"
+    assert refusal(with_secret) is None
+    cleared = for_waker(with_secret)
+    assert isinstance(cleared, PrometheusSettings)
+    assert (cleared.bearer_token_file, cleared.credentials_secret) == (None, "s")
+    assert refusal(with_ca) is not None
+    assert broker_endpoints(with_ca) == [("tidescale.io/p.server-address", "prom", 9091)]
+    assert broker_endpoints(BASE) == [("tidescale.io/prometheus.server-address", "prometheus", 9090)]
