@@ -271,3 +271,10 @@ def test_the_waker_measures_a_plain_trigger_refuses_tls_files_and_checks_the_end
     assert broker_endpoints(BASE) == [
         ("tidescale.io/nats-jetstream.monitoring-endpoint", "nats.messaging", 8222)
     ]
+
+
+def test_the_reasons_call_the_metric_a_backlog() -> None:
+    from tidescale.hints import parse_hints
+
+    hints = parse_hints({f"tidescale.io/nats-jetstream.{k}": v for k, v in BASIC.items()})
+    assert hints.metric_of("nats-jetstream") == "backlog"
