@@ -278,3 +278,28 @@ def test_the_reasons_call_the_metric_a_backlog() -> None:
 
     hints = parse_hints({f"tidescale.io/nats-jetstream.{k}": v for k, v in BASIC.items()})
     assert hints.metric_of("nats-jetstream") == "backlog"
+
+
+async def test_a_batch_against_a_server_that_is_down_fails_every_trigger_without_raising() -> None:
+    import socket
+
+    from tidescale.sources.base import MeasurementFailure
+    from tidescale.sources.nats_jetstream._source import NatsJetStreamSource
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings = [
+        parse_nats_jetstream_settings(
+            "q", {**BASIC, "monitoring-endpoint": f"127.0.0.1:{port}", "stream": s, "account": a}
+        )
+        for s, a in (("A", "$G"), ("B", "$G"), ("C", "TEAM"))
+    ]
+    source = NatsJetStreamSource(settings[0])
+    try:
+        results = await source.measure_many(settings)
+    finally:
+        await source.close()
+    assert set(results) == set(settings)
+    assert all(isinstance(r, MeasurementFailure) and "cannot reach" in r.error for r in results.values())
+    assert source.requests == 2  # one per account

@@ -152,3 +152,29 @@ async def test_a_redirect_is_not_followed(proxy: Proxy) -> None:
     with pytest.raises(SourceError, match="HTTP 302"):
         await _value(_raw(proxy))
     assert len(proxy.seen) == 1
+
+
+async def test_a_batch_against_a_server_that_is_down_fails_every_trigger_without_raising() -> None:
+    import socket
+
+    from tidescale.sources.base import MeasurementFailure
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings = [
+        parse_prometheus_settings(
+            "p", {"server-address": f"http://127.0.0.1:{port}", "query": q, "threshold": "1"}
+        )
+        for q in ("a", "b", "a")
+    ]
+    source = PrometheusSource(settings[0])
+    try:
+        results = await source.measure_many(settings)
+    finally:
+        await source.close()
+    assert set(results) == set(settings)
+    assert all(
+        isinstance(r, MeasurementFailure) and "cannot reach Prometheus" in r.error for r in results.values()
+    )
+    assert source.requests == 2
