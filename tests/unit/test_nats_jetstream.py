@@ -303,3 +303,10 @@ async def test_a_batch_against_a_server_that_is_down_fails_every_trigger_without
     assert set(results) == set(settings)
     assert all(isinstance(r, MeasurementFailure) and "cannot reach" in r.error for r in results.values())
     assert source.requests == 2  # one per account
+
+
+def test_a_stream_missing_on_a_cluster_member_says_where_to_point() -> None:
+    answer = copy.deepcopy(RECORDED)
+    answer["meta_cluster"] = {"cluster_size": 3}
+    with pytest.raises(SourceNotFound, match="one of 3 in a cluster"):
+        consumer_backlog(answer, replace(BASE, stream="ELSEWHERE"), where=WHERE)

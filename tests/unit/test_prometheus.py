@@ -313,3 +313,11 @@ def test_the_waker_refuses_agent_credentials_without_a_secret_and_tls_files_alwa
     assert refusal(with_ca) is not None
     assert broker_endpoints(with_ca) == [("tidescale.io/p.server-address", "prom", 9091)]
     assert broker_endpoints(BASE) == [("tidescale.io/prometheus.server-address", "prometheus", 9090)]
+
+
+def test_an_error_quotes_at_most_120_characters_of_a_long_query() -> None:
+    long_query = "sum(" + "x" * 500 + ")"
+    with pytest.raises(SourceError) as caught:
+        query_value(_vector("1", "2"), replace(BASE, query=long_query), where=WHERE)
+    assert "x" * 100 in str(caught.value)
+    assert "x" * 130 not in str(caught.value)

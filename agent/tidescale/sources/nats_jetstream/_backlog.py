@@ -85,9 +85,16 @@ def consumer_backlog(answer: Any, settings: NatsJetStreamSettings, *, where: str
         for s in _list(accounts[0], "stream_detail")
         if isinstance(s, Mapping) and s.get("name") == settings.stream
     ]
+    in_cluster = (
+        f" (this server is one of {cluster_size} in a cluster, and a server lists only the streams it holds "
+        "a replica of: point monitoring-endpoint at one that does)"
+        if cluster_size > 1
+        else ""
+    )
     if not streams:
         raise SourceNotFound(
-            f"{where} has no stream {settings.stream!r} in account {settings.account!r}: check stream"
+            f"{where} has no stream {settings.stream!r} in account {settings.account!r}: check "
+            f"stream{in_cluster}"
         )
     consumers = [
         c

@@ -57,7 +57,7 @@ def sample_number(sample: Any, what: str) -> float:
 def query_value(answer: Any, settings: PrometheusSettings, *, where: str) -> QueryValue:
     """The number an answer gives for ``settings.query``; SourceError (SourceNotFound for an empty
     result without ignore-null-values) naming the query and what was expected otherwise."""
-    what = f"{where} for query {settings.query!r}"
+    what = f"{where} for query {settings.shown_query}"
     if not isinstance(answer, Mapping):
         raise SourceError(f"{what}: the answer is not a JSON object: not a Prometheus query API")
     if answer.get("status") != "success":

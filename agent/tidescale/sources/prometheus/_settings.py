@@ -99,6 +99,11 @@ class PrometheusSettings:
         )
 
     @property
+    def shown_query(self) -> str:
+        """The query as errors quote it: at most 120 characters (an Event is no place for 8 KiB)."""
+        return repr(self.query if len(self.query) <= 120 else self.query[:117] + "...")
+
+    @property
     def request_key(self) -> tuple[object, ...]:
         """Triggers with equal keys ask the same server the same question: one request answers both."""
         return (self.query, self.namespace, self.query_parameters, self.custom_headers)

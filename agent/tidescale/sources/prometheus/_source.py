@@ -63,7 +63,7 @@ class PrometheusSource:
             self._query(s),
             trigger=s.name,
             seconds=s.timeout,
-            waiting_for=f"{self._where} for query {s.query!r}",
+            waiting_for=f"{self._where} for query {s.shown_query}",
             advice="check the server's load and the query's cost, or raise timeout",
         )
         return prometheus_measurement(found, s, time.monotonic())
@@ -91,8 +91,8 @@ class PrometheusSource:
                         answer = await self._ask(first)
                 except TimeoutError:
                     failure = SourceTimeout(
-                        f"{self._where} did not answer the query {first.query!r} within {limit:g}s: check "
-                        "the server's load and the query's cost, or raise timeout"
+                        f"{self._where} did not answer the query {first.shown_query} within {limit:g}s: "
+                        "check the server's load and the query's cost, or raise timeout"
                     )
                 except SourceError as exc:
                     failure = exc
@@ -172,7 +172,7 @@ class PrometheusSource:
                     advice="a query giving one number answers in well under 1 KiB: aggregate the query",
                 )
         except httpx.TimeoutException as exc:
-            raise SourceTimeout(f"{self._where} timed out on the query {settings.query!r}") from exc
+            raise SourceTimeout(f"{self._where} timed out on the query {settings.shown_query}") from exc
         except httpx.HTTPError as exc:
             raise transport_error(self._where, exc, check="server-address") from exc
         import orjson
@@ -185,7 +185,7 @@ class PrometheusSource:
                 "(is it a Prometheus HTTP API?)"
             ) from exc
         if status >= 400 and (not isinstance(answer, dict) or answer.get("status") != "error"):
-            raise SourceError(f"{self._where} answered HTTP {status} to the query {settings.query!r}")
+            raise SourceError(f"{self._where} answered HTTP {status} to the query {settings.shown_query}")
         return answer
 
     async def _http_client(self) -> Any:
