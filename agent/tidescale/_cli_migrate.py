@@ -699,9 +699,9 @@ def _prometheus(
         "activationThreshold": "activation-threshold",
         "namespace": "namespace",
         "queryParameters": "query-parameters",
-        "customHeaders": "custom-headers",
     }
     why_not = {
+        "metricName": "not needed: the metric is named after the trigger",
         "unsafeSsl": "not supported: give the CA with tls-ca-file",
         "awsRegion": "AWS managed Prometheus (SigV4) is not supported",
         "identityOwner": "cloud identities are not supported",
@@ -712,6 +712,8 @@ def _prometheus(
             build.set(prefix + simple[key], str(value))
         elif key == "ignoreNullValues":
             build.set(prefix + "ignore-null-values", _boolean(value))
+        elif key in ("customHeaders", "cortexOrgID"):
+            continue
         elif key == "timeout":
             text = str(value).strip()
             if text.isdigit():
@@ -724,6 +726,12 @@ def _prometheus(
             continue
         else:
             build.drop(here, "no tidescale field for it (see docs/keda-mapping.md)")
+    # cortexOrgID (KEDA before 2.12) is the X-Scope-OrgID header: one list with customHeaders.
+    headers = [str(metadata["customHeaders"])] if metadata.get("customHeaders") else []
+    if metadata.get("cortexOrgID"):
+        headers.append(f"X-Scope-OrgID={metadata['cortexOrgID']}")
+    if headers:
+        build.set(prefix + "custom-headers", ",".join(headers))
     modes = {
         m.strip().lower() for m in str(metadata.get("authModes") or metadata.get("authMode") or "").split(",")
     }
