@@ -194,6 +194,13 @@ def test_an_empty_vector_reads_zero_with_ignore_null_values() -> None:
     assert prometheus_measurement(found, BASE, 1.0).detail == {"null-read-as-0": 1.0}
 
 
+def test_a_series_without_a_sample_reads_as_empty_as_keda_reads_it() -> None:
+    answer = {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": []}]}}
+    assert query_value(answer, BASE, where=WHERE).null == "empty"
+    with pytest.raises(SourceNotFound, match="the result is empty"):
+        query_value(answer, replace(BASE, ignore_null_values=False), where=WHERE)
+
+
 def test_an_empty_vector_is_a_missing_source_without_ignore_null_values() -> None:
     with pytest.raises(SourceNotFound, match="the result is empty"):
         query_value(_vector(), replace(BASE, ignore_null_values=False), where=WHERE)

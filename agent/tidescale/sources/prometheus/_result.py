@@ -73,20 +73,20 @@ def query_value(answer: Any, settings: PrometheusSettings, *, where: str) -> Que
     if result_type == "vector":
         if not isinstance(result, list):
             raise SourceError(f"{what}: the vector result is not a list: not a Prometheus query answer")
-        if not result:
+        if len(result) > 1:
+            raise SourceError(
+                f"{what}: the query returned {len(result)} series; expected one: aggregate them "
+                "(sum(...), max(...), or by no label)"
+            )
+        series = result[0] if result else None
+        sample = series.get("value") if isinstance(series, Mapping) else None
+        if not result or sample == []:  # no series, or (as KEDA reads it) a series without a sample
             if settings.ignore_null_values:
                 return QueryValue(value=0.0, null="empty")
             raise SourceNotFound(
                 f"{what}: the result is empty (no series): check the query and that its target is "
                 "scraped, or set ignore-null-values true to read it as 0"
             )
-        if len(result) > 1:
-            raise SourceError(
-                f"{what}: the query returned {len(result)} series; expected one: aggregate them "
-                "(sum(...), max(...), or by no label)"
-            )
-        series = result[0]
-        sample = series.get("value") if isinstance(series, Mapping) else None
         return _finite_or_null(sample_number(sample, what), settings, what)
     if result_type == "matrix":
         raise SourceError(
