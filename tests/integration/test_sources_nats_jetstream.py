@@ -3,10 +3,12 @@ the JetStream API's consumer info), on the rig's real nats-server."""
 
 from __future__ import annotations
 
+import ssl
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nats as nats_client
@@ -14,8 +16,9 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from tests.rig.nats import NatsServer
-from tests.rig.processes import free_port
-from tidescale.errors import BrokerUnreachable, SourceError, SourceNotFound
+from tests.rig.network import Network
+from tests.rig.processes import Supervisor, free_port
+from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope
 from tidescale.sources.nats_jetstream._settings import NatsJetStreamSettings, parse_nats_jetstream_settings
 from tidescale.sources.nats_jetstream._source import NatsJetStreamSource
@@ -173,3 +176,42 @@ async def test_a_server_that_is_down_is_unreachable_and_the_client_port_is_not_a
         await _measure(_settings(nats, stream="S", **{"monitoring-endpoint": down}))
     with pytest.raises(SourceError, match="monitoring-endpoint"):
         await _measure(_settings(nats, stream="S", **{"monitoring-endpoint": f"{nats.host}:{nats.port}"}))
+
+
+# -- https -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nats_tls(rig_supervisor: Supervisor, rig_network: Network, rig_run_dir: Path) -> Iterator[NatsServer]:
+    """A second nats-server whose clients and monitoring endpoint use TLS (only this module's)."""
+    server = NatsServer.start(rig_supervisor, rig_network, rig_run_dir, tls=True, name="nats-tls")
+    yield server
+    server.stop()
+
+
+async def test_https_is_read_with_the_ca_of_tls_ca_file_and_refused_by_name_without_it(
+    nats_tls: NatsServer,
+) -> None:
+    assert nats_tls.tls_ca is not None
+    ca = str(nats_tls.tls_ca.cert_file)
+    context = ssl.create_default_context(cafile=ca)
+    connection = await nats_client.connect(nats_tls.url, tls=context)
+    try:
+        js = connection.jetstream()
+        await js.add_stream(name="SECURE", subjects=["secure.>"])
+        await js.add_consumer(
+            "SECURE",
+            ConsumerConfig(
+                durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, filter_subject="secure.jobs"
+            ),
+        )
+        for number in range(4):
+            await js.publish("secure.jobs", f"m{number}".encode())
+    finally:
+        await connection.close()
+    https = {"use-https": "true", "stream": "SECURE"}
+    measured = await _measure(_settings(nats_tls, **https, **{"tls-ca-file": ca}))
+    jsz = nats_tls.jsz_consumer("SECURE", CONSUMER)
+    assert measured.value == jsz["num_pending"] + jsz["num_ack_pending"] == 4
+    with pytest.raises(BrokerAuthFailed, match=r"TLS certificate of .* is not trusted.*tls-ca-file"):
+        await _measure(_settings(nats_tls, **https))

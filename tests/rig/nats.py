@@ -9,6 +9,7 @@ info (through nats-py).
 from __future__ import annotations
 
 import secrets
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from tests.rig.certs import CertificateAuthority
 from tests.rig.network import Network
 from tests.rig.paths import VERSIONS, RigNotBuilt, cache_dir
 from tests.rig.processes import Managed, Supervisor, free_port, port_open, wait_until
@@ -40,47 +42,73 @@ class NatsServer:
     process: Managed
     directory: Path
     start_seconds: float
+    tls_ca: CertificateAuthority | None = None
+    """With TLS: the CA of the server's certificate; clients and the monitoring endpoint use TLS."""
     _argv: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        """The client URL (nats://host:port)."""
-        return f"nats://{self.host}:{self.port}"
+        """The client URL (nats://host:port; with TLS, clients need the CA)."""
+        return f"{'tls' if self.tls_ca else 'nats'}://{self.host}:{self.port}"
 
     @property
     def monitoring_endpoint(self) -> str:
         """host:port of the HTTP monitoring endpoint, as the trigger's monitoring-endpoint takes it."""
         return f"{self.host}:{self.monitoring_port}"
 
+    @property
+    def _monitoring_url(self) -> str:
+        return f"{'https' if self.tls_ca else 'http'}://{self.monitoring_endpoint}"
+
+    @property
+    def _verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=str(self.tls_ca.cert_file)) if self.tls_ca else True
+
     @classmethod
     def start(
-        cls, supervisor: Supervisor, network: Network, run_dir: Path, *, timeout: float = 60.0
+        cls,
+        supervisor: Supervisor,
+        network: Network,
+        run_dir: Path,
+        *,
+        tls: bool = False,
+        name: str = "nats",
+        timeout: float = 60.0,
     ) -> NatsServer:
+        """``tls``: clients and the monitoring endpoint (https) on a certificate of a CA of its own."""
         began = time.monotonic()
         binary = nats_server_binary()
-        directory = run_dir / "nats"
+        directory = run_dir / name
         directory.mkdir(parents=True, exist_ok=True)
         host = network.node_address
         port, monitoring_port = free_port(host), free_port(host)
-        name = f"tsrig{network.slot}-{secrets.token_hex(3)}"
+        server_name = f"tsrig{network.slot}-{secrets.token_hex(3)}"
+        tls_ca, tls_config = None, ""
+        if tls:
+            tls_ca = CertificateAuthority.create(directory / "tls", common_name="tidescale-rig-nats-ca")
+            served = tls_ca.issue_serving_cert("nats", dns_names=("localhost",), ip_addresses=(host,))
+            tls_config = f'tls {{\n  cert_file: "{served.cert_file}"\n  key_file: "{served.key_file}"\n}}\n'
+        monitoring = "https" if tls else "http"
         config = directory / "nats.conf"
         config.write_text(
-            f'server_name: "{name}"\n'
+            f'server_name: "{server_name}"\n'
             f'listen: "{host}:{port}"\n'
-            f'http: "{host}:{monitoring_port}"\n'
+            f'{monitoring}: "{host}:{monitoring_port}"\n'
+            f"{tls_config}"
             f'jetstream {{\n  store_dir: "{directory / "js"}"\n  max_memory_store: 64MB\n'
             "  max_file_store: 512MB\n}\n"
         )
         argv = [str(binary), "-c", str(config)]
-        process = supervisor.start("nats-server", argv, cwd=directory)
+        process = supervisor.start(name, argv, cwd=directory)
         server = cls(
             host=host,
             port=port,
             monitoring_port=monitoring_port,
-            name=name,
+            name=server_name,
             process=process,
             directory=directory,
             start_seconds=0.0,
+            tls_ca=tls_ca,
             _argv=argv,
         )
         wait_until(
@@ -92,13 +120,18 @@ class NatsServer:
         return server
 
     def _healthy(self) -> bool:
-        response = httpx.get(f"http://{self.monitoring_endpoint}/healthz?js-enabled-only=true", timeout=5)
+        response = httpx.get(
+            f"{self._monitoring_url}/healthz?js-enabled-only=true", timeout=5, verify=self._verify
+        )
         return response.status_code == 200
 
     def jsz(self, account: str = "$G") -> dict[str, Any]:
         """The server's own monitoring JSON for one account, consumers included."""
         response = httpx.get(
-            f"http://{self.monitoring_endpoint}/jsz", params={"acc": account, "consumers": "true"}, timeout=10
+            f"{self._monitoring_url}/jsz",
+            params={"acc": account, "consumers": "true"},
+            timeout=10,
+            verify=self._verify,
         )
         response.raise_for_status()
         answer: dict[str, Any] = response.json()
@@ -119,5 +152,5 @@ class NatsServer:
 
     def start_again(self, supervisor: Supervisor, *, timeout: float = 60.0) -> None:
         """After :meth:`stop`: the same server (ports, name, stored streams) again, once healthy."""
-        self.process = supervisor.start("nats-server", self._argv, cwd=self.directory)
+        self.process = supervisor.start(self.process.name, self._argv, cwd=self.directory)
         wait_until("nats-server healthy again", self._healthy, timeout=timeout, process=self.process)
