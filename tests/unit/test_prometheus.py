@@ -328,3 +328,16 @@ def test_an_error_quotes_at_most_120_characters_of_a_long_query() -> None:
         query_value(_vector("1", "2"), replace(BASE, query=long_query), where=WHERE)
     assert "x" * 100 in str(caught.value)
     assert "x" * 130 not in str(caught.value)
+
+
+def test_a_servers_error_text_is_quoted_without_control_characters() -> None:
+    answer = {
+        "status": "error",
+        "errorType": "bad_data",
+        "error": 'line one\n{"level":"error","msg":"forged"}\x1b[2J',
+    }
+    with pytest.raises(SourceError) as caught:
+        query_value(answer, BASE, where=WHERE)
+    assert "\n" not in str(caught.value)
+    assert "\x1b" not in str(caught.value)
+    assert "line one" in str(caught.value)

@@ -1,14 +1,20 @@
-"""What the HTTP-API sources (prometheus, nats-jetstream) share: a size-capped body and the
-translation of transport failures. Imports nothing heavy: httpx's objects come in as arguments."""
+"""What the HTTP-API sources (prometheus, nats-jetstream) share: a size-capped body, the
+translation of transport failures, and quoting a server's words in an error. Imports nothing
+heavy (the pure arithmetic modules use :func:`quoted`): httpx's objects come in as arguments."""
 
 from __future__ import annotations
 
-import ssl
 from typing import Any
 
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError
 
-__all__ = ["read_capped", "transport_error"]
+__all__ = ["quoted", "read_capped", "transport_error"]
+
+
+def quoted(text: object, limit: int = 300) -> str:
+    """A server's own words, as an error may quote them: at most ``limit`` characters, control
+    characters (newlines, escapes) replaced, so a hostile answer cannot forge log lines or Events."""
+    return "".join(c if c.isprintable() else " " for c in str(text)[:limit]).strip()
 
 
 async def read_capped(response: Any, *, where: str, limit: int, advice: str) -> bytes:
@@ -27,6 +33,8 @@ async def read_capped(response: Any, *, where: str, limit: int, advice: str) -> 
 def transport_error(where: str, exc: BaseException, *, check: str) -> SourceError:
     """An httpx transport failure as a SourceError: an untrusted certificate is a BrokerAuthFailed
     pointing at tls-ca-file, anything else a BrokerUnreachable naming ``check``."""
+    import ssl
+
     cause: BaseException | None = exc
     seen: set[int] = set()
     while cause is not None and id(cause) not in seen:

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from tidescale.errors import SourceError, SourceTimeout
-from tidescale.sources._http import read_capped, transport_error
+from tidescale.sources._http import quoted, read_capped, transport_error
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
 from tidescale.sources.nats_jetstream._backlog import consumer_backlog, nats_jetstream_measurement
 from tidescale.sources.nats_jetstream._settings import NatsJetStreamSettings
@@ -148,7 +148,7 @@ class NatsJetStreamSource:
         except httpx.HTTPError as exc:
             raise transport_error(self._where, exc, check="monitoring-endpoint and use-https") from exc
         if status != 200:
-            text = body[:300].decode("utf-8", "replace").strip()
+            text = quoted(body[:300].decode("utf-8", "replace"))
             raise SourceError(
                 f"{self._where} answered /jsz with HTTP {status} ({text or 'no reason given'}): check "
                 "monitoring-endpoint (the server's http_port) and that JetStream is enabled"

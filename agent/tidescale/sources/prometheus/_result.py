@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tidescale.errors import SourceError, SourceNotFound
+from tidescale.sources._http import quoted
 from tidescale.sources.base import Measurement
 from tidescale.sources.prometheus._settings import PrometheusSettings
 
@@ -51,7 +52,7 @@ def sample_number(sample: Any, what: str) -> float:
     try:
         return float(text)  # Prometheus writes NaN, +Inf and -Inf as Go does, which float() reads
     except ValueError as exc:
-        raise SourceError(f"{what}: the sample value {text[:32]!r} is not a number") from exc
+        raise SourceError(f"{what}: the sample value {quoted(text, 32)!r} is not a number") from exc
 
 
 def query_value(answer: Any, settings: PrometheusSettings, *, where: str) -> QueryValue:
@@ -61,8 +62,8 @@ def query_value(answer: Any, settings: PrometheusSettings, *, where: str) -> Que
     if not isinstance(answer, Mapping):
         raise SourceError(f"{what}: the answer is not a JSON object: not a Prometheus query API")
     if answer.get("status") != "success":
-        kind = str(answer.get("errorType") or "unknown")[:64]
-        detail = str(answer.get("error") or "no error given")[:300]
+        kind = quoted(answer.get("errorType") or "unknown", 64)
+        detail = quoted(answer.get("error") or "no error given")
         raise SourceError(f"{what}: the query failed ({kind}: {detail}): check query")
     data = answer.get("data")
     if not isinstance(data, Mapping):
@@ -94,7 +95,7 @@ def query_value(answer: Any, settings: PrometheusSettings, *, where: str) -> Que
             "apply a function to the range (rate(x[5m]), max_over_time(x[5m])...)"
         )
     raise SourceError(
-        f"{what}: the query returned a {str(result_type)[:32]}; expected a scalar or a vector of one series"
+        f"{what}: the query returned a {quoted(result_type, 32)}; expected a scalar or a vector of one series"
     )
 
 
