@@ -18,6 +18,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from tests.rig.nats import NatsServer
 from tests.rig.network import Network
 from tests.rig.processes import Supervisor, free_port
+from tidescale._waker_guard import for_waker
+from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope
 from tidescale.sources.nats_jetstream._settings import NatsJetStreamSettings, parse_nats_jetstream_settings
@@ -215,3 +217,33 @@ async def test_https_is_read_with_the_ca_of_tls_ca_file_and_refused_by_name_with
     assert measured.value == jsz["num_pending"] + jsz["num_ack_pending"] == 4
     with pytest.raises(BrokerAuthFailed, match=r"TLS certificate of .* is not trusted.*tls-ca-file"):
         await _measure(_settings(nats_tls, **https))
+    # The waker: the Secret's ca.crt (PEM text) in place of the file, which it never reads.
+    hinted = _settings(
+        nats_tls, **https, **{"tls-ca-file": "/not/for/the/waker", "credentials-secret": "nats-ca"}
+    )
+    waker_settings = for_waker(hinted)
+    assert isinstance(waker_settings, NatsJetStreamSettings)
+    assert waker_settings.tls_ca_file is None
+    secret = Credentials.of("team-a", "nats-ca", {"ca.crt": nats_tls.tls_ca.cert_pem.decode()})
+    source = open_source(waker_settings, credentials=secret)
+    try:
+        assert (await source.measure(waker_settings, Scope.GROUP)).value == 4
+    finally:
+        await source.close()
+    other_ca = Credentials.of("team-a", "nats-ca", {"ca.crt": _other_ca_pem(nats_tls)})
+    source = open_source(waker_settings, credentials=other_ca)
+    try:
+        with pytest.raises(
+            BrokerAuthFailed, match=r"not trusted.*key ca\.crt of credentials-secret team-a/nats-ca"
+        ):
+            await source.measure(waker_settings, Scope.GROUP)
+    finally:
+        await source.close()
+
+
+def _other_ca_pem(server: NatsServer) -> str:
+    from tests.rig.certs import CertificateAuthority
+
+    return CertificateAuthority.create(
+        server.directory / "other-ca", common_name="not-the-nats-ca"
+    ).cert_pem.decode()

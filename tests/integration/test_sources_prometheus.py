@@ -279,3 +279,13 @@ async def test_https_is_read_with_the_ca_of_tls_ca_file_and_refused_by_name_with
         BrokerAuthFailed, match=r"TLS certificate of Prometheus at .* is not trusted.*tls-ca-file"
     ):
         await _measure(_settings(prometheus_tls, login, query=gauge))
+    # The waker: the Secret's ca.crt (PEM text) in place of the file, which it never reads.
+    hinted = _settings(
+        prometheus_tls, login, query=gauge, **{"tls-ca-file": ca, "credentials-secret": "prom"}
+    )
+    settings = for_waker(hinted)
+    assert isinstance(settings, PrometheusSettings)
+    assert settings.tls_ca_file is None
+    pem = prometheus_tls.tls_ca.cert_pem.decode()
+    login_and_ca = {"username": prometheus_tls.username, "password": prometheus_tls.password, "ca.crt": pem}
+    assert (await _measure(settings, Credentials.of("team-a", "prom", login_and_ca))).value == 5.5

@@ -310,3 +310,12 @@ def test_a_stream_missing_on_a_cluster_member_says_where_to_point() -> None:
     answer["meta_cluster"] = {"cluster_size": 3}
     with pytest.raises(SourceNotFound, match="one of 3 in a cluster"):
         consumer_backlog(answer, replace(BASE, stream="ELSEWHERE"), where=WHERE)
+
+
+def test_a_secret_stands_in_for_the_ca_file_only() -> None:
+    problems = _problems({**BASIC, "credentials-secret": "nats-ca"})
+    assert "tls-ca-file with it" in problems["tidescale.io/queue.credentials-secret"]
+    s = parse_nats_jetstream_settings(
+        "q", {**BASIC, "use-https": "true", "tls-ca-file": "/ca.crt", "credentials-secret": "nats-ca"}
+    )
+    assert s.credentials_secret == "nats-ca"

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError
 
-__all__ = ["quoted", "read_capped", "transport_error"]
+__all__ = ["quoted", "read_capped", "tls_context", "transport_error"]
 
 
 def quoted(text: object, limit: int = 300) -> str:
@@ -30,9 +31,12 @@ async def read_capped(response: Any, *, where: str, limit: int, advice: str) -> 
     return b"".join(chunks)
 
 
-def transport_error(where: str, exc: BaseException, *, check: str) -> SourceError:
+def transport_error(
+    where: str, exc: BaseException, *, check: str, credentials: Credentials | None = None
+) -> SourceError:
     """An httpx transport failure as a SourceError: an untrusted certificate is a BrokerAuthFailed
-    pointing at tls-ca-file, anything else a BrokerUnreachable naming ``check``."""
+    pointing at tls-ca-file (the waker, given ``credentials``: the Secret's ca.crt), anything else
+    a BrokerUnreachable naming ``check``."""
     import ssl
 
     cause: BaseException | None = exc
@@ -40,8 +44,13 @@ def transport_error(where: str, exc: BaseException, *, check: str) -> SourceErro
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if isinstance(cause, ssl.SSLCertVerificationError):
+            ca = (
+                f"key ca.crt of credentials-secret {credentials.namespace}/{credentials.secret}"
+                if credentials is not None
+                else "tls-ca-file"
+            )
             return BrokerAuthFailed(
-                f"the TLS certificate of {where} is not trusted ({cause.verify_message}): check tls-ca-file "
+                f"the TLS certificate of {where} is not trusted ({cause.verify_message}): check {ca} "
                 "(the CA that signed the server's certificate)"
             )
         cause = cause.__cause__ or cause.__context__
@@ -49,3 +58,29 @@ def transport_error(where: str, exc: BaseException, *, check: str) -> SourceErro
         f"cannot reach {where} ({exc or type(exc).__name__}): check {check}, that the server listens "
         "there, and network policies"
     )
+
+
+def tls_context(*, where: str, ca_file: str | None, credentials: Credentials | None) -> Any:
+    """The context verifying an https server: the system's CAs, plus the agent's ``tls-ca-file``, or
+    (the waker, given ``credentials``) the Secret's ``ca.crt`` key as PEM text, never a file; a
+    CA that cannot be loaded is a BrokerAuthFailed naming the field or the key."""
+    import ssl
+
+    if credentials is not None:
+        context = ssl.create_default_context()
+        ca = credentials.get("ca.crt")
+        if ca is not None:
+            try:
+                context.load_verify_locations(cadata=ca)
+            except (ssl.SSLError, ValueError) as exc:
+                raise BrokerAuthFailed(
+                    f"key ca.crt of credentials-secret {credentials.namespace}/{credentials.secret} is not a "
+                    f"PEM certificate bundle ({type(exc).__name__}); expected the CA of {where}"
+                ) from exc
+        return context
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise BrokerAuthFailed(
+            f"cannot load the CA bundle {ca_file} for {where} ({type(exc).__name__}): check tls-ca-file"
+        ) from exc

@@ -23,7 +23,8 @@ def _open(settings: TriggerSettings, options: OpenOptions) -> Source:
     from tidescale.sources.nats_jetstream._source import NatsJetStreamSource
 
     assert isinstance(settings, NatsJetStreamSettings)
-    return NatsJetStreamSource(settings)  # the monitoring endpoint takes no credentials
+    # The monitoring endpoint takes no login: the waker's Secret only stands in for tls-ca-file.
+    return NatsJetStreamSource(settings, credentials=options.credentials)
 
 
 def _endpoints(settings: TriggerSettings) -> list[Endpoint]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from tidescale._values import parse_bool, parse_duration, parse_int
 from tidescale.errors import HintError
-from tidescale.sources._fields import FieldCollector, FieldDoc, parse_file_path
+from tidescale.sources._fields import FieldCollector, FieldDoc, parse_file_path, parse_secret_name
 
 __all__ = ["NATS_JETSTREAM_FIELDS", "NatsJetStreamSettings", "parse_nats_jetstream_settings"]
 
@@ -39,6 +39,7 @@ class NatsJetStreamSettings:
     lag_threshold: int = 10
     activation_lag_threshold: int = 0
     tls_ca_file: str | None = None
+    credentials_secret: str | None = None
     timeout: float = 5.0
 
     @property
@@ -176,6 +177,14 @@ NATS_JETSTREAM_FIELDS: tuple[FieldDoc, ...] = (
         example="/etc/nats-tls/ca.crt",
     ),
     FieldDoc(
+        field="credentials-secret",
+        type="Secret name",
+        default=None,
+        meaning="Secret in the Deployment's namespace with key ca.crt (the CA of tls-ca-file as PEM text), "
+        "read only by the cluster-level waker, in place of tls-ca-file.",
+        example="nats-ca",
+    ),
+    FieldDoc(
         field="timeout",
         type="duration",
         default="5s",
@@ -200,9 +209,16 @@ def parse_nats_jetstream_settings(trigger: str, raw: Mapping[str, str]) -> NatsJ
         lag_threshold=fields.get("lag-threshold", _parse_lag, 10),
         activation_lag_threshold=fields.get("activation-lag-threshold", _parse_activation, 0),
         tls_ca_file=fields.get("tls-ca-file", parse_file_path, None),
+        credentials_secret=fields.get("credentials-secret", parse_secret_name, None),
         timeout=fields.get("timeout", _parse_timeout, 5.0),
     )
     if fields.has("tls-ca-file") and not settings.use_https:
         fields.problem("tls-ca-file", "use-https true to go with it")
+    if fields.has("credentials-secret") and not fields.has("tls-ca-file"):
+        fields.problem(
+            "credentials-secret",
+            "tls-ca-file with it (the Secret's ca.crt stands in for that file; the monitoring endpoint has "
+            "no login)",
+        )
     fields.finish()
     return settings

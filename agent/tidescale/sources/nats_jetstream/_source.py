@@ -22,8 +22,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from tidescale.credentials import Credentials
 from tidescale.errors import SourceError, SourceTimeout
-from tidescale.sources._http import quoted, read_capped, transport_error
+from tidescale.sources._http import quoted, read_capped, tls_context, transport_error
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
 from tidescale.sources.nats_jetstream._backlog import consumer_backlog, nats_jetstream_measurement
 from tidescale.sources.nats_jetstream._settings import NatsJetStreamSettings
@@ -39,8 +40,10 @@ BATCH_CONCURRENCY = 4
 class NatsJetStreamSource:
     """An HTTP client to one NATS monitoring endpoint; measures any trigger naming it."""
 
-    def __init__(self, settings: NatsJetStreamSettings) -> None:
+    def __init__(self, settings: NatsJetStreamSettings, *, credentials: Credentials | None = None) -> None:
         self._connection = settings
+        self._credentials = credentials
+        """Given (by the waker): its Secret's ca.crt replaces tls-ca-file."""
         self._http: Any = None
         self._open_lock = asyncio.Lock()
         self._closed = False
@@ -146,7 +149,9 @@ class NatsJetStreamSource:
         except httpx.TimeoutException as exc:
             raise SourceTimeout(f"{self._where} timed out on /jsz") from exc
         except httpx.HTTPError as exc:
-            raise transport_error(self._where, exc, check="monitoring-endpoint and use-https") from exc
+            raise transport_error(
+                self._where, exc, check="monitoring-endpoint and use-https", credentials=self._credentials
+            ) from exc
         if status != 200:
             text = quoted(body[:300].decode("utf-8", "replace"))
             raise SourceError(
@@ -185,17 +190,9 @@ class NatsJetStreamSource:
             return self._http
 
     def _tls_context(self) -> Any:
-        import ssl
-
-        from tidescale.errors import BrokerAuthFailed
-
-        try:
-            return ssl.create_default_context(cafile=self._connection.tls_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise BrokerAuthFailed(
-                f"cannot load the CA bundle {self._connection.tls_ca_file} for {self._where} "
-                f"({type(exc).__name__}): check tls-ca-file"
-            ) from exc
+        return tls_context(
+            where=self._where, ca_file=self._connection.tls_ca_file, credentials=self._credentials
+        )
 
 
 def _own(settings: TriggerSettings) -> NatsJetStreamSettings:

@@ -313,7 +313,7 @@ PROMETHEUS_FIELDS: tuple[FieldDoc, ...] = (
         type="Secret name",
         default=None,
         meaning="Secret in the Deployment's namespace read only by the cluster-level waker: key token "
-        "(bearer) or keys username and password (basic).",
+        "(bearer) or keys username and password (basic), and ca.crt (PEM text) in place of tls-ca-file.",
         example="prometheus-credentials",
     ),
     FieldDoc(

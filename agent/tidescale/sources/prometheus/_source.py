@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, SourceError, SourceNotFound, SourceTimeout
-from tidescale.sources._http import read_capped, transport_error
+from tidescale.sources._http import read_capped, tls_context, transport_error
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
 from tidescale.sources.prometheus._result import QueryValue, prometheus_measurement, query_value
 from tidescale.sources.prometheus._settings import PrometheusSettings
@@ -174,7 +174,9 @@ class PrometheusSource:
         except httpx.TimeoutException as exc:
             raise SourceTimeout(f"{self._where} timed out on the query {settings.shown_query}") from exc
         except httpx.HTTPError as exc:
-            raise transport_error(self._where, exc, check="server-address") from exc
+            raise transport_error(
+                self._where, exc, check="server-address", credentials=self._credentials
+            ) from exc
         import orjson
 
         try:
@@ -235,15 +237,9 @@ class PrometheusSource:
         return username, _env(settings.password_env or "")
 
     def _tls_context(self) -> Any:
-        import ssl
-
-        try:
-            return ssl.create_default_context(cafile=self._connection.tls_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise BrokerAuthFailed(
-                f"cannot load the CA bundle {self._connection.tls_ca_file} for {self._where} "
-                f"({type(exc).__name__}): check tls-ca-file"
-            ) from exc
+        return tls_context(
+            where=self._where, ca_file=self._connection.tls_ca_file, credentials=self._credentials
+        )
 
 
 def _env(name: str) -> str:
