@@ -247,3 +247,71 @@ def _other_ca_pem(server: NatsServer) -> str:
     return CertificateAuthority.create(
         server.directory / "other-ca", common_name="not-the-nats-ca"
     ).cert_pem.decode()
+
+
+# -- a cluster: what the answering server sees -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(
+    rig_supervisor: Supervisor, rig_network: Network, rig_run_dir: Path
+) -> Iterator[list[NatsServer]]:
+    """Three nats-servers in one JetStream cluster (only this module's)."""
+    servers = NatsServer.start_cluster(rig_supervisor, rig_network, rig_run_dir)
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+async def test_in_a_cluster_the_consumer_leaders_answer_is_read_and_a_followers_is_refused(
+    nats_cluster: list[NatsServer],
+) -> None:
+    """docs/keda-mapping.md, "Cluster": a follower reports a replicated consumer's num_pending as 0
+    (nats-server 2.15), so only the leader's answer is used: monitoring-endpoint lists every server
+    and tidescale reads the one leading the consumer; a follower alone is a named error, not a low
+    reading. A one-replica stream is read on the server that holds it."""
+    connection = await nats_client.connect(nats_cluster[0].url)
+    try:
+        js = connection.jetstream()
+        await js.add_stream(name="CL3", subjects=["cl3.>"], num_replicas=3)
+        await js.add_stream(name="CL1", subjects=["cl1.>"], num_replicas=1)
+        for stream, subject in (("CL3", "cl3.jobs"), ("CL1", "cl1.jobs")):
+            config = ConsumerConfig(
+                durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=300, filter_subject=subject
+            )
+            await js.add_consumer(stream, config)
+        for number in range(6):
+            await js.publish("cl3.jobs", f"m{number}".encode())
+        for number in range(2):
+            await js.publish("cl1.jobs", f"m{number}".encode())
+        subscription = await js.pull_subscribe("cl3.jobs", durable=CONSUMER, stream="CL3")
+        messages = await subscription.fetch(2, timeout=5)
+        await messages[0].ack_sync()
+        info = await js.consumer_info("CL3", CONSUMER)
+    finally:
+        await connection.close()
+    assert info.num_pending + info.num_ack_pending == 5  # the leader's view, through the JetStream API
+    leader_name = info.cluster.leader
+    leader = next(s for s in nats_cluster if s.name == leader_name)
+    followers = [s for s in nats_cluster if s is not leader]
+    every = ",".join(s.monitoring_endpoint for s in [*followers, leader])  # the leader listed last
+
+    measured = await _measure(_settings(leader, stream="CL3", **{"monitoring-endpoint": every}))
+    jsz = leader.jsz_consumer("CL3", CONSUMER)
+    assert measured.value == jsz["num_pending"] + jsz["num_ack_pending"] == 5
+    follower_view = followers[0].jsz_consumer("CL3", CONSUMER)
+    assert follower_view["num_pending"] < jsz["num_pending"]  # why a follower's answer is not used
+    with pytest.raises(SourceError, match=f"answered as the leader.*its leader: {leader_name}"):
+        await _measure(_settings(followers[0], stream="CL3"))
+
+    holder = next(s for s in nats_cluster if any(x["name"] == "CL1" for x in _streams(s)))
+    elsewhere = next(s for s in nats_cluster if s is not holder)
+    with pytest.raises(SourceNotFound, match="one of 3 in a cluster"):
+        await _measure(_settings(elsewhere, stream="CL1"))
+    one_replica = await _measure(_settings(elsewhere, stream="CL1", **{"monitoring-endpoint": every}))
+    assert one_replica.value == 2
+
+
+def _streams(server: NatsServer) -> list[dict[str, Any]]:
+    details = server.jsz().get("account_details") or [{}]
+    return list(details[0].get("stream_detail") or [])

@@ -119,6 +119,61 @@ class NatsServer:
         server.start_seconds = time.monotonic() - began
         return server
 
+    @classmethod
+    def start_cluster(
+        cls, supervisor: Supervisor, network: Network, run_dir: Path, *, size: int = 3, timeout: float = 90.0
+    ) -> list[NatsServer]:
+        """``size`` nats-servers routed into one JetStream cluster; returns once a meta leader is
+        elected (streams can be created from then on)."""
+        began = time.monotonic()
+        binary = nats_server_binary()
+        host = network.node_address
+        cluster = f"tsrig{network.slot}-{secrets.token_hex(3)}"
+        ports = [(free_port(host), free_port(host), free_port(host)) for _ in range(size)]
+        routes = ", ".join(f'"nats-route://{host}:{route}"' for _, _, route in ports)
+        servers: list[NatsServer] = []
+        for index, (port, monitoring_port, route_port) in enumerate(ports):
+            name = f"{cluster}-{index}"
+            directory = run_dir / "nats-cluster" / name
+            directory.mkdir(parents=True, exist_ok=True)
+            config = directory / "nats.conf"
+            config.write_text(
+                f'server_name: "{name}"\nlisten: "{host}:{port}"\nhttp: "{host}:{monitoring_port}"\n'
+                f'cluster {{\n  name: "{cluster}"\n  listen: "{host}:{route_port}"\n'
+                f"  routes: [{routes}]\n}}\n"
+                f'jetstream {{\n  store_dir: "{directory / "js"}"\n  max_memory_store: 64MB\n'
+                "  max_file_store: 512MB\n}\n"
+            )
+            argv = [str(binary), "-c", str(config)]
+            process = supervisor.start(f"nats-cluster-{index}", argv, cwd=directory)
+            servers.append(
+                cls(
+                    host=host,
+                    port=port,
+                    monitoring_port=monitoring_port,
+                    name=name,
+                    process=process,
+                    directory=directory,
+                    start_seconds=0.0,
+                    _argv=argv,
+                )
+            )
+        for server in servers:
+            remaining = max(1.0, timeout - (time.monotonic() - began))
+            wait_until(
+                f"{server.name} in a JetStream cluster with a meta leader",
+                server._meta_leader_known,
+                timeout=remaining,
+                process=server.process,
+            )
+        for server in servers:
+            server.start_seconds = time.monotonic() - began
+        return servers
+
+    def _meta_leader_known(self) -> bool:
+        meta = self.jsz().get("meta_cluster") or {}
+        return bool(meta.get("leader")) and int(meta.get("cluster_size") or 0) > 1
+
     def _healthy(self) -> bool:
         response = httpx.get(
             f"{self._monitoring_url}/healthz?js-enabled-only=true", timeout=5, verify=self._verify

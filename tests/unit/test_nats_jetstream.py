@@ -13,9 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidescale.errors import HintsInvalid, SourceError, SourceNotFound
+from tidescale.errors import BrokerUnreachable, HintsInvalid, SourceError, SourceNotFound
 from tidescale.sources.nats_jetstream import KIND
-from tidescale.sources.nats_jetstream._backlog import consumer_backlog, nats_jetstream_measurement
+from tidescale.sources.nats_jetstream._backlog import (
+    consumer_backlog,
+    leader_backlog,
+    nats_jetstream_measurement,
+)
 from tidescale.sources.nats_jetstream._settings import NatsJetStreamSettings, parse_nats_jetstream_settings
 
 BASIC = {"monitoring-endpoint": "nats.messaging:8222", "stream": "ORDERS", "consumer": "workers"}
@@ -319,3 +323,61 @@ def test_a_secret_stands_in_for_the_ca_file_only() -> None:
         "q", {**BASIC, "use-https": "true", "tls-ca-file": "/ca.crt", "credentials-secret": "nats-ca"}
     )
     assert s.credentials_secret == "nats-ca"
+
+
+# -- a cluster: the consumer leader's answer ----------------------------------------------------------
+
+
+def _clustered(pending: int, *, leader: str, peers: tuple[str, ...]) -> dict[str, Any]:
+    cluster = {"name": "c", "leader": leader, "replicas": [{"name": p, "current": True} for p in peers]}
+    answer = _answer(pending, 1, cluster=cluster)
+    answer["meta_cluster"] = {"cluster_size": 3}
+    return answer
+
+
+def test_several_endpoints_are_parsed_and_each_is_an_endpoint_the_waker_checks() -> None:
+    s = parse_nats_jetstream_settings(
+        "q", {**BASIC, "monitoring-endpoint": "n0.nats:8222, n1.nats:8222,n2.nats:8223"}
+    )
+    assert s.endpoints == (("n0.nats", 8222), ("n1.nats", 8222), ("n2.nats", 8223))
+    assert s.urls[2] == "http://n2.nats:8223"
+    assert [(e.host, e.port) for e in KIND.endpoints(s)] == list(s.endpoints)
+    assert (
+        "each monitoring endpoint once"
+        in _problems({**BASIC, "monitoring-endpoint": "a:1,a:1"})["tidescale.io/queue.monitoring-endpoint"]
+    )
+    many = ",".join(f"n{i}:8222" for i in range(17))
+    assert (
+        "1 to 16"
+        in _problems({**BASIC, "monitoring-endpoint": many})["tidescale.io/queue.monitoring-endpoint"]
+    )
+
+
+def test_the_leader_is_the_server_not_among_the_peers_it_lists() -> None:
+    assert consumer_backlog(RECORDED, BASE, where=WHERE).from_leader  # a single server
+    leader = consumer_backlog(_clustered(7, leader="n1", peers=("n0", "n2")), BASE, where=WHERE)
+    follower = consumer_backlog(_clustered(0, leader="n1", peers=("n1", "n2")), BASE, where=WHERE)
+    electing = consumer_backlog(_clustered(0, leader="", peers=("n1", "n2")), BASE, where=WHERE)
+    assert (leader.from_leader, follower.from_leader, electing.from_leader) == (True, False, False)
+
+
+def test_the_leaders_answer_is_used_wherever_it_is_listed() -> None:
+    follower = ("n0", _clustered(0, leader="n1", peers=("n1", "n2")))
+    leader = ("n1", _clustered(7, leader="n1", peers=("n0", "n2")))
+    down = ("n2", BrokerUnreachable("cannot reach n2"))
+    for answers in ([follower, leader, down], [down, leader, follower], [leader]):
+        assert leader_backlog(answers, BASE).total == 8
+
+
+def test_followers_only_is_an_error_naming_the_leader_never_their_low_count() -> None:
+    followers = [(w, _clustered(0, leader="n1", peers=("n1", "n2"))) for w in ("n0", "n2")]
+    with pytest.raises(SourceError, match=r"its leader: n1.*list every server"):
+        leader_backlog(followers, BASE)
+
+
+def test_nobody_holding_the_stream_is_not_found_and_an_outage_is_said_first() -> None:
+    missing = ("n0", _answer(1, 1))
+    with pytest.raises(SourceNotFound, match="no stream 'NOPE'"):
+        leader_backlog([missing, ("n1", _answer(1, 1))], replace(BASE, stream="NOPE"))
+    with pytest.raises(BrokerUnreachable):
+        leader_backlog([("n0", BrokerUnreachable("down")), missing], replace(BASE, stream="NOPE"))

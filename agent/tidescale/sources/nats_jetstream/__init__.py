@@ -29,9 +29,7 @@ def _open(settings: TriggerSettings, options: OpenOptions) -> Source:
 
 def _endpoints(settings: TriggerSettings) -> list[Endpoint]:
     assert isinstance(settings, NatsJetStreamSettings)
-    return [
-        Endpoint(field="monitoring-endpoint", host=settings.monitoring_host, port=settings.monitoring_port)
-    ]
+    return [Endpoint(field="monitoring-endpoint", host=host, port=port) for host, port in settings.endpoints]
 
 
 KIND = SourceKind(

@@ -10,7 +10,7 @@ previous stream), and a consumer without the two counts is an error rather than 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from tidescale.errors import SourceError, SourceNotFound
 from tidescale.sources.base import Measurement
 from tidescale.sources.nats_jetstream._settings import NatsJetStreamSettings
 
-__all__ = ["ConsumerBacklog", "consumer_backlog", "nats_jetstream_measurement"]
+__all__ = ["ConsumerBacklog", "consumer_backlog", "leader_backlog", "nats_jetstream_measurement"]
 
 _MAX_COUNT = 1 << 63
 
@@ -35,6 +35,9 @@ class ConsumerBacklog:
     """The server leading the consumer (``cluster.leader``), when reported."""
     cluster_size: int = 1
     """``meta_cluster.cluster_size`` of the answering server (1 for a single server)."""
+    from_leader: bool = True
+    """Whether the answering server leads the consumer. A follower does not keep the consumer's
+    pending count (nats-server 2.15 reports 0 there), so only the leader's answer is used."""
 
     @property
     def total(self) -> int:
@@ -110,12 +113,53 @@ def consumer_backlog(answer: Any, settings: NatsJetStreamSettings, *, where: str
     what = f"consumer {settings.consumer!r} of stream {settings.stream!r} at {where}"
     cluster = detail.get("cluster")
     leader = cluster.get("leader") if isinstance(cluster, Mapping) else None
+    replicas = cluster.get("replicas") if isinstance(cluster, Mapping) else None
+    # A server lists the consumer's other peers under replicas: the leader names itself leader and
+    # is not among them; a follower names a leader that is (or none, while one is elected).
+    peers = (
+        {r.get("name") for r in replicas if isinstance(r, Mapping)} if isinstance(replicas, list) else set()
+    )
+    from_leader = not isinstance(cluster, Mapping) or (
+        isinstance(leader, str) and bool(leader) and leader not in peers
+    )
     return ConsumerBacklog(
         pending=_count(detail, "num_pending", what),
         ack_pending=_count(detail, "num_ack_pending", what),
         leader=str(leader)[:255] if isinstance(leader, str) else None,
         cluster_size=cluster_size,
+        from_leader=from_leader,
     )
+
+
+def leader_backlog(answers: Sequence[tuple[str, Any]], settings: NatsJetStreamSettings) -> ConsumerBacklog:
+    """The backlog from the answer of the server leading the consumer, among the answers of every
+    listed server (``(where, answer or SourceError)``). A single server's answer is its own leader's.
+    Only followers answered: SourceError naming the leader to list; nobody had the consumer: the
+    first server's SourceNotFound; nothing usable: the first error."""
+    errors: list[SourceError] = []
+    followers: list[ConsumerBacklog] = []
+    for where, answer in answers:
+        if isinstance(answer, SourceError):
+            errors.append(answer)
+            continue
+        try:
+            backlog = consumer_backlog(answer, settings, where=where)
+        except SourceError as exc:
+            errors.append(exc)
+            continue
+        if backlog.from_leader:
+            return backlog
+        followers.append(backlog)
+    if followers:
+        leader = followers[0].leader or "none elected yet"
+        listed = ", ".join(where for where, _ in answers)
+        raise SourceError(
+            f"no listed monitoring endpoint ({listed}) answered as the leader of consumer "
+            f"{settings.consumer!r} of stream {settings.stream!r} (its leader: {leader}); a follower does "
+            "not keep the consumer's pending count: list every server of the cluster in monitoring-endpoint"
+        )
+    not_found = [e for e in errors if isinstance(e, SourceNotFound)]
+    raise (not_found[0] if not_found and len(not_found) == len(errors) else errors[0])
 
 
 def nats_jetstream_measurement(

@@ -15,7 +15,7 @@ from tidescale._values import parse_bool, parse_duration, parse_int
 from tidescale.errors import HintError
 from tidescale.sources._fields import FieldCollector, FieldDoc, parse_file_path, parse_secret_name
 
-__all__ = ["NATS_JETSTREAM_FIELDS", "NatsJetStreamSettings", "parse_nats_jetstream_settings"]
+__all__ = ["MAX_ENDPOINTS", "NATS_JETSTREAM_FIELDS", "NatsJetStreamSettings", "parse_nats_jetstream_settings"]
 
 _HOST = re.compile(
     r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*"
@@ -32,6 +32,9 @@ class NatsJetStreamSettings:
     name: str
     monitoring_host: str
     monitoring_port: int
+    other_endpoints: tuple[tuple[str, int], ...] = ()
+    """The other servers of a cluster (monitoring-endpoint lists them after the first): the consumer
+    is read on whichever of them leads it."""
     use_https: bool = False
     account: str = "$G"
     stream: str
@@ -49,14 +52,26 @@ class NatsJetStreamSettings:
             "nats-jetstream",
             self.monitoring_host,
             self.monitoring_port,
+            self.other_endpoints,
             self.use_https,
             self.tls_ca_file,
         )
 
     @property
+    def endpoints(self) -> tuple[tuple[str, int], ...]:
+        """Every monitoring endpoint, the first one first."""
+        return ((self.monitoring_host, self.monitoring_port), *self.other_endpoints)
+
+    @property
     def base_url(self) -> str:
-        host = f"[{self.monitoring_host}]" if ":" in self.monitoring_host else self.monitoring_host
-        return f"{'https' if self.use_https else 'http'}://{host}:{self.monitoring_port}"
+        """The first endpoint's base URL."""
+        return self.urls[0]
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every endpoint's base URL (http(s)://host:port)."""
+        scheme = "https" if self.use_https else "http"
+        return tuple(f"{scheme}://{f'[{h}]' if ':' in h else h}:{p}" for h, p in self.endpoints)
 
 
 def _parse_endpoint(annotation: str, value: str) -> tuple[str, int]:
@@ -96,6 +111,24 @@ def _parse_name(what: str) -> Callable[[str, str], str]:
     return parse
 
 
+MAX_ENDPOINTS = 16
+
+
+def _parse_endpoints(annotation: str, value: str) -> tuple[tuple[str, int], ...]:
+    items = [item for item in value.split(",") if item.strip()]
+    if not items or len(items) > MAX_ENDPOINTS:
+        raise HintError(
+            annotation,
+            value[:200],
+            f"1 to {MAX_ENDPOINTS} comma-separated host:port monitoring endpoints (one per server of a "
+            "cluster)",
+        )
+    found = tuple(_parse_endpoint(annotation, item) for item in items)
+    if len(set(found)) != len(found):
+        raise HintError(annotation, value[:200], "each monitoring endpoint once")
+    return found
+
+
 def _parse_account(annotation: str, value: str) -> str:
     text = value.strip()
     if not text or len(text) > _MAX_NAME or not text.isprintable() or " " in text:
@@ -118,11 +151,12 @@ def _parse_timeout(annotation: str, value: str) -> float:
 NATS_JETSTREAM_FIELDS: tuple[FieldDoc, ...] = (
     FieldDoc(
         field="monitoring-endpoint",
-        type="host:port",
+        type="host:port, comma-separated",
         default=None,
         meaning="The server's HTTP monitoring endpoint (its http_port, -m): tidescale reads "
-        "/jsz?acc=<account>&consumers=true there, as KEDA does. Required.",
-        example="nats.messaging:8222",
+        "/jsz?acc=<account>&consumers=true there, as KEDA does. Required. In a cluster, list every "
+        "server's: only the consumer's leader keeps its pending count, and its answer is the one used.",
+        example="nats-0.nats:8222,nats-1.nats:8222,nats-2.nats:8222",
     ),
     FieldDoc(
         field="use-https",
@@ -197,11 +231,13 @@ NATS_JETSTREAM_FIELDS: tuple[FieldDoc, ...] = (
 def parse_nats_jetstream_settings(trigger: str, raw: Mapping[str, str]) -> NatsJetStreamSettings:
     """``raw`` maps field names (no prefix) to strings; raises HintsInvalid listing every problem."""
     fields = FieldCollector(trigger, raw, (doc.field for doc in NATS_JETSTREAM_FIELDS), kind="nats-jetstream")
-    host, port = fields.require("monitoring-endpoint", _parse_endpoint, ("invalid", 8222))
+    placeholder: tuple[tuple[str, int], ...] = (("invalid", 8222),)
+    endpoints = fields.require("monitoring-endpoint", _parse_endpoints, placeholder)
     settings = NatsJetStreamSettings(
         name=trigger,
-        monitoring_host=host,
-        monitoring_port=port,
+        monitoring_host=endpoints[0][0],
+        monitoring_port=endpoints[0][1],
+        other_endpoints=endpoints[1:],
         use_https=fields.get("use-https", parse_bool, False),
         account=fields.get("account", _parse_account, "$G"),
         stream=fields.require("stream", _parse_name("stream"), "invalid"),

@@ -1,18 +1,17 @@
 """NATS JetStream consumer backlogs from the server's monitoring endpoint (httpx, imported the first
 time a client opens), as KEDA reads them.
 
-One :class:`NatsJetStreamSource` is one HTTP client to one monitoring endpoint (see the pool in
-``registry``). A measurement is one ``GET /jsz?acc=<account>&consumers=true``: the account's streams
-and their consumers in one answer, read with a size cap (:data:`MAX_RESPONSE_BYTES`). A batch
-(:meth:`NatsJetStreamSource.measure_many`, the waker's poll) reads ``/jsz`` once per account for
-every trigger of that server, whatever their number.
+One :class:`NatsJetStreamSource` is one HTTP client to the monitoring endpoints of one server or
+cluster (see the pool in ``registry``). A measurement is one ``GET /jsz?acc=<account>&consumers=true``
+per listed server: the account's streams and their consumers in one answer, read with a size cap
+(:data:`MAX_RESPONSE_BYTES`). A batch (:meth:`NatsJetStreamSource.measure_many`, the waker's poll)
+reads ``/jsz`` once per account per listed server for every trigger, whatever their number.
 
-A cluster: the answering server reports the consumer as it sees it. Followers replicate a
-clustered consumer's state, so their counts can trail the leader's; KEDA looks the consumer leader
-up (``/varz`` connect URLs, one more ``/jsz`` per node) and reads it there. Following the leader is
-not implemented here (it would connect to addresses the server advertises, each of which the waker
-would have to vet): point monitoring-endpoint at a server, and docs/keda-mapping.md says what to
-expect.
+A cluster: only the server leading a consumer keeps its pending count (a follower reports 0
+for a replicated consumer), so monitoring-endpoint lists every server, each is read, and the
+leader's answer is used (``_backlog.leader_backlog``); a follower's is never used. KEDA finds the
+servers through ``/varz`` instead; here the addresses are the hints', so the waker checks them all
+and learns none from the server (docs/keda-mapping.md).
 """
 
 from __future__ import annotations
@@ -25,8 +24,8 @@ from typing import Any
 from tidescale.credentials import Credentials
 from tidescale.errors import SourceError, SourceTimeout
 from tidescale.sources._http import quoted, read_capped, tls_context, transport_error
-from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
-from tidescale.sources.nats_jetstream._backlog import consumer_backlog, nats_jetstream_measurement
+from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings
+from tidescale.sources.nats_jetstream._backlog import leader_backlog, nats_jetstream_measurement
 from tidescale.sources.nats_jetstream._settings import NatsJetStreamSettings
 
 __all__ = ["BATCH_CONCURRENCY", "MAX_RESPONSE_BYTES", "NatsJetStreamSource"]
@@ -52,23 +51,20 @@ class NatsJetStreamSource:
 
     @property
     def _where(self) -> str:
-        s = self._connection
-        return f"the NATS monitoring endpoint {s.base_url}"
+        return (
+            "the NATS monitoring endpoint"
+            + ("s " if len(self._connection.urls) > 1 else " ")
+            + ", ".join(self._connection.urls)
+        )
 
     async def measure(self, settings: TriggerSettings, scope: Scope) -> Measurement:
         """Scope makes no difference: a consumer's backlog is the same for every pod."""
         s = _own(settings)
         if self._closed:
             raise SourceError("the NATS JetStream source is closed", trigger=s.name)
-        answer = await within_timeout(
-            self._jsz(s.account),
-            trigger=s.name,
-            seconds=s.timeout,
-            waiting_for=f"{self._where} for account {s.account!r}",
-            advice="check the server's load, or raise timeout",
-        )
+        answers = await self._answers(s.account, s.timeout)
         try:
-            backlog = consumer_backlog(answer, s, where=self._where)
+            backlog = leader_backlog(answers, s)
         except SourceError as exc:
             raise type(exc)(str(exc), trigger=s.name) from exc
         return nats_jetstream_measurement(backlog, s, time.monotonic())
@@ -76,8 +72,8 @@ class NatsJetStreamSource:
     async def measure_many(
         self, settings: Iterable[TriggerSettings]
     ) -> dict[NatsJetStreamSettings, Measurement | MeasurementFailure]:
-        """Measurements of many triggers of this server (the waker's poll): one /jsz per account,
-        at most BATCH_CONCURRENCY at a time. Never raises a SourceError."""
+        """Measurements of many triggers of this server (the waker's poll): one /jsz per account per
+        listed server, at most BATCH_CONCURRENCY accounts at a time. Never raises a SourceError."""
         by_account: dict[str, list[NatsJetStreamSettings]] = {}
         for s in dict.fromkeys(settings):
             by_account.setdefault(_own(s).account, []).append(_own(s))
@@ -85,33 +81,36 @@ class NatsJetStreamSource:
         results: dict[NatsJetStreamSettings, Measurement | MeasurementFailure] = {}
 
         async def one(account: str, members: list[NatsJetStreamSettings]) -> None:
-            answer: Any = None
-            failure: SourceError | None = None
-            limit = max(s.timeout for s in members)
             async with gate:
-                try:
-                    async with asyncio.timeout(limit):
-                        answer = await self._jsz(account)
-                except TimeoutError:
-                    failure = SourceTimeout(
-                        f"{self._where} did not answer /jsz for account {account!r} within {limit:g}s: check "
-                        "the server's load, or raise timeout"
-                    )
-                except SourceError as exc:
-                    failure = exc
+                answers = await self._answers(account, max(s.timeout for s in members))
             taken_at = time.monotonic()
             for s in members:
-                if failure is not None:
-                    results[s] = MeasurementFailure(trigger=s.name, error=str(failure), taken_at=taken_at)
-                    continue
                 try:
-                    backlog = consumer_backlog(answer, s, where=self._where)
-                    results[s] = nats_jetstream_measurement(backlog, s, taken_at)
+                    results[s] = nats_jetstream_measurement(leader_backlog(answers, s), s, taken_at)
                 except SourceError as exc:
                     results[s] = MeasurementFailure(trigger=s.name, error=str(exc), taken_at=taken_at)
 
         await asyncio.gather(*(one(account, members) for account, members in by_account.items()))
         return results
+
+    async def _answers(self, account: str, limit: float) -> list[tuple[str, Any]]:
+        """(where, the /jsz answer or the SourceError) of every listed server, read concurrently,
+        each within ``limit`` seconds."""
+
+        async def one(url: str) -> tuple[str, Any]:
+            where = f"the NATS monitoring endpoint {url}"
+            try:
+                async with asyncio.timeout(limit):
+                    return where, await self._jsz(url, account)
+            except TimeoutError:
+                return where, SourceTimeout(
+                    f"{where} did not answer /jsz for account {account!r} within {limit:g}s: check the "
+                    "server's load, or raise timeout"
+                )
+            except SourceError as exc:
+                return where, exc
+
+        return list(await asyncio.gather(*(one(url) for url in self._connection.urls)))
 
     def forget(self, settings: TriggerSettings) -> None:
         """Nothing is kept per trigger."""
@@ -122,40 +121,45 @@ class NatsJetStreamSource:
         if http is not None:
             await http.aclose()
 
-    async def _jsz(self, account: str) -> Any:
-        """The parsed /jsz answer for one account; every failure a SourceError (the one place client
-        exceptions are translated, so none escapes ``measure``)."""
+    async def _jsz(self, url: str, account: str) -> Any:
+        """The parsed /jsz answer of one server for one account; every failure a SourceError (the one
+        place client exceptions are translated, so none escapes ``measure``)."""
         try:
-            return await self._get_jsz(account)
+            return await self._get_jsz(url, account)
         except (SourceError, asyncio.CancelledError, TimeoutError):
             raise
         except Exception as exc:
-            raise SourceError(f"{self._where} gave an unusable answer ({type(exc).__name__})") from exc
+            raise SourceError(
+                f"the NATS monitoring endpoint {url} gave an unusable answer ({type(exc).__name__})"
+            ) from exc
 
-    async def _get_jsz(self, account: str) -> Any:
+    async def _get_jsz(self, url: str, account: str) -> Any:
         import httpx
 
         client = await self._http_client()
+        where = f"the NATS monitoring endpoint {url}"
         self.requests += 1
         try:
-            async with client.stream("GET", "/jsz", params={"acc": account, "consumers": "true"}) as response:
+            async with client.stream(
+                "GET", f"{url}/jsz", params={"acc": account, "consumers": "true"}
+            ) as response:
                 status = response.status_code
                 body = await read_capped(
                     response,
-                    where=self._where,
+                    where=where,
                     limit=MAX_RESPONSE_BYTES,
                     advice="an account with more consumers than that is not supported",
                 )
         except httpx.TimeoutException as exc:
-            raise SourceTimeout(f"{self._where} timed out on /jsz") from exc
+            raise SourceTimeout(f"{where} timed out on /jsz") from exc
         except httpx.HTTPError as exc:
             raise transport_error(
-                self._where, exc, check="monitoring-endpoint and use-https", credentials=self._credentials
+                where, exc, check="monitoring-endpoint and use-https", credentials=self._credentials
             ) from exc
         if status != 200:
             text = quoted(body[:300].decode("utf-8", "replace"))
             raise SourceError(
-                f"{self._where} answered /jsz with HTTP {status} ({text or 'no reason given'}): check "
+                f"{where} answered /jsz with HTTP {status} ({text or 'no reason given'}): check "
                 "monitoring-endpoint (the server's http_port) and that JetStream is enabled"
             )
         import orjson
@@ -164,7 +168,7 @@ class NatsJetStreamSource:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise SourceError(
-                f"{self._where} answered /jsz with something not JSON: check monitoring-endpoint (the "
+                f"{where} answered /jsz with something not JSON: check monitoring-endpoint (the "
                 "server's http_port, not its client port)"
             ) from exc
 
@@ -180,7 +184,6 @@ class NatsJetStreamSource:
                 if settings.use_https:
                     verify = self._tls_context()
                 self._http = httpx.AsyncClient(
-                    base_url=settings.base_url,
                     headers={"accept": "application/json"},
                     timeout=settings.timeout,
                     verify=verify,
