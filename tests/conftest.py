@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.rig.fixtures_brokers",
     "tests.rig.fixtures_stores",
     "tests.rig.fixtures_podrunner",
+    "tests.rig.fixtures_prom_nats",
 ]
 
 _RUN_DIR_KEY = pytest.StashKey[Path]()

@@ -359,6 +359,8 @@ _KEDA_TYPES: dict[str, str] = {
     "redis-streams": "redis",
     "postgresql": "postgresql",
     "cron": "cron",
+    "prometheus": "prometheus",
+    "nats-jetstream": "nats-jetstream",
 }
 """KEDA trigger type -> tidescale trigger type."""
 
@@ -400,6 +402,10 @@ def _trigger(
     )
     if kind == "kafka":
         _kafka(metadata, auth, field_prefix, where, build)
+    elif kind == "prometheus":
+        _prometheus(metadata, auth, field_prefix, where, build)
+    elif kind == "nats-jetstream":
+        _nats_jetstream(metadata, auth, field_prefix, where, build)
     elif kind == "rabbitmq":
         _rabbitmq(metadata, auth, field_prefix, where, build)
     elif kind == "redis":
@@ -839,6 +845,117 @@ def _cron(metadata: Mapping[str, Any], prefix: str, where: str, build: _Builder)
             build.set(prefix + names[key], str(value))
         else:
             build.drop(f"{where}.metadata.{key}", "no tidescale field for it (see docs/keda-mapping.md)")
+
+
+def _prometheus(
+    metadata: Mapping[str, Any], auth: Mapping[str, _Param], prefix: str, where: str, build: _Builder
+) -> None:
+    simple = {
+        "serverAddress": "server-address",
+        "query": "query",
+        "threshold": "threshold",
+        "activationThreshold": "activation-threshold",
+        "namespace": "namespace",
+        "queryParameters": "query-parameters",
+    }
+    why_not = {
+        "metricName": "not needed: the metric is named after the trigger",
+        "unsafeSsl": "not supported: give the CA with tls-ca-file",
+        "awsRegion": "AWS managed Prometheus (SigV4) is not supported",
+        "identityOwner": "cloud identities are not supported",
+    }
+    for key, value in metadata.items():
+        here = f"{where}.metadata.{key}"
+        if key in simple:
+            build.set(prefix + simple[key], str(value))
+        elif key == "ignoreNullValues":
+            build.set(prefix + "ignore-null-values", _boolean(value))
+        elif key in ("customHeaders", "cortexOrgID"):
+            continue
+        elif key == "timeout":
+            text = str(value).strip()
+            if text.isdigit():
+                build.set(prefix + "timeout", f"{text}ms")
+            else:
+                build.drop(here, f"{value!r} is not a whole number of milliseconds")
+        elif key in why_not:
+            build.drop(here, why_not[key])
+        elif key in ("authModes", "authMode"):
+            continue
+        else:
+            build.drop(here, "no tidescale field for it (see docs/keda-mapping.md)")
+    # cortexOrgID (KEDA before 2.12) is the X-Scope-OrgID header: one list with customHeaders.
+    headers = [str(metadata["customHeaders"])] if metadata.get("customHeaders") else []
+    if metadata.get("cortexOrgID"):
+        headers.append(f"X-Scope-OrgID={metadata['cortexOrgID']}")
+    if headers:
+        build.set(prefix + "custom-headers", ",".join(headers))
+    modes = {
+        m.strip().lower() for m in str(metadata.get("authModes") or metadata.get("authMode") or "").split(",")
+    }
+    modes.discard("")
+    for mode in sorted(modes - {"bearer", "basic"}):
+        build.drop(f"{where}.metadata.authModes: {mode}", "only bearer and basic are supported")
+    if "bearer" in modes:
+        build.set(prefix + "auth-mode", "bearer")
+        token = auth.get("bearerToken") or auth.get("token")
+        if token is not None and token.env:
+            build.set(prefix + "bearer-token-env", token.env)
+        elif token is not None and token.secret and token.key == "token":
+            build.set(prefix + "credentials-secret", token.secret)
+            build.tell(
+                f"{where}.authenticationRef",
+                f"Secret {token.secret} becomes credentials-secret (read by the waker); give the agent the "
+                f"token with {PREFIX}{prefix}bearer-token-env or bearer-token-file",
+            )
+        elif token is not None:
+            build.drop(
+                f"{where}.authenticationRef: bearerToken",
+                f"credentials-secret reads the key token; this one is {token.secret}/{token.key}",
+            )
+    elif "basic" in modes:
+        build.set(prefix + "auth-mode", "basic")
+        _credentials(auth, metadata, prefix, where, build, env_fields=("username-env", "password-env"))
+    if "ca" in auth:
+        build.drop(
+            f"{where}.authenticationRef: ca",
+            f"the agent reads it from a file: mount Secret {auth['ca'].secret} in the pod and set "
+            f"{PREFIX}{prefix}tls-ca-file to the file's path",
+        )
+    for parameter in sorted(set(auth) - {"bearerToken", "token", "username", "password", "ca"}):
+        build.drop(f"{where}.authenticationRef: {parameter}", "no tidescale field for it")
+
+
+def _nats_jetstream(
+    metadata: Mapping[str, Any], auth: Mapping[str, _Param], prefix: str, where: str, build: _Builder
+) -> None:
+    simple = {
+        "natsServerMonitoringEndpoint": "monitoring-endpoint",
+        "stream": "stream",
+        "consumer": "consumer",
+        "lagThreshold": "lag-threshold",
+        "activationLagThreshold": "activation-lag-threshold",
+    }
+    for key, value in metadata.items():
+        here = f"{where}.metadata.{key}"
+        if key in simple:
+            build.set(prefix + simple[key], str(value))
+        elif key == "useHttps":
+            build.set(prefix + "use-https", _boolean(value))
+        elif key in ("account", "accountID"):
+            continue
+        else:
+            build.drop(here, "no tidescale field for it (see docs/keda-mapping.md)")
+    # KEDA asks the server for accountID when given (else account) and matches either: one field here.
+    account = metadata.get("accountID") or metadata.get("account")
+    if account:
+        build.set(prefix + "account", str(account))
+    for parameter in sorted(auth):
+        build.drop(
+            f"{where}.authenticationRef: {parameter}",
+            f"hints are literal (the monitoring endpoint has no login): write {PREFIX}{prefix}"
+            f"{simple.get(parameter, parameter)} by hand",
+        )
 
 
 # ---------------------------------------------------------------- the whole input

@@ -977,6 +977,8 @@ def _metric_noun(source_type: str, fields: Mapping[str, str]) -> str:
         return {"lag": "lag", "pending": "pending entries"}.get(metric.strip().lower(), "stream length")
     if source_type == "cron":
         return "desired replicas"
+    if source_type == "nats-jetstream":
+        return "backlog"
     return "value"
 
 

@@ -40,6 +40,7 @@ IMAGES: dict[str, Image] = {
     "tidescale-test/rabbitmq-consumer": _script("rabbitmq_consumer.py"),
     "tidescale-test/redis-consumer": _script("redis_consumer.py"),
     "tidescale-test/postgresql-consumer": _script("postgresql_consumer.py"),
+    "tidescale-test/nats-consumer": _script("nats_consumer.py"),
 }
 
 

@@ -423,3 +423,76 @@ def test_a_keda_cron_trigger_carries_every_field() -> None:
     hints = _hints_of({"type": "cron", "metadata": metadata})
     assert hints["tidescale.io/cron.desired-replicas"] == "4"
     assert hints["tidescale.io/cron.timezone"] == "Europe/Berlin"
+
+
+def test_a_prometheus_trigger_carries_every_field_and_the_bearer_secret_becomes_credentials_secret() -> None:
+    auth = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
+        "metadata": {"name": "prom-auth", "namespace": "shop"},
+        "spec": {"secretTargetRef": [{"parameter": "bearerToken", "name": "prom-secret", "key": "token"}]},
+    }
+    trigger = {
+        "type": "prometheus",
+        "authenticationRef": {"name": "prom-auth"},
+        "metadata": {
+            "serverAddress": "http://prometheus.monitoring:9090",
+            "query": "sum(rate(http_requests_total[2m]))",
+            "threshold": "100",
+            "activationThreshold": "5",
+            "ignoreNullValues": "false",
+            "customHeaders": "X-Client-Id=cid",
+            "cortexOrgID": "team-a",
+            "metricName": "http_requests_total",
+            "authModes": "bearer",
+            "timeout": "2000",
+            "unsafeSsl": "true",
+        },
+    }
+    result = migrate_documents([scaled_object(triggers=[trigger]), auth])
+    annotations = result.migrations[0].annotations
+    assert {k: v for k, v in annotations.items() if k.startswith("tidescale.io/prometheus.")} == {
+        "tidescale.io/prometheus.server-address": "http://prometheus.monitoring:9090",
+        "tidescale.io/prometheus.query": "sum(rate(http_requests_total[2m]))",
+        "tidescale.io/prometheus.threshold": "100",
+        "tidescale.io/prometheus.activation-threshold": "5",
+        "tidescale.io/prometheus.ignore-null-values": "false",
+        "tidescale.io/prometheus.custom-headers": "X-Client-Id=cid,X-Scope-OrgID=team-a",
+        "tidescale.io/prometheus.auth-mode": "bearer",
+        "tidescale.io/prometheus.credentials-secret": "prom-secret",
+        "tidescale.io/prometheus.timeout": "2000ms",
+    }
+    notes = notes_of(result)
+    assert any("unsafeSsl" in n and "not supported" in n for n in notes)
+    assert any("bearer-token-env or bearer-token-file" in n for n in notes)
+    # With the agent's token source added (migrate --set), the hints are valid.
+    assert validate_hints({**annotations, "tidescale.io/prometheus.bearer-token-env": "TOKEN"}) == ()
+
+
+def test_a_nats_jetstream_trigger_carries_every_field_and_prefers_the_account_id() -> None:
+    trigger = {
+        "type": "nats-jetstream",
+        "metadata": {
+            "natsServerMonitoringEndpoint": "nats.nats.svc.cluster.local:8222",
+            "account": "ORDERS",
+            "accountID": "ACSJ3PUBLICKEY",
+            "stream": "mystream",
+            "consumer": "pull_consumer",
+            "lagThreshold": "10",
+            "activationLagThreshold": "15",
+            "useHttps": "false",
+        },
+    }
+    result = migrate_documents([scaled_object(triggers=[trigger])])
+    annotations = result.migrations[0].annotations
+    assert {k: v for k, v in annotations.items() if k.startswith("tidescale.io/nats-jetstream.")} == {
+        "tidescale.io/nats-jetstream.monitoring-endpoint": "nats.nats.svc.cluster.local:8222",
+        "tidescale.io/nats-jetstream.account": "ACSJ3PUBLICKEY",
+        "tidescale.io/nats-jetstream.stream": "mystream",
+        "tidescale.io/nats-jetstream.consumer": "pull_consumer",
+        "tidescale.io/nats-jetstream.lag-threshold": "10",
+        "tidescale.io/nats-jetstream.activation-lag-threshold": "15",
+        "tidescale.io/nats-jetstream.use-https": "false",
+    }
+    assert [n for n in notes_of(result) if "metadata" in n or "authenticationRef" in n] == []
+    assert validate_hints(annotations) == ()

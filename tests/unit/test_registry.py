@@ -24,14 +24,18 @@ from tidescale.sources.registry import (
 KAFKA = {"bootstrap-servers": "k:9092", "consumer-group": "g"}
 
 
-def test_every_source_folder_is_registered_under_its_own_type_name() -> None:
-    import pkgutil
+def test_every_source_folder_is_registered_under_its_trigger_type() -> None:
+    import importlib
+    from pathlib import Path
 
     import tidescale.sources
 
-    folders = {m.name for m in pkgutil.iter_modules(tidescale.sources.__path__) if m.ispkg}
-    assert {"kafka", "rabbitmq", "redis"} <= folders
-    assert set(TRIGGER_TYPES) == folders
+    folders = [
+        p.name for p in Path(tidescale.sources.__file__).parent.iterdir() if (p / "__init__.py").is_file()
+    ]
+    types = {importlib.import_module(f"tidescale.sources.{folder}").KIND.type_name for folder in folders}
+    assert set(TRIGGER_TYPES) == types
+    assert {"kafka", "rabbitmq", "redis", "postgresql", "cron", "prometheus", "nats-jetstream"} <= types
 
 
 @pytest.mark.parametrize("type_name", TRIGGER_TYPES)
@@ -60,6 +64,7 @@ def test_importing_the_registry_loads_no_broker_client() -> None:
         "import sys, tidescale.sources.registry;"
         "import tidescale.sources.kafka._source, tidescale.sources.rabbitmq._source;"
         "import tidescale.sources.redis._source, tidescale.sources.postgresql._source;"
+        "import tidescale.sources.prometheus._source, tidescale.sources.nats_jetstream._source;"
         "print(sorted(m for m in ('aiokafka', 'aio_pika', 'aiormq', 'httpx', 'asyncpg') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -36,7 +36,7 @@ from typing import Final, cast
 
 from tidescale.credentials import Credentials
 from tidescale.errors import SourceError
-from tidescale.sources import cron, kafka, postgresql, rabbitmq, redis
+from tidescale.sources import cron, kafka, nats_jetstream, postgresql, prometheus, rabbitmq, redis
 from tidescale.sources._fields import LIMITS, FieldDoc, LimitDoc
 from tidescale.sources._kind import AddressCheck, Endpoint, OpenOptions, SettingsParser, SourceKind
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, Source, TriggerSettings
@@ -66,6 +66,8 @@ _KINDS: Final[dict[str, SourceKind]] = {
         redis.KIND,
         postgresql.KIND,
         cron.KIND,
+        prometheus.KIND,
+        nats_jetstream.KIND,
     )
 }
 

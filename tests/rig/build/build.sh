@@ -3,7 +3,7 @@
 # $TIDESCALE_RIG_CACHE (default ~/.cache/tidescale-rig). A piece already built is
 # not touched again, so a warm run takes a second or two.
 #
-#   tests/rig/build/build.sh [all|kubernetes|etcd|helm|kafka|rabbitmq|redis|postgresql]
+#   tests/rig/build/build.sh [all|kubernetes|etcd|helm|kafka|rabbitmq|redis|postgresql|prometheus|nats]
 #   TIDESCALE_RIG_KUBERNETES_VERSION=v1.30.14 tests/rig/build/build.sh kubernetes
 #
 # Prints one line per piece; on a missing prerequisite, one line naming it and how
@@ -184,6 +184,34 @@ install_postgresql() {
   install_debian_server postgresql "/usr/lib/postgresql/$POSTGRESQL_MAJOR/bin/postgres" postgresql
 }
 
+install_prometheus() {
+  if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+    say "prometheus installed"; return
+  fi
+  need apt-get "install Prometheus by hand (the prometheus and promtool binaries on PATH)"
+  [ "$(id -u)" = 0 ] || die "prometheus is missing and installing it needs root: apt-get install prometheus"
+  say "installing prometheus from Debian ..."
+  logged "$cache/apt-prometheus.log" "apt-get could not install prometheus: check the Debian mirror" \
+    bash -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends prometheus'
+  # The Debian package starts a system server on :9090; the rig runs its own, so stop it.
+  (systemctl disable --now prometheus 2>/dev/null || service prometheus stop 2>/dev/null || true) >/dev/null
+  say "prometheus installed"
+}
+
+build_nats() {
+  local dest="$cache/nats-server-$NATS_SERVER_VERSION"
+  [ -x "$dest/bin/nats-server" ] && { say "nats-server $NATS_SERVER_VERSION cached"; return; }
+  go_prereq
+  say "building nats-server $NATS_SERVER_VERSION (Go module github.com/nats-io/nats-server/v2) ..."
+  mkdir -p "$cache/src"
+  logged "$cache/src/nats-server-$NATS_SERVER_VERSION.log" \
+    "could not build github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION from the Go module proxy" \
+    env GOBIN="$dest.tmp/bin" go install -trimpath -ldflags "-s -w" \
+      "github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION"
+  mv "$dest.tmp" "$dest"
+  say "nats-server $NATS_SERVER_VERSION built"
+}
+
 # One build at a time per cache: two sessions (or a test and `make demo`) starting
 # together would otherwise wreck each other's half-built pieces.
 exec 9>"$cache/.build.lock"
@@ -192,7 +220,7 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 case "${1:-all}" in
-  all) install_rabbitmq; install_redis; install_postgresql; install_kafka; build_etcd; build_helm; build_kubernetes ;;
+  all) install_rabbitmq; install_redis; install_postgresql; install_prometheus; install_kafka; build_nats; build_etcd; build_helm; build_kubernetes ;;
   kubernetes) build_kubernetes ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
@@ -200,5 +228,7 @@ case "${1:-all}" in
   rabbitmq) install_rabbitmq ;;
   redis) install_redis ;;
   postgresql) install_postgresql ;;
-  *) die "unknown piece '$1': expected all, kubernetes, etcd, helm, kafka, rabbitmq, redis or postgresql" ;;
+  prometheus) install_prometheus ;;
+  nats) build_nats ;;
+  *) die "unknown piece '$1': expected all, kubernetes, etcd, helm, kafka, rabbitmq, redis, postgresql, prometheus or nats" ;;
 esac
