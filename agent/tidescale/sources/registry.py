@@ -36,7 +36,7 @@ from typing import Final, cast
 
 from tidescale.credentials import Credentials
 from tidescale.errors import SourceError
-from tidescale.sources import kafka, rabbitmq
+from tidescale.sources import aws_sqs, kafka, rabbitmq
 from tidescale.sources._fields import LIMITS, FieldDoc, LimitDoc
 from tidescale.sources._kind import AddressCheck, Endpoint, OpenOptions, SettingsParser, SourceKind
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, Source, TriggerSettings
@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 # One line per source folder: its KIND (docs/sources.md, "Registering it").
-_KINDS: Final[dict[str, SourceKind]] = {kind.type_name: kind for kind in (kafka.KIND, rabbitmq.KIND)}
+_KINDS: Final[dict[str, SourceKind]] = {kind.type_name: kind for kind in (kafka.KIND, rabbitmq.KIND, aws_sqs.KIND)}
 
 TRIGGER_TYPES: Final[tuple[str, ...]] = tuple(_KINDS)
 
