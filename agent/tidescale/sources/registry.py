@@ -58,7 +58,14 @@ __all__ = [
 ]
 
 # One line per source folder: its KIND (docs/sources.md, "Registering it").
-_KINDS: Final[dict[str, SourceKind]] = {kind.type_name: kind for kind in (kafka.KIND, rabbitmq.KIND, aws_sqs.KIND)}
+_KINDS: Final[dict[str, SourceKind]] = {
+    kind.type_name: kind
+    for kind in (
+        kafka.KIND,
+        rabbitmq.KIND,
+        aws_sqs.KIND,
+    )
+}
 
 TRIGGER_TYPES: Final[tuple[str, ...]] = tuple(_KINDS)
 
