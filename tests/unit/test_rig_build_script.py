@@ -30,7 +30,14 @@ def run_without(tmp_path: Path, piece: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     ("piece", "tool"),
-    [("kubernetes", "go"), ("etcd", "go"), ("helm", "go"), ("kafka", "java")],
+    [
+        ("kubernetes", "go"),
+        ("etcd", "go"),
+        ("helm", "go"),
+        ("kafka", "java"),
+        ("elasticmq", "java"),
+        ("azurite", "node"),
+    ],
 )
 def test_a_missing_tool_ends_the_build_with_one_line_naming_it_and_how_to_get_it(
     tmp_path: Path, piece: str, tool: str
