@@ -970,6 +970,8 @@ def _metric_noun(source_type: str, fields: Mapping[str, str]) -> str:
         return "lag"
     if source_type == "rabbitmq":
         return "message rate" if fields.get("mode", "").strip().lower() == "message-rate" else "queue length"
+    if source_type == "aws-sqs":
+        return "queue length"
     return "value"
 
 

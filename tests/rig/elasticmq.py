@@ -112,17 +112,19 @@ class ElasticMQ:
         self.call("DeleteQueue", QueueUrl=self.queue_url(name))
 
     def send(self, name: str, count: int, *, delay_seconds: int = 0) -> None:
-        """``count`` messages, in batches of 10 (SendMessageBatch's most)."""
-        sent = 0
-        while sent < count:
+        """``count`` messages."""
+        self.send_bodies(name, [f"message {n}" for n in range(count)], delay_seconds=delay_seconds)
+
+    def send_bodies(self, name: str, bodies: list[str], *, delay_seconds: int = 0) -> None:
+        """One message per body, in batches of 10 (SendMessageBatch's most)."""
+        for start in range(0, len(bodies), 10):
             params: dict[str, str] = {"QueueUrl": self.queue_url(name)}
-            for index in range(1, min(10, count - sent) + 1):
+            for index, body in enumerate(bodies[start : start + 10], start=1):
                 params[f"SendMessageBatchRequestEntry.{index}.Id"] = f"m{index}"
-                params[f"SendMessageBatchRequestEntry.{index}.MessageBody"] = f"message {sent + index}"
+                params[f"SendMessageBatchRequestEntry.{index}.MessageBody"] = body
                 if delay_seconds:
                     params[f"SendMessageBatchRequestEntry.{index}.DelaySeconds"] = str(delay_seconds)
             self.call("SendMessageBatch", **params)
-            sent += min(10, count - sent)
 
     def receive(self, name: str, count: int, *, visibility_timeout: int = 600) -> list[str]:
         """Receives up to ``count`` messages (in flight ``visibility_timeout`` s): their receipt handles."""

@@ -38,6 +38,7 @@ IMAGES: dict[str, Image] = {
     "tidescale-test/echo": _script("echo.py"),
     "tidescale-test/kafka-consumer": _script("kafka_consumer.py"),
     "tidescale-test/rabbitmq-consumer": _script("rabbitmq_consumer.py"),
+    "tidescale-test/sqs-consumer": _script("sqs_consumer.py"),
 }
 
 
