@@ -970,7 +970,7 @@ def _metric_noun(source_type: str, fields: Mapping[str, str]) -> str:
         return "lag"
     if source_type == "rabbitmq":
         return "message rate" if fields.get("mode", "").strip().lower() == "message-rate" else "queue length"
-    if source_type == "aws-sqs":
+    if source_type in ("aws-sqs", "azure-queue"):
         return "queue length"
     return "value"
 

@@ -12,11 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.rig.azurite import Azurite
 from tests.rig.elasticmq import ElasticMQ
 from tests.rig.kafka import Kafka
 from tests.rig.kafka_cluster import KafkaCluster
 from tests.rig.network import Network
-from tests.rig.paths import RigNotBuilt, elasticmq_classpath, kafka_classpath, rabbitmq_scripts
+from tests.rig.paths import (
+    RigNotBuilt,
+    azurite_queue_binary,
+    elasticmq_classpath,
+    kafka_classpath,
+    rabbitmq_scripts,
+)
 from tests.rig.processes import Supervisor
 from tests.rig.rabbitmq import RabbitMQ
 
@@ -73,5 +80,16 @@ def elasticmq(rig_supervisor: Supervisor, rig_network: Network, rig_run_dir: Pat
     if missing:
         pytest.fail(f"ElasticMQ cannot start: {missing}", pytrace=False)
     server = ElasticMQ.start(rig_supervisor, rig_network, rig_run_dir)
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(rig_supervisor: Supervisor, rig_network: Network, rig_run_dir: Path) -> Iterator[Azurite]:
+    """Azurite's Queue service on the node address (``azurite.endpoint``, the development account)."""
+    missing = _missing(azurite_queue_binary)
+    if missing:
+        pytest.fail(f"Azurite cannot start: {missing}", pytrace=False)
+    server = Azurite.start(rig_supervisor, rig_network, rig_run_dir)
     yield server
     server.process.stop()

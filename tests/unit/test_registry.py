@@ -24,8 +24,8 @@ from tidescale.sources.registry import (
 KAFKA = {"bootstrap-servers": "k:9092", "consumer-group": "g"}
 
 
-def test_the_trigger_types_include_kafka_rabbitmq_and_aws_sqs() -> None:
-    assert {"kafka", "rabbitmq", "aws-sqs"} <= set(TRIGGER_TYPES)
+def test_the_trigger_types_include_kafka_rabbitmq_aws_sqs_and_azure_queue() -> None:
+    assert {"kafka", "rabbitmq", "aws-sqs", "azure-queue"} <= set(TRIGGER_TYPES)
 
 
 @pytest.mark.parametrize("type_name", TRIGGER_TYPES)
@@ -53,7 +53,7 @@ def test_importing_the_registry_loads_no_broker_client() -> None:
     code = (
         "import sys, tidescale.sources.registry;"
         "import tidescale.sources.kafka._source, tidescale.sources.rabbitmq._source;"
-        "import tidescale.sources.aws_sqs._source;"
+        "import tidescale.sources.aws_sqs._source, tidescale.sources.azure_queue._source;"
         "print(sorted(m for m in ('aiokafka', 'aio_pika', 'aiormq', 'httpx') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

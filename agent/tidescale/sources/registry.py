@@ -36,7 +36,7 @@ from typing import Final, cast
 
 from tidescale.credentials import Credentials
 from tidescale.errors import SourceError
-from tidescale.sources import aws_sqs, kafka, rabbitmq
+from tidescale.sources import aws_sqs, azure_queue, kafka, rabbitmq
 from tidescale.sources._fields import LIMITS, FieldDoc, LimitDoc
 from tidescale.sources._kind import AddressCheck, Endpoint, OpenOptions, SettingsParser, SourceKind
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, Source, TriggerSettings
@@ -64,6 +64,7 @@ _KINDS: Final[dict[str, SourceKind]] = {
         kafka.KIND,
         rabbitmq.KIND,
         aws_sqs.KIND,
+        azure_queue.KIND,
     )
 }
 
