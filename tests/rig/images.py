@@ -39,6 +39,7 @@ IMAGES: dict[str, Image] = {
     "tidescale-test/kafka-consumer": _script("kafka_consumer.py"),
     "tidescale-test/rabbitmq-consumer": _script("rabbitmq_consumer.py"),
     "tidescale-test/sqs-consumer": _script("sqs_consumer.py"),
+    "tidescale-test/azure-queue-consumer": _script("azure_queue_consumer.py"),
 }
 
 
