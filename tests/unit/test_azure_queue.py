@@ -7,7 +7,7 @@ import base64
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tidescale.errors import BrokerAuthFailed, HintsInvalid, SourceError, SourceNotFound
@@ -282,6 +282,7 @@ def test_all_reads_the_approximate_count_and_visible_only_the_peek_below_32() ->
     visible_only=st.booleans(),
     activation=st.integers(0, 100),
 )
+@example(peeked=32, approximate=90, visible_only=True, activation=0)
 def test_the_metric_follows_kedas_strategy_and_is_active_above_activation(
     peeked: int, approximate: int, visible_only: bool, activation: int
 ) -> None:

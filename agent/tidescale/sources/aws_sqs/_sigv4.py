@@ -1,7 +1,7 @@
 """AWS Signature Version 4, written out (pure: hashlib and hmac only).
 
 Why by hand: SQS needs one signed POST per queue. botocore's SQS client adds 26.7 MiB of RSS
-(bench/results/sqs_signing.md), two thirds of the agent's 40 MiB budget; the small httpx signing
+(bench/results/cloud_queues.md), two thirds of the agent's 40 MiB budget; the small httpx signing
 packages would each be one more dependency for some 60 lines, and would still need the checks
 below. The algorithm is fully specified by AWS, and its published test suite
 (aws-sig-v4-test-suite) checks this module: tests/unit/test_aws_sigv4.py.
