@@ -200,8 +200,8 @@ def test_scaling_modifiers_and_fallback_behavior_carry_over_with_the_formula_ren
 
 
 def test_a_trigger_of_another_type_and_a_non_deployment_target_are_refused_by_name() -> None:
-    notes = notes_of(migrate_documents([scaled_object(triggers=[{"type": "prometheus", "metadata": {}}])]))
-    assert any("'prometheus': tidescale measures kafka and rabbitmq only" in n for n in notes)
+    notes = notes_of(migrate_documents([scaled_object(triggers=[{"type": "memcached", "metadata": {}}])]))
+    assert any("'memcached': tidescale has no source of that type" in n for n in notes)
     stateful = scaled_object()
     stateful["spec"]["scaleTargetRef"] = {"kind": "StatefulSet", "name": "db"}
     result = migrate_documents([stateful])
@@ -322,3 +322,74 @@ def test_value_metric_type_carries_when_every_trigger_reads_value_and_is_named_w
     )
     assert "tidescale.io/metric-type" not in mixed.migrations[0].annotations
     assert any("spec.triggers[*].metricType: not carried" in n for n in notes_of(mixed))
+
+
+def trigger_authentication(name: str, targets: list[dict[str, str]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"secretTargetRef": targets},
+    }
+
+
+def test_an_aws_sqs_trigger_carries_its_fields_and_its_key_secret_becomes_credentials_secret() -> None:
+    sqs = {
+        "type": "aws-sqs-queue",
+        "authenticationRef": {"name": "aws"},
+        "metadata": {
+            "queueURL": "https://sqs.eu-west-1.amazonaws.com/123456789012/orders",
+            "queueLength": "10",
+            "activationQueueLength": "1",
+            "awsRegion": "eu-west-1",
+            "scaleOnDelayed": "true",
+            "identityOwner": "operator",
+        },
+    }
+    auth = trigger_authentication(
+        "aws",
+        [
+            {"parameter": "awsAccessKeyID", "name": "sqs", "key": "AWS_ACCESS_KEY_ID"},
+            {"parameter": "awsSecretAccessKey", "name": "sqs", "key": "AWS_SECRET_ACCESS_KEY"},
+        ],
+    )
+    result = migrate_documents([scaled_object(triggers=[sqs]), auth])
+    (migration,) = result.migrations
+    annotations = migration.annotations
+    assert annotations["tidescale.io/aws-sqs.queue-url"] == sqs["metadata"]["queueURL"]
+    assert annotations["tidescale.io/aws-sqs.queue-length"] == "10"
+    assert annotations["tidescale.io/aws-sqs.activation-queue-length"] == "1"
+    assert annotations["tidescale.io/aws-sqs.scale-on-delayed"] == "true"
+    assert annotations["tidescale.io/aws-sqs.credentials-secret"] == "sqs"
+    notes = notes_of(result)
+    assert any("identityOwner" in n and "no operator identity" in n for n in notes)
+    assert any("the agent needs an access key" in n for n in notes)
+    completed = {
+        **annotations,
+        "tidescale.io/aws-sqs.access-key-id-env": "AWS_ACCESS_KEY_ID",
+        "tidescale.io/aws-sqs.secret-access-key-env": "AWS_SECRET_ACCESS_KEY",
+    }
+    assert validate_hints(completed) == ()
+
+
+def test_an_azure_queue_trigger_carries_its_fields_and_says_what_to_add() -> None:
+    queue = {
+        "type": "azure-queue",
+        "metadata": {
+            "queueName": "orders",
+            "queueLength": "8",
+            "queueLengthStrategy": "visibleonly",
+            "connectionFromEnv": "STORAGE_CONNECTION",
+            "cloud": "AzureChinaCloud",
+        },
+    }
+    result = migrate_documents([scaled_object(triggers=[queue])])
+    (migration,) = result.migrations
+    annotations = migration.annotations
+    assert annotations["tidescale.io/azure-queue.queue-length-strategy"] == "visible-only"
+    assert annotations["tidescale.io/azure-queue.connection-string-env"] == "STORAGE_CONNECTION"
+    assert any("account-name to the connection string's AccountName" in n for n in notes_of(result))
+    completed = {**annotations, "tidescale.io/azure-queue.account-name": "ordersstore"}
+    assert validate_hints(completed) == ()
+    settings = parse_hints(completed).triggers[0]
+    assert settings.endpoint == "https://ordersstore.queue.core.chinacloudapi.cn"  # type: ignore[attr-defined]
