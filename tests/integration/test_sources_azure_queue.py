@@ -132,8 +132,12 @@ async def test_a_connection_string_and_the_wakers_secret_are_used(
     assert (await measure(settings_for(azurite, queue, key), credentials=only_key)).value == 4
     elsewhere = azurite.connection_string.replace(azurite.endpoint, "http://169.254.169.254/x")
     (tmp_path / "connection").write_text(elsewhere)
+    steered = settings_for(azurite, queue, files)
+    source = AzureQueueSource(steered)
     with pytest.raises(BrokerAuthFailed, match="QueueEndpoint other than the hints' endpoint"):
-        await measure(settings_for(azurite, queue, files))
+        await source.measure(steered, Scope.GROUP)
+    assert source.requests == 0  # refused before any connection
+    await source.close()
     lacking = Credentials.of("team-a", "azure", {"password": "x"})
     with pytest.raises(BrokerAuthFailed, match="has none of the keys AZURE_STORAGE_CONNECTION_STRING"):
         await measure(settings_for(azurite, queue, key), credentials=lacking)
