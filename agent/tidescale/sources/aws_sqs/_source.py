@@ -11,16 +11,15 @@ at most :data:`CONCURRENCY` at a time, each within its trigger's timeout.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceTimeout
+from tidescale.sources._secret_read import read_secret
 from tidescale.sources.aws_sqs._depth import (
     attribute_names,
     attributes_from_answer,
@@ -39,7 +38,6 @@ MAX_ANSWER_BYTES = 64 << 10
 """Most bytes read of one answer: a GetQueueAttributes answer is a few hundred bytes."""
 _TARGET = "AmazonSQS.GetQueueAttributes"
 _CONTENT_TYPE = "application/x-amz-json-1.0"
-_MAX_CREDENTIAL_FILE = 16 << 10
 
 
 class AwsSqsSource:
@@ -187,33 +185,8 @@ class AwsSqsSource:
                 self._credentials.get("AWS_SESSION_TOKEN"),
             )
         s = self._connection
-        key_id = _read(s.access_key_id_env, s.access_key_id_file)
-        secret = _read(s.secret_access_key_env, s.secret_access_key_file)
+        key_id = read_secret(s.access_key_id_env, s.access_key_id_file)
+        secret = read_secret(s.secret_access_key_env, s.secret_access_key_file)
         if key_id is None or secret is None:
             raise BrokerAuthFailed("no access key: set access-key-id-* and secret-access-key-*")
-        return AwsCredentials(key_id, secret, _read(s.session_token_env, s.session_token_file))
-
-
-def _read(env: str | None, file: str | None) -> str | None:
-    if env is not None:
-        value = os.environ.get(env)
-        if value is None:
-            raise BrokerAuthFailed(
-                f"the environment variable {env} (named by a *-env hint) is not set in the agent"
-            )
-        return value.strip()
-    if file is not None:
-        try:
-            with Path(file).open("rb") as handle:
-                raw = handle.read(_MAX_CREDENTIAL_FILE + 1)
-        except OSError as exc:
-            raise BrokerAuthFailed(f"cannot read the credential file {file}: {exc.strerror}") from exc
-        if len(raw) > _MAX_CREDENTIAL_FILE:
-            raise BrokerAuthFailed(
-                f"the credential file {file} is larger than {_MAX_CREDENTIAL_FILE >> 10} KiB"
-            )
-        try:
-            return raw.decode("utf-8").strip()
-        except UnicodeDecodeError as exc:
-            raise BrokerAuthFailed(f"the credential file {file} is not UTF-8 text") from exc
-    return None
+        return AwsCredentials(key_id, secret, read_secret(s.session_token_env, s.session_token_file))

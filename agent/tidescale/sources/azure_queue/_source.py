@@ -13,17 +13,16 @@ Requests are signed with the account key (Shared Key), or carry a SAS token in t
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from tidescale.credentials import Credentials, CredentialsUnusable
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceTimeout
+from tidescale.sources._secret_read import read_secret
 from tidescale.sources.azure_queue._depth import (
     PEEK_MOST,
     count_from_header,
@@ -48,7 +47,6 @@ CONCURRENCY = 8
 """Most requests in flight at once from one source (one endpoint)."""
 MAX_ANSWER_BYTES = 4 << 20
 """Most bytes read of one answer: 32 peeked messages of 64 KiB, base64-encoded, fit."""
-_MAX_CREDENTIAL_FILE = 16 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,17 +214,17 @@ class AzureQueueSource:
         s = self._connection
         if self._credentials is not None:
             return self._secret_auth(self._credentials)
-        connection = _read(s.connection_string_env, s.connection_string_file)
+        connection = read_secret(s.connection_string_env, s.connection_string_file)
         if connection is not None:
             where = s.connection_string_env or s.connection_string_file or ""
             key, sas = connection_string_credentials(
                 connection, account=s.account_name, endpoint=s.endpoint, where=where
             )
             return _Auth(key, sas)
-        key_text = _read(s.account_key_env, s.account_key_file)
+        key_text = read_secret(s.account_key_env, s.account_key_file)
         if key_text is not None:
             return _Auth(decode_key(key_text, where=s.account_key_env or s.account_key_file or ""), None)
-        sas = _read(s.sas_token_env, s.sas_token_file)
+        sas = read_secret(s.sas_token_env, s.sas_token_file)
         if sas is not None:
             return _Auth(None, sas.lstrip("?"))
         raise BrokerAuthFailed("no credential source: set connection-string-*, account-key-* or sas-token-*")
@@ -247,28 +245,3 @@ class AzureQueueSource:
         if sas is not None:
             return _Auth(None, sas.strip().lstrip("?"))
         raise CredentialsUnusable(f"{where} has none of the keys {', '.join(SECRET_KEYS)}")
-
-
-def _read(env: str | None, file: str | None) -> str | None:
-    if env is not None:
-        value = os.environ.get(env)
-        if value is None:
-            raise BrokerAuthFailed(
-                f"the environment variable {env} (named by a *-env hint) is not set in the agent"
-            )
-        return value.strip()
-    if file is not None:
-        try:
-            with Path(file).open("rb") as handle:
-                raw = handle.read(_MAX_CREDENTIAL_FILE + 1)
-        except OSError as exc:
-            raise BrokerAuthFailed(f"cannot read the credential file {file}: {exc.strerror}") from exc
-        if len(raw) > _MAX_CREDENTIAL_FILE:
-            raise BrokerAuthFailed(
-                f"the credential file {file} is larger than {_MAX_CREDENTIAL_FILE >> 10} KiB"
-            )
-        try:
-            return raw.decode("utf-8").strip()
-        except UnicodeDecodeError as exc:
-            raise BrokerAuthFailed(f"the credential file {file} is not UTF-8 text") from exc
-    return None
