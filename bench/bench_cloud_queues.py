@@ -9,9 +9,14 @@ Fresh interpreters, each reading its own VmRSS before and after (median of 3):
    interpreter of ``--botocore-python`` (one that has botocore installed; it is not a dependency
    of tidescale) creating an SQS client;
 3. the cost of signing: SigV4's ``sign`` and Shared Key's ``string_to_sign`` + ``authorization``,
-   each timed over 2,000 requests (median of 5 runs).
+   each timed over 2,000 requests (median of 5 runs);
+4. with ``--steady``, running agents on the rig (control plane, pod runner, ElasticMQ, Azurite):
+   one Deployment per trigger type at one replica (min = max = 1, polling interval 1 s, the
+   queue idle), each pod the sample consumer plus the agent; after the pods are Ready and
+   ``--settle`` seconds, each agent's VmRSS, peak, Pss and CPU over ``--window`` seconds
+   (bench/bench_agent.py's method, which measures the Kafka agent).
 
-    .venv/bin/python bench/bench_cloud_queues.py --botocore-python /path/to/python \
+    .venv/bin/python bench/bench_cloud_queues.py --botocore-python /path/to/python --steady \
         --write bench/results/cloud_queues.md
 """
 
@@ -147,9 +152,110 @@ def signing_microseconds() -> tuple[float, float]:
     return _median_microseconds(sigv4), _median_microseconds(shared_key)
 
 
+def steady_state(settle: float, window: float) -> list[str]:
+    """Rows of running agents, one per trigger type (see the module docs, item 4)."""
+    sys.path[:0] = [str(REPO), str(REPO / "agent"), str(REPO / "bench")]
+    from bench_agent import agent_pids, cpu_seconds, memory_kib, ready_pods
+    from tests.integration.rigkube import apply, namespace_with_agent_rbac, unique
+    from tests.integration.test_scale_to_zero_azure_queue import queue_deployment
+    from tests.integration.test_scale_to_zero_sqs import sqs_deployment
+    from tests.rig.azurite import ACCOUNT, KEY, Azurite
+    from tests.rig.controlplane import ControlPlane
+    from tests.rig.elasticmq import REGION, ElasticMQ
+    from tests.rig.network import Network
+    from tests.rig.paths import ControlPlaneBinaries, new_run_dir
+    from tests.rig.podrunner import PodRunner
+    from tests.rig.processes import Supervisor
+
+    fixed = {"tidescale.io/min-replicas": "1", "tidescale.io/max-replicas": "1"}
+    run_dir = new_run_dir()
+    supervisor = Supervisor(run_dir=run_dir)
+    network = Network().open()
+    runner = None
+    rows = []
+    try:
+        plane = ControlPlane.start(supervisor, network, run_dir, binaries=ControlPlaneBinaries.from_cache())
+        elasticmq = ElasticMQ.start(supervisor, network, run_dir)
+        azurite = Azurite.start(supervisor, network, run_dir)
+        runner = PodRunner(
+            kubeconfig=plane.admin_kubeconfig, server=plane.server, network=network, run_dir=run_dir
+        ).start()
+        namespaces = {}
+        for trigger in ("aws-sqs", "azure-queue"):
+            namespace = namespaces[trigger] = unique(f"bench-{trigger}")
+            namespace_with_agent_rbac(plane, namespace)
+            queue = unique("jobs")
+            record = run_dir / f"{namespace}.txt"
+            if trigger == "aws-sqs":
+                url = elasticmq.create_queue(queue)
+                plane.kubectl(
+                    "create", "secret", "generic", "sqs-credentials", "-n", namespace,
+                    "--from-literal=AWS_ACCESS_KEY_ID=AKIDBENCH",
+                    "--from-literal=AWS_SECRET_ACCESS_KEY=bench",
+                )  # fmt: skip
+                hints = {
+                    "tidescale.io/aws-sqs.queue-url": url,
+                    "tidescale.io/aws-sqs.aws-region": REGION,
+                    "tidescale.io/aws-sqs.access-key-id-env": "AWS_ACCESS_KEY_ID",
+                    "tidescale.io/aws-sqs.secret-access-key-env": "AWS_SECRET_ACCESS_KEY",
+                    **fixed,
+                }
+                apply(plane, sqs_deployment("jobs", url, hints, record), namespace=namespace)
+            else:
+                azurite.create_queue(queue)
+                plane.kubectl(
+                    "create", "secret", "generic", "azure-storage", "-n", namespace,
+                    f"--from-literal=AZURE_STORAGE_KEY={KEY}",
+                )  # fmt: skip
+                hints = {
+                    "tidescale.io/azure-queue.queue-name": queue,
+                    "tidescale.io/azure-queue.account-name": ACCOUNT,
+                    "tidescale.io/azure-queue.endpoint": azurite.endpoint,
+                    "tidescale.io/azure-queue.account-key-env": "AZURE_STORAGE_KEY",
+                    **fixed,
+                }
+                apply(plane, queue_deployment("jobs", azurite, queue, hints, record), namespace=namespace)
+        deadline = time.monotonic() + 180
+        while any(not ready_pods(plane, ns, "jobs") for ns in namespaces.values()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the bench's pods did not become Ready within 180 s")
+            time.sleep(1.0)
+        time.sleep(settle)
+        pids = {t: next(iter(agent_pids(runner, ns).values())) for t, ns in namespaces.items()}
+        before = {t: cpu_seconds(pid) for t, pid in pids.items()}
+        began = time.monotonic()
+        time.sleep(window)
+        elapsed = time.monotonic() - began
+        for trigger, pid in pids.items():
+            memory = memory_kib(pid)
+            millicores = 1000 * (cpu_seconds(pid) - before[trigger]) / elapsed
+            rows.append(
+                f"| {trigger} | {memory['VmRSS'] / 1024:.1f} | {memory['VmHWM'] / 1024:.1f} "
+                f"| {memory['Pss'] / 1024:.1f} | {millicores:.1f} |"
+            )
+    finally:
+        if runner is not None:
+            runner.stop()
+        supervisor.stop_all()
+        network.close()
+    return [
+        "",
+        f"## Running agents (rig, 1 replica, queue idle, {settle:g} s settle, {window:g} s window)",
+        "",
+        "| trigger | VmRSS (MiB) | peak VmHWM (MiB) | Pss (MiB) | CPU (millicores) |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "Target: RSS <= 40 MiB. The Kafka agent's figures by the same method: bench/results/agent.md.",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--botocore-python", help="an interpreter with botocore installed")
+    parser.add_argument("--steady", action="store_true", help="also measure running agents on the rig")
+    parser.add_argument("--settle", type=float, default=20.0)
+    parser.add_argument("--window", type=float, default=60.0)
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     lines = [
@@ -185,6 +291,8 @@ def main() -> None:
         "",
         "The Azure SDK (azure-storage-queue with azure-core) is not installed here and was not measured.",
     ]
+    if args.steady:
+        lines += steady_state(args.settle, args.window)
     text = "\n".join(lines) + "\n"
     if args.write:
         args.write.write_text(text)
