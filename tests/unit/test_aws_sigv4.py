@@ -185,3 +185,48 @@ def test_the_order_of_query_parameters_does_not_change_the_signature(query: list
         ).headers["authorization"]
 
     assert signature_of(query) == signature_of(list(reversed(query)))
+
+
+_region = st.from_regex(r"[a-z]{2}-[a-z]{4,9}-[1-9]", fullmatch=True)
+_host = st.sampled_from(
+    ["sqs.eu-west-1.amazonaws.com", "10.213.1.1:9324", "vpce-1.sqs.us-east-1.vpce.amazonaws.com"]
+)
+
+
+@given(
+    body=st.binary(max_size=256),
+    region=_region,
+    host=_host,
+    token=st.none() | st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40),
+    target=st.sampled_from(["AmazonSQS.GetQueueAttributes", "AmazonSQS.ListQueues"]),
+)
+def test_the_get_queue_attributes_request_is_signed_as_botocore_signs_it(
+    body: bytes, region: str, host: str, token: str | None, target: str
+) -> None:
+    """The SDK's own signer (botocore, a development dependency) on the exact request the source
+    sends: POST / with the JSON protocol's headers, at a fixed time."""
+    from unittest import mock
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials as BotoCredentials
+
+    headers = {"content-type": "application/x-amz-json-1.0", "x-amz-target": target}
+    ours = sign(
+        method="POST",
+        host=host,
+        path="/",
+        headers=headers,
+        body=body,
+        credentials=AwsCredentials(SUITE_KEY.access_key_id, SUITE_KEY.secret_access_key, token),
+        region=region,
+        service="sqs",
+        now=SUITE_TIME,
+    )
+    request = AWSRequest(method="POST", url=f"https://{host}/", data=body, headers=dict(headers))
+    signer = SigV4Auth(
+        BotoCredentials(SUITE_KEY.access_key_id, SUITE_KEY.secret_access_key, token), "sqs", region
+    )
+    with mock.patch("botocore.auth.get_current_datetime", return_value=SUITE_TIME.replace(tzinfo=None)):
+        signer.add_auth(request)
+    assert ours.headers["authorization"] == request.headers["Authorization"]
