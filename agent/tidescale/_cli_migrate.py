@@ -361,6 +361,8 @@ _KEDA_TYPES: dict[str, str] = {
     "cron": "cron",
     "prometheus": "prometheus",
     "nats-jetstream": "nats-jetstream",
+    "aws-sqs-queue": "aws-sqs",
+    "azure-queue": "azure-queue",
 }
 """KEDA trigger type -> tidescale trigger type."""
 
@@ -402,6 +404,10 @@ def _trigger(
     )
     if kind == "kafka":
         _kafka(metadata, auth, field_prefix, where, build)
+    elif kind == "aws-sqs":
+        _aws_sqs(metadata, auth, field_prefix, where, build)
+    elif kind == "azure-queue":
+        _azure_queue(metadata, auth, field_prefix, where, build)
     elif kind == "prometheus":
         _prometheus(metadata, auth, field_prefix, where, build)
     elif kind == "nats-jetstream":
@@ -601,6 +607,154 @@ def _kafka(
     for parameter in sorted(set(auth) - {"sasl", "tls", *_TLS_PARAMETERS, "username", "password"}):
         build.drop(f"{where}.authenticationRef: {parameter}", "no tidescale field for it")
     _credentials(auth, metadata, prefix, where, build, env_fields=("sasl-username-env", "sasl-password-env"))
+
+
+def _secret_credentials(
+    auth: Mapping[str, _Param],
+    parameters: Mapping[str, tuple[str, str]],
+    prefix: str,
+    where: str,
+    build: _Builder,
+) -> None:
+    """TriggerAuthentication parameters -> the agent's ``*-env`` fields (env) and the waker's
+    credentials-secret (one Secret whose keys are the ones the source documents).
+    ``parameters`` maps a KEDA parameter to (our env field, the Secret key we read)."""
+    secrets: set[str] = set()
+    misnamed: list[str] = []
+    for parameter, (env_field, key) in parameters.items():
+        param = auth.get(parameter)
+        if param is None:
+            continue
+        if param.env:
+            build.set(prefix + env_field, param.env)
+        if param.secret:
+            secrets.add(param.secret)
+            if param.key != key:
+                misnamed.append(f"{param.secret}/{param.key} (key {key} expected)")
+    if len(secrets) == 1 and not misnamed:
+        secret = next(iter(secrets))
+        build.set(prefix + "credentials-secret", secret)
+        build.tell(
+            f"{where}.authenticationRef",
+            f"Secret {secret} becomes credentials-secret (read by the waker); give the agent the same "
+            "credentials as env vars of its container and name them with the *-env fields",
+        )
+    elif secrets:
+        build.drop(
+            f"{where}.authenticationRef",
+            "credentials-secret needs one Secret with the keys "
+            + ", ".join(key for _, key in parameters.values())
+            + "; these come from "
+            + ", ".join(misnamed or sorted(secrets)),
+        )
+
+
+def _aws_sqs(
+    metadata: Mapping[str, Any], auth: Mapping[str, _Param], prefix: str, where: str, build: _Builder
+) -> None:
+    simple = {
+        "queueLength": "queue-length",
+        "activationQueueLength": "activation-queue-length",
+        "awsRegion": "aws-region",
+        "awsEndpoint": "aws-endpoint",
+        "awsAccessKeyIDFromEnv": "access-key-id-env",
+        "awsSecretAccessKeyFromEnv": "secret-access-key-env",
+    }
+    flags = {"scaleOnInFlight": "scale-on-in-flight", "scaleOnDelayed": "scale-on-delayed"}
+    for key, value in metadata.items():
+        here = f"{where}.metadata.{key}"
+        if key == "queueURL":
+            if urlsplit(str(value)).scheme in ("http", "https"):
+                build.set(prefix + "queue-url", str(value))
+            else:
+                build.drop(
+                    here, "a bare queue name: write the queue URL https://sqs.<region>.amazonaws.com/..."
+                )
+        elif key in simple:
+            build.set(prefix + simple[key], str(value))
+        elif key in flags:
+            build.set(prefix + flags[key], _boolean(value))
+        elif key == "identityOwner":
+            build.drop(
+                here, "tidescale has no operator identity: the agent signs with the keys its hints name"
+            )
+        elif key == "awsAccessKeyID":
+            build.drop(
+                here, "no key in an annotation: give it to the agent as an env var (access-key-id-env)"
+            )
+        else:
+            build.drop(here, "no tidescale field for it (see docs/keda-mapping.md)")
+    _secret_credentials(
+        auth,
+        {
+            "awsAccessKeyID": ("access-key-id-env", "AWS_ACCESS_KEY_ID"),
+            "awsSecretAccessKey": ("secret-access-key-env", "AWS_SECRET_ACCESS_KEY"),
+            "awsSessionToken": ("session-token-env", "AWS_SESSION_TOKEN"),
+        },
+        prefix,
+        where,
+        build,
+    )
+    for parameter in sorted(set(auth) - {"awsAccessKeyID", "awsSecretAccessKey", "awsSessionToken"}):
+        build.drop(
+            f"{where}.authenticationRef: {parameter}", "role assumption and pod identity are not supported"
+        )
+    if PREFIX + prefix + "access-key-id-env" not in build.annotations:
+        build.tell(
+            f"{where}: credentials",
+            f"the agent needs an access key: set {PREFIX}{prefix}access-key-id-env and "
+            "secret-access-key-env (env vars of its container) or the *-file fields",
+        )
+
+
+def _azure_queue(
+    metadata: Mapping[str, Any], auth: Mapping[str, _Param], prefix: str, where: str, build: _Builder
+) -> None:
+    simple = {
+        "queueName": "queue-name",
+        "queueLength": "queue-length",
+        "activationQueueLength": "activation-queue-length",
+        "accountName": "account-name",
+        "cloud": "cloud",
+        "endpointSuffix": "endpoint-suffix",
+        "connectionFromEnv": "connection-string-env",
+    }
+    for key, value in metadata.items():
+        here = f"{where}.metadata.{key}"
+        if key in simple:
+            build.set(prefix + simple[key], str(value))
+        elif key == "queueLengthStrategy":
+            build.set(
+                prefix + "queue-length-strategy",
+                "visible-only" if str(value).lower() == "visibleonly" else "all",
+            )
+        elif key == "connection":
+            build.drop(
+                here, "no secret in an annotation: give it to the agent as an env var (connection-string-env)"
+            )
+        else:
+            build.drop(here, "no tidescale field for it (see docs/keda-mapping.md)")
+    _secret_credentials(
+        auth,
+        {"connection": ("connection-string-env", "AZURE_STORAGE_CONNECTION_STRING")},
+        prefix,
+        where,
+        build,
+    )
+    for parameter in sorted(set(auth) - {"connection"}):
+        build.drop(f"{where}.authenticationRef: {parameter}", "no tidescale field for it")
+    if PREFIX + prefix + "account-name" not in build.annotations:
+        build.tell(
+            f"{where}: account",
+            f"set {PREFIX}{prefix}account-name to the connection string's AccountName (the waker checks the "
+            "address before reading any Secret, so it comes from the hints)",
+        )
+    if PREFIX + prefix + "connection-string-env" not in build.annotations:
+        build.tell(
+            f"{where}: credentials",
+            f"the agent needs a credential: set {PREFIX}{prefix}connection-string-env, account-key-env or "
+            "sas-token-env (env vars of its container) or a *-file field",
+        )
 
 
 def _split_rabbitmq_url(url: str) -> tuple[str, str | None, bool]:

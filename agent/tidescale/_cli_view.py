@@ -357,7 +357,7 @@ def view_of(
         state=labels.get(STATE_LABEL),
         park_label=labels.get(PARK_LABEL),
         park_record=record,
-        park_epoch=int(epoch_text) if epoch_text.isdigit() else None,
+        park_epoch=int(epoch_text) if epoch_text.isascii() and epoch_text.isdigit() else None,
         held_by=_held_by(status or {}),
         updated=parse_moment((status or {}).get("updatedAt")),
         last_change=change,

@@ -979,6 +979,8 @@ def _metric_noun(source_type: str, fields: Mapping[str, str]) -> str:
         return "desired replicas"
     if source_type == "nats-jetstream":
         return "backlog"
+    if source_type in ("aws-sqs", "azure-queue"):
+        return "queue length"
     return "value"
 
 

@@ -1,5 +1,5 @@
-"""Session fixtures for the brokers: ``kafka``, ``rabbitmq`` and ``kafka_cluster`` (three nodes,
-for the broker-loss fault test), each started on first use.
+"""Session fixtures for the brokers: ``kafka``, ``rabbitmq``, ``kafka_cluster`` (three nodes,
+for the broker-loss fault test), ``elasticmq`` and ``azurite``, each started on first use.
 
 A piece the rig has not built fails the test with one line naming it and ``make rig``;
 rig tests never skip.
@@ -12,10 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.rig.azurite import Azurite
+from tests.rig.elasticmq import ElasticMQ
 from tests.rig.kafka import Kafka
 from tests.rig.kafka_cluster import KafkaCluster
 from tests.rig.network import Network
-from tests.rig.paths import RigNotBuilt, kafka_classpath, rabbitmq_scripts
+from tests.rig.paths import (
+    RigNotBuilt,
+    azurite_queue_binary,
+    elasticmq_classpath,
+    kafka_classpath,
+    rabbitmq_scripts,
+)
 from tests.rig.processes import Supervisor
 from tests.rig.rabbitmq import RabbitMQ
 
@@ -63,3 +71,25 @@ def kafka_cluster(
     cluster = KafkaCluster.start(rig_supervisor, rig_network, rig_run_dir)
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def elasticmq(rig_supervisor: Supervisor, rig_network: Network, rig_run_dir: Path) -> Iterator[ElasticMQ]:
+    """An SQS-compatible ElasticMQ on the node address (``elasticmq.endpoint``, ``queue_url(name)``)."""
+    missing = _missing(elasticmq_classpath)
+    if missing:
+        pytest.fail(f"ElasticMQ cannot start: {missing}", pytrace=False)
+    server = ElasticMQ.start(rig_supervisor, rig_network, rig_run_dir)
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(rig_supervisor: Supervisor, rig_network: Network, rig_run_dir: Path) -> Iterator[Azurite]:
+    """Azurite's Queue service on the node address (``azurite.endpoint``, the development account)."""
+    missing = _missing(azurite_queue_binary)
+    if missing:
+        pytest.fail(f"Azurite cannot start: {missing}", pytrace=False)
+    server = Azurite.start(rig_supervisor, rig_network, rig_run_dir)
+    yield server
+    server.process.stop()

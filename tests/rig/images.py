@@ -41,6 +41,8 @@ IMAGES: dict[str, Image] = {
     "tidescale-test/redis-consumer": _script("redis_consumer.py"),
     "tidescale-test/postgresql-consumer": _script("postgresql_consumer.py"),
     "tidescale-test/nats-consumer": _script("nats_consumer.py"),
+    "tidescale-test/sqs-consumer": _script("sqs_consumer.py"),
+    "tidescale-test/azure-queue-consumer": _script("azure_queue_consumer.py"),
 }
 
 

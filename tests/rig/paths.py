@@ -180,3 +180,28 @@ def rabbitmq_scripts() -> Path:
     if shutil.which("epmd") is None:
         raise RigNotBuilt(f"epmd is missing (Debian's erlang-base): {_MAKE_RIG}")
     return RABBITMQ_SCRIPTS
+
+
+def elasticmq_classpath() -> str:
+    """ElasticMQ's jars' classpath, with a Java runtime to run them."""
+    if shutil.which("java") is None:
+        raise RigNotBuilt(
+            "java is missing: install Java 17+ (Debian: apt-get install openjdk-17-jre-headless), "
+            f"then {_MAKE_RIG}"
+        )
+    path = cache_dir() / f"elasticmq-{VERSIONS['ELASTICMQ_VERSION']}" / "classpath"
+    if not path.is_file():
+        raise RigNotBuilt(f"{path} is missing (ElasticMQ, from Maven Central): {_MAKE_RIG}")
+    return path.read_text().strip()
+
+
+def azurite_queue_binary() -> Path:
+    """Azurite's queue service (npm package azurite), with a Node.js runtime to run it."""
+    if shutil.which("node") is None:
+        raise RigNotBuilt(
+            f"node is missing: install Node.js 18+ (Debian: apt-get install nodejs), then {_MAKE_RIG}"
+        )
+    path = cache_dir() / f"azurite-{VERSIONS['AZURITE_VERSION']}" / "node_modules" / ".bin" / "azurite-queue"
+    if not path.is_file():
+        raise RigNotBuilt(f"{path} is missing (npm package azurite): {_MAKE_RIG}")
+    return path

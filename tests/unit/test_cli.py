@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tidescale import _logging
@@ -496,6 +496,7 @@ _JSON = st.recursive(
     record=_JSON,
     epoch=st.text(max_size=4),
 )
+@example(status_body={}, record=None, epoch="\u00b9")  # a digit to str.isdigit, not to int()
 def test_status_and_explain_survive_whatever_is_in_the_annotations(
     status_body: dict[str, Any], record: Any, epoch: str
 ) -> None:

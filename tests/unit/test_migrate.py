@@ -496,3 +496,74 @@ def test_a_nats_jetstream_trigger_carries_every_field_and_prefers_the_account_id
     }
     assert [n for n in notes_of(result) if "metadata" in n or "authenticationRef" in n] == []
     assert validate_hints(annotations) == ()
+
+
+def trigger_authentication(name: str, targets: list[dict[str, str]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"secretTargetRef": targets},
+    }
+
+
+def test_an_aws_sqs_trigger_carries_its_fields_and_its_key_secret_becomes_credentials_secret() -> None:
+    sqs = {
+        "type": "aws-sqs-queue",
+        "authenticationRef": {"name": "aws"},
+        "metadata": {
+            "queueURL": "https://sqs.eu-west-1.amazonaws.com/123456789012/orders",
+            "queueLength": "10",
+            "activationQueueLength": "1",
+            "awsRegion": "eu-west-1",
+            "scaleOnDelayed": "true",
+            "identityOwner": "operator",
+        },
+    }
+    auth = trigger_authentication(
+        "aws",
+        [
+            {"parameter": "awsAccessKeyID", "name": "sqs", "key": "AWS_ACCESS_KEY_ID"},
+            {"parameter": "awsSecretAccessKey", "name": "sqs", "key": "AWS_SECRET_ACCESS_KEY"},
+        ],
+    )
+    result = migrate_documents([scaled_object(triggers=[sqs]), auth])
+    (migration,) = result.migrations
+    annotations = migration.annotations
+    assert annotations["tidescale.io/aws-sqs.queue-url"] == sqs["metadata"]["queueURL"]
+    assert annotations["tidescale.io/aws-sqs.queue-length"] == "10"
+    assert annotations["tidescale.io/aws-sqs.activation-queue-length"] == "1"
+    assert annotations["tidescale.io/aws-sqs.scale-on-delayed"] == "true"
+    assert annotations["tidescale.io/aws-sqs.credentials-secret"] == "sqs"
+    notes = notes_of(result)
+    assert any("identityOwner" in n and "no operator identity" in n for n in notes)
+    assert any("the agent needs an access key" in n for n in notes)
+    completed = {
+        **annotations,
+        "tidescale.io/aws-sqs.access-key-id-env": "AWS_ACCESS_KEY_ID",
+        "tidescale.io/aws-sqs.secret-access-key-env": "AWS_SECRET_ACCESS_KEY",
+    }
+    assert validate_hints(completed) == ()
+
+
+def test_an_azure_queue_trigger_carries_its_fields_and_says_what_to_add() -> None:
+    queue = {
+        "type": "azure-queue",
+        "metadata": {
+            "queueName": "orders",
+            "queueLength": "8",
+            "queueLengthStrategy": "visibleonly",
+            "connectionFromEnv": "STORAGE_CONNECTION",
+            "cloud": "AzureChinaCloud",
+        },
+    }
+    result = migrate_documents([scaled_object(triggers=[queue])])
+    (migration,) = result.migrations
+    annotations = migration.annotations
+    assert annotations["tidescale.io/azure-queue.queue-length-strategy"] == "visible-only"
+    assert annotations["tidescale.io/azure-queue.connection-string-env"] == "STORAGE_CONNECTION"
+    assert any("account-name to the connection string's AccountName" in n for n in notes_of(result))
+    completed = {**annotations, "tidescale.io/azure-queue.account-name": "ordersstore"}
+    assert validate_hints(completed) == ()
+    settings = parse_hints(completed).triggers[0]
+    assert settings.endpoint == "https://ordersstore.queue.core.chinacloudapi.cn"  # type: ignore[attr-defined]

@@ -35,7 +35,17 @@ def test_every_source_folder_is_registered_under_its_trigger_type() -> None:
     ]
     types = {importlib.import_module(f"tidescale.sources.{folder}").KIND.type_name for folder in folders}
     assert set(TRIGGER_TYPES) == types
-    assert {"kafka", "rabbitmq", "redis", "postgresql", "cron", "prometheus", "nats-jetstream"} <= types
+    assert {
+        "kafka",
+        "rabbitmq",
+        "redis",
+        "postgresql",
+        "cron",
+        "prometheus",
+        "nats-jetstream",
+        "aws-sqs",
+        "azure-queue",
+    } <= types
 
 
 @pytest.mark.parametrize("type_name", TRIGGER_TYPES)
@@ -65,6 +75,7 @@ def test_importing_the_registry_loads_no_broker_client() -> None:
         "import tidescale.sources.kafka._source, tidescale.sources.rabbitmq._source;"
         "import tidescale.sources.redis._source, tidescale.sources.postgresql._source;"
         "import tidescale.sources.prometheus._source, tidescale.sources.nats_jetstream._source;"
+        "import tidescale.sources.aws_sqs._source, tidescale.sources.azure_queue._source;"
         "print(sorted(m for m in ('aiokafka', 'aio_pika', 'aiormq', 'httpx', 'asyncpg') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -37,6 +37,8 @@ def run_without(tmp_path: Path, piece: str, **env: str) -> subprocess.CompletedP
         ("kafka", "java"),
         ("nats", "go"),
         ("prometheus", "apt-get"),
+        ("elasticmq", "java"),
+        ("azurite", "node"),
     ],
 )
 def test_a_missing_tool_ends_the_build_with_one_line_naming_it_and_how_to_get_it(

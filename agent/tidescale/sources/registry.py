@@ -36,7 +36,17 @@ from typing import Final, cast
 
 from tidescale.credentials import Credentials
 from tidescale.errors import SourceError
-from tidescale.sources import cron, kafka, nats_jetstream, postgresql, prometheus, rabbitmq, redis
+from tidescale.sources import (
+    aws_sqs,
+    azure_queue,
+    cron,
+    kafka,
+    nats_jetstream,
+    postgresql,
+    prometheus,
+    rabbitmq,
+    redis,
+)
 from tidescale.sources._fields import LIMITS, FieldDoc, LimitDoc
 from tidescale.sources._kind import AddressCheck, Endpoint, OpenOptions, SettingsParser, SourceKind
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, Source, TriggerSettings
@@ -68,6 +78,8 @@ _KINDS: Final[dict[str, SourceKind]] = {
         cron.KIND,
         prometheus.KIND,
         nats_jetstream.KIND,
+        aws_sqs.KIND,
+        azure_queue.KIND,
     )
 }
 

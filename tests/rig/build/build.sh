@@ -3,7 +3,7 @@
 # $TIDESCALE_RIG_CACHE (default ~/.cache/tidescale-rig). A piece already built is
 # not touched again, so a warm run takes a second or two.
 #
-#   tests/rig/build/build.sh [all|kubernetes|etcd|helm|kafka|rabbitmq|redis|postgresql|prometheus|nats]
+#   tests/rig/build/build.sh [all|kubernetes|etcd|helm|kafka|rabbitmq|redis|postgresql|prometheus|nats|elasticmq|azurite]
 #   TIDESCALE_RIG_KUBERNETES_VERSION=v1.30.14 tests/rig/build/build.sh kubernetes
 #
 # Prints one line per piece; on a missing prerequisite, one line naming it and how
@@ -143,6 +143,42 @@ POM
   say "kafka $KAFKA_VERSION installed"
 }
 
+install_elasticmq() {
+  local dest="$cache/elasticmq-$ELASTICMQ_VERSION"
+  [ -f "$dest/classpath" ] && { say "elasticmq $ELASTICMQ_VERSION cached"; return; }
+  need java "install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)"
+  need mvn "install Maven (Debian: apt-get install maven)"
+  say "fetching elasticmq-server_$SCALA_VERSION $ELASTICMQ_VERSION and its dependencies from Maven Central ..."
+  mkdir -p "$dest.tmp/lib"
+  cat >"$dest.tmp/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>tidescale.rig</groupId><artifactId>elasticmq</artifactId><version>1</version>
+  <dependencies>
+    <dependency><groupId>org.elasticmq</groupId><artifactId>elasticmq-server_$SCALA_VERSION</artifactId><version>$ELASTICMQ_VERSION</version></dependency>
+  </dependencies>
+</project>
+POM
+  logged "$dest.tmp/mvn.log" "could not fetch ElasticMQ $ELASTICMQ_VERSION from Maven Central" \
+    mvn -B -q -f "$dest.tmp/pom.xml" dependency:copy-dependencies -DoutputDirectory="$dest.tmp/lib" -DincludeScope=runtime
+  (cd "$dest.tmp/lib" && ls "$PWD"/*.jar | tr '\n' ':' | sed "s|$dest.tmp|$dest|g" >"$dest.tmp/classpath")
+  mv "$dest.tmp" "$dest"
+  say "elasticmq $ELASTICMQ_VERSION installed"
+}
+
+install_azurite() {
+  local dest="$cache/azurite-$AZURITE_VERSION"
+  [ -x "$dest/node_modules/.bin/azurite-queue" ] && { say "azurite $AZURITE_VERSION cached"; return; }
+  need node "install Node.js 18+ (Debian: apt-get install nodejs npm)"
+  need npm "install npm (Debian: apt-get install npm)"
+  say "installing azurite $AZURITE_VERSION from the npm registry ..."
+  rm -rf "$dest.tmp"; mkdir -p "$dest.tmp"
+  logged "$dest.tmp/npm.log" "could not install azurite@$AZURITE_VERSION from the npm registry" \
+    npm install --prefix "$dest.tmp" --no-audit --no-fund --omit=dev "azurite@$AZURITE_VERSION"
+  mv "$dest.tmp" "$dest"
+  say "azurite $AZURITE_VERSION installed"
+}
+
 install_rabbitmq() {
   if command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
     say "rabbitmq-server installed"; return
@@ -220,7 +256,7 @@ if command -v flock >/dev/null 2>&1; then
 fi
 
 case "${1:-all}" in
-  all) install_rabbitmq; install_redis; install_postgresql; install_prometheus; install_kafka; build_nats; build_etcd; build_helm; build_kubernetes ;;
+  all) install_rabbitmq; install_redis; install_postgresql; install_prometheus; install_kafka; install_elasticmq; install_azurite; build_nats; build_etcd; build_helm; build_kubernetes ;;
   kubernetes) build_kubernetes ;;
   etcd) build_etcd ;;
   helm) build_helm ;;
@@ -230,5 +266,7 @@ case "${1:-all}" in
   postgresql) install_postgresql ;;
   prometheus) install_prometheus ;;
   nats) build_nats ;;
-  *) die "unknown piece '$1': expected all, kubernetes, etcd, helm, kafka, rabbitmq, redis, postgresql, prometheus or nats" ;;
+  elasticmq) install_elasticmq ;;
+  azurite) install_azurite ;;
+  *) die "unknown piece '$1': expected all, kubernetes, etcd, helm, kafka, rabbitmq, redis, postgresql, prometheus, nats, elasticmq or azurite" ;;
 esac
