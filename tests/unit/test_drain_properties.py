@@ -175,6 +175,14 @@ def test_while_the_rate_is_unknown_without_a_threshold_the_count_holds_with_one_
     assert "not measured yet" in recommendation.reason
 
 
+def test_an_exact_fit_is_not_rounded_up_by_floating_point() -> None:
+    # 0.9 / 0.03 is 30.000000000000004 in floating point; 30 pods keep up exactly.
+    recommendation = recommend_drain(
+        DrainInputs(backlog=0, arrival_rate=0.9, per_pod_rate=0.03, target_seconds=60, cap=None, current=1)
+    )
+    assert recommendation.replicas == 30
+
+
 def test_the_reason_speaks_in_backlog_arrivals_and_pod_rates() -> None:
     recommendation = recommend_drain(
         DrainInputs(
