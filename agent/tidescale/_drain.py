@@ -28,7 +28,8 @@ MAX_REPLICAS = 2**31 - 1
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DrainInputs:
     backlog: float
-    """Messages waiting now (lag, queue depth); negative or non-finite counts as 0."""
+    """Messages waiting now (lag, queue depth); a fraction counts as a whole message, negative or
+    non-finite as 0."""
     arrival_rate: float | None
     """Messages arriving per second; None when not measured (then taken as 0)."""
     per_pod_rate: float | None
@@ -55,8 +56,16 @@ class DrainRecommendation:
     """For Events and ``explain``."""
 
 
+_SLACK = 1e-9
+"""Relative slack on the pods' capacity: 30 pods at 0.03/s keep up with 0.9/s, although
+30 * 0.03 is 0.8999999999999999 in floating point."""
+
+
 def recommend_drain(inputs: DrainInputs) -> DrainRecommendation:
-    backlog = inputs.backlog if math.isfinite(inputs.backlog) and inputs.backlog > 0 else 0.0
+    # Messages are whole: a fraction (an averaged lag) is a message waiting.
+    backlog = (
+        float(math.ceil(inputs.backlog)) if math.isfinite(inputs.backlog) and inputs.backlog > 0 else 0.0
+    )
     arrival = (
         inputs.arrival_rate
         if inputs.arrival_rate is not None and math.isfinite(inputs.arrival_rate) and inputs.arrival_rate > 0
@@ -67,7 +76,7 @@ def recommend_drain(inputs: DrainInputs) -> DrainRecommendation:
         return _fallback(inputs, backlog)
     fewest = _fewest(backlog=backlog, arrival=arrival, rate=rate, target=inputs.target_seconds)
     replicas = _capped(fewest, inputs.cap)
-    net = replicas * rate - arrival
+    net = _net_rate(replicas, rate=rate, arrival=arrival)
     clears_in = backlog / net if net > 0 else (0.0 if backlog == 0 else None)
     return DrainRecommendation(
         replicas=replicas,
@@ -94,7 +103,7 @@ def _fewest(*, backlog: float, arrival: float, rate: float, target: float) -> in
         return MAX_REPLICAS
 
     def clears(replicas: int) -> bool:
-        net = replicas * rate - arrival
+        net = _net_rate(replicas, rate=rate, arrival=arrival)
         return net >= backlog / target and (backlog == 0 or net > 0)
 
     replicas = max(0, math.ceil(needed))
@@ -105,6 +114,11 @@ def _fewest(*, backlog: float, arrival: float, rate: float, target: float) -> in
         if not clears(replicas) and replicas < MAX_REPLICAS:
             replicas += 1
     return replicas
+
+
+def _net_rate(replicas: int, *, rate: float, arrival: float) -> float:
+    """How fast ``replicas`` pods shrink the backlog, with the slack on their capacity."""
+    return replicas * rate * (1 + _SLACK) - arrival
 
 
 def _fallback(inputs: DrainInputs, backlog: float) -> DrainRecommendation:

@@ -13,7 +13,7 @@ from tidescale._drain import MAX_REPLICAS, DrainInputs, recommend_drain
 
 EXAMPLES = settings(max_examples=150, deadline=None)
 
-backlogs = st.floats(0.0, 1e9)
+backlogs = st.integers(0, 10**9).map(float)  # lag is a count of messages
 arrivals = st.floats(0.0, 1e5)
 rates = st.floats(0.01, 1e5)
 targets = st.floats(1.0, 86400.0)
@@ -181,6 +181,13 @@ def test_an_exact_fit_is_not_rounded_up_by_floating_point() -> None:
         DrainInputs(backlog=0, arrival_rate=0.9, per_pod_rate=0.03, target_seconds=60, cap=None, current=1)
     )
     assert recommendation.replicas == 30
+
+
+def test_a_fraction_of_a_message_waiting_counts_as_a_whole_one() -> None:
+    recommendation = recommend_drain(
+        DrainInputs(backlog=0.25, arrival_rate=0, per_pod_rate=0.5, target_seconds=1, cap=None, current=0)
+    )
+    assert recommendation.replicas == 2
 
 
 def test_the_reason_speaks_in_backlog_arrivals_and_pod_rates() -> None:
