@@ -11,8 +11,10 @@ from urllib.parse import unquote, urlsplit
 from tidescale._values import parse_bool, parse_choice, parse_duration, parse_float
 from tidescale.errors import HintError
 from tidescale.sources._fields import (
+    DRAIN_TIME_DOC,
     FieldCollector,
     FieldDoc,
+    parse_drain_time,
     parse_env_name,
     parse_file_path,
     parse_regex,
@@ -53,6 +55,8 @@ class RabbitMQSettings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     auth_mechanism: AuthMechanism = "plain"
+    drain_time: float | None = None
+    """Drain-time target in seconds; None: the threshold alone decides."""
     timeout: float = 5.0
 
     @property
@@ -272,6 +276,7 @@ RABBITMQ_FIELDS: tuple[FieldDoc, ...] = (
         "management-url).",
         example="external",
     ),
+    DRAIN_TIME_DOC,
     FieldDoc(
         field="timeout",
         type="duration",
@@ -307,6 +312,7 @@ def parse_rabbitmq_settings(trigger: str, raw: Mapping[str, str]) -> RabbitMQSet
         tls_cert_file=fields.get("tls-cert-file", parse_file_path, None),
         tls_key_file=fields.get("tls-key-file", parse_file_path, None),
         auth_mechanism=fields.get("auth-mechanism", _parse_auth, "plain"),
+        drain_time=fields.get("drain-time", parse_drain_time, None),
         timeout=fields.get("timeout", _parse_timeout, 5.0),
     )
     _check_combinations(fields, settings, url_vhost)
