@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Literal
 
+from tidescale._drain import DrainRecommendation
 from tidescale._formula import FormulaEvaluationError
 from tidescale.hints import Fallback, Hints, RatePolicy, ScalingRules, format_duration
 from tidescale.sources.base import Measurement, MeasurementFailure
@@ -182,6 +183,8 @@ class TriggerRecommendation:
     """The cap (Kafka: partitions) that lowered the value or the recommendation, when one did."""
     error: str | None = None
     consecutive_failures: int = 0
+    drain_reason: str | None = None
+    """Set when a drain-time recommendation (``_drain``) gave ``replicas``: its reason."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -224,16 +227,22 @@ def decide(
     now: float,
     history: History,
     pods: int | None = None,
+    drain: Mapping[str, DrainRecommendation] | None = None,
 ) -> Decision:
     """The desired replica count for ``current`` (spec) replicas at monotonic time ``now``.
 
     ``pods``: the scale subresource's ``status.replicas`` (pods that exist; None: ``current``),
-    the base of the AverageValue tolerance and the ready-pod count of Value metrics."""
+    the base of the AverageValue tolerance and the ready-pod count of Value metrics.
+    ``drain``: per trigger with a drain-time target, its recommendation (``_drain``): it replaces
+    that trigger's threshold arithmetic as the recommend step, when the trigger measured; the
+    stabilization, rate limits and clamp apply after it unchanged. Not used under scaling
+    modifiers (the composite replaces the triggers' opinions)."""
     pods = current if pods is None else pods
     history = _seed(history, current=current, now=now)
     latest = _latest(measurements, hints=hints, now=now)
     failures = _count_failures(latest, hints=hints, now=now, history=history)
     triggers = _recommend(latest, failures, current=current, pods=pods, hints=hints)
+    triggers = _with_drain(triggers, drain or {})
     triggers = _compose(triggers, current=current, pods=pods, hints=hints)
     active = any(t.active for t in triggers)
     failing = any(t.state == "failing" for t in triggers)
@@ -402,6 +411,24 @@ def _recommend(
             )
         )
     return tuple(result)
+
+
+def _with_drain(
+    triggers: tuple[TriggerRecommendation, ...], drain: Mapping[str, DrainRecommendation]
+) -> tuple[TriggerRecommendation, ...]:
+    """A measured trigger with a drain-time recommendation takes its count; a failing or fallback
+    trigger keeps its own (no measurement, no backlog to drain)."""
+    return tuple(
+        replace(
+            trigger,
+            replicas=drain[trigger.trigger].replicas,
+            within_tolerance=False,
+            drain_reason=drain[trigger.trigger].reason,
+        )
+        if trigger.state == "ok" and trigger.trigger in drain
+        else trigger
+        for trigger in triggers
+    )
 
 
 def _from_measurement(
@@ -911,6 +938,8 @@ def _number(value: float) -> str:
 
 
 def _describe(trigger: TriggerRecommendation, hints: Hints) -> str:
+    if trigger.state == "ok" and trigger.drain_reason is not None:
+        return f"{trigger.drain_reason} on {trigger.trigger}"
     if trigger.state == "ok" and trigger.value is not None and trigger.target is not None:
         side = "over" if trigger.value > trigger.target else "under"
         return (
