@@ -7,8 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidescale._drain import DrainInputs, DrainRecommendation, recommend_drain
+from tidescale._rates import ProgressSnapshot
+from tidescale._stall import StallState, observe_stall
 from tidescale.hints import Hints, parse_hints
-from tidescale.policy import History, decide
+from tidescale.policy import History, Limit, decide
 from tidescale.sources.base import Measurement, MeasurementFailure
 
 P = "tidescale.io/"
@@ -120,3 +122,43 @@ def test_without_windows_or_limits_the_decision_is_the_drain_count_within_min_an
         drain={"kafka": recommendation},
     )
     assert decision.desired == min(max(recommendation.replicas, 1), 20)
+
+
+def stalled_state(*, since: float = 0.0) -> StallState:
+    state = StallState()
+    for moment in (since, since + 300.0):
+        snapshot = ProgressSnapshot(
+            taken_at=moment, consumed={"orders/0": 7, "orders/1": 9}, lag={"orders/0": 0.0, "orders/1": 40.0}
+        )
+        state = observe_stall(state, snapshot, pods_ready=True, stall_after=300.0)
+    assert state.stalled
+    return state
+
+
+def test_a_stalled_group_is_held_at_its_count_with_the_stuck_partitions_named() -> None:
+    decision = decide(
+        [lag(48_000, at=300.0)], current=3, hints=hints(), now=300.0, history=History(), stall=stalled_state()
+    )
+    assert decision.desired == 3
+    assert decision.capped_by is not None
+    assert decision.capped_by.limit is Limit.CONSUMER_STALLED
+    assert decision.reason.endswith(
+        "stays at 3, held by a stalled consumer group (orders/1: no progress for 5m)"
+    )
+
+
+def test_a_group_that_is_not_stalled_scales_as_usual() -> None:
+    decision = decide([lag(48_000)], current=3, hints=hints(), now=0.0, history=History(), stall=StallState())
+    assert decision.desired == 20
+
+
+def test_a_stalled_group_above_max_replicas_still_comes_down_to_max() -> None:
+    decision = decide(
+        [lag(48_000, at=300.0)],
+        current=30,
+        hints=hints(),
+        now=300.0,
+        history=History(),
+        stall=stalled_state(),
+    )
+    assert decision.desired == 20
