@@ -1,13 +1,14 @@
-"""Kafka offsets snapshots as the rate estimator and the stall detector see them."""
+"""Kafka offsets and RabbitMQ queue statistics as the rate estimator and the stall detector see them."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidescale._progress import kafka_progress
+from tidescale._progress import kafka_progress, rabbitmq_progress
 from tidescale._rates import RateSettings, measure_rates
 from tidescale.sources.kafka._lag import KafkaSnapshot, PartitionOffsets
+from tidescale.sources.rabbitmq._depth import queue_stats_from_api
 
 offsets = st.builds(
     PartitionOffsets,
@@ -52,3 +53,50 @@ def test_a_group_committing_steadily_behind_its_log_end_is_measured_at_its_rate(
     assert rates.per_consumer == 100.0
     assert rates.throughput == 300.0
     assert rates.arrival == 90.0
+
+
+def test_rabbitmq_consumed_counts_acks_and_auto_acked_deliveries_and_publishes_are_produced() -> None:
+    stats = queue_stats_from_api(
+        {
+            "name": "jobs",
+            "messages_ready": 30,
+            "messages_unacknowledged": 4,
+            "consumers": 2,
+            "message_stats": {"ack": 100, "deliver_no_ack": 20, "get_no_ack": 1, "publish": 155},
+        }
+    )
+    progress = rabbitmq_progress([stats], taken_at=3.0)
+    assert progress.consumed == {"jobs": 121}
+    assert progress.produced == {"jobs": 155}
+    assert progress.lag == {"jobs": 34.0}
+    assert progress.consumers == 2
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ack=st.one_of(st.none(), st.booleans(), st.floats(), st.integers(-(10**6), 10**12), st.text(max_size=5)),
+    publish=st.one_of(
+        st.none(), st.booleans(), st.floats(), st.integers(-(10**6), 10**12), st.text(max_size=5)
+    ),
+)
+def test_a_hostile_rabbitmq_counter_is_never_taken_for_a_count(ack: object, publish: object) -> None:
+    stats = queue_stats_from_api(
+        {
+            "name": "jobs",
+            "messages_ready": 1,
+            "messages_unacknowledged": 0,
+            "message_stats": {"ack": ack, "publish": publish},
+        }
+    )
+    for counter, given_value in ((stats.consumed_total, ack), (stats.published_total, publish)):
+        if isinstance(given_value, int) and not isinstance(given_value, bool) and given_value >= 0:
+            assert counter == given_value
+        else:
+            assert counter is None
+
+
+def test_a_queue_without_consumed_counters_is_not_watched() -> None:
+    stats = queue_stats_from_api({"name": "jobs", "messages_ready": 5, "messages_unacknowledged": 0})
+    progress = rabbitmq_progress([stats], taken_at=0.0)
+    assert progress.consumed == {}
+    assert progress.lag == {"jobs": 5.0}
