@@ -1,5 +1,5 @@
-"""The counters the drain-time rate estimator and the stall detector read, against a real broker:
-RabbitMQ's management API reports the messages a queue had published and acknowledged."""
+"""The counters the drain-time rate estimator and the stall detector read, against real brokers:
+Kafka's committed and log-end offsets, RabbitMQ's published and acknowledged counts."""
 
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ import uuid
 
 import aio_pika
 import pytest
+from aiokafka import TopicPartition
 
+from tests.integration.test_sources_kafka import _commit, _settings, _topic_with_messages
+from tests.rig.kafka import Kafka
 from tests.rig.rabbitmq import RabbitMQ
-from tidescale._progress import rabbitmq_progress
+from tidescale._progress import kafka_progress, rabbitmq_progress
+from tidescale._stall import StallState, observe_stall
 from tidescale.errors import SourceError
 from tidescale.sources.base import Scope
+from tidescale.sources.kafka._source import KafkaSource
 from tidescale.sources.rabbitmq._depth import QueueStats
 from tidescale.sources.rabbitmq._source import RabbitMQSource, parse_rabbitmq_settings
 
@@ -74,3 +79,31 @@ async def test_the_management_api_counts_what_was_published_and_acknowledged(
     assert (stats.consumed_total, stats.published_total, stats.messages) == (5, 7, 2)
     progress = rabbitmq_progress([stats], taken_at=0.0)
     assert (progress.consumed, progress.produced, progress.lag) == ({queue: 5}, {queue: 7}, {queue: 2.0})
+
+
+async def test_kafka_offsets_show_a_stall_on_the_partition_with_lag_and_its_end_at_the_next_commit(
+    kafka: Kafka,
+) -> None:
+    topic = await _topic_with_messages(kafka, {0: 9, 1: 4})
+    group = f"drain-{uuid.uuid4().hex[:8]}"
+    await _commit(kafka, group, {TopicPartition(topic, 0): 3, TopicPartition(topic, 1): 4})
+    settings = _settings(kafka, group, topic=topic)
+    source = KafkaSource(settings)
+    try:
+        # The times are the detector's clock, given: what is under test is what the offsets say.
+        first = kafka_progress(await source.snapshot(settings, Scope.GROUP), consumers=1, taken_at=0.0)
+        unchanged = kafka_progress(await source.snapshot(settings, Scope.GROUP), consumers=1, taken_at=60.0)
+        await _commit(kafka, group, {TopicPartition(topic, 0): 5})
+        moved = kafka_progress(await source.snapshot(settings, Scope.GROUP), consumers=1, taken_at=61.0)
+    finally:
+        await source.close()
+
+    assert first.consumed == {f"{topic}/0": 3, f"{topic}/1": 4}
+    assert first.produced == {f"{topic}/0": 9, f"{topic}/1": 4}
+    assert first.lag == {f"{topic}/0": 6.0, f"{topic}/1": 0.0}
+    state = StallState()
+    seen = []
+    for snapshot in (first, unchanged, moved):
+        state = observe_stall(state, snapshot, pods_ready=True, stall_after=30.0)
+        seen.append((state.stalled, state.units))
+    assert seen == [(False, ()), (True, (f"{topic}/0",)), (False, ())]
