@@ -149,6 +149,8 @@ class Hints:
     wake_replicas: int = 1
     polling_interval: float = 1.0
     cooldown: float = 300.0
+    stall_after: float = 300.0
+    """Seconds without progress (with lag, pods Ready) before a group is stalled; 0: never."""
     park_ack_timeout: float = 30.0
     """How long the leader waits for the waker to acknowledge a park request."""
     tolerance: float = 0.1
@@ -223,6 +225,20 @@ def _duration(minimum: float = 0.0, maximum: float = 86400.0) -> Callable[[str, 
             raise
 
     return parse
+
+
+_MIN_STALL_AFTER = 10.0
+"""Shortest stall-after other than off: a rebalance alone pauses a group for seconds."""
+
+
+def _stall_after(annotation: str, value: str) -> float:
+    """``"0"`` (or ``"0s"``) turns the detector off; otherwise a duration of at least 10s."""
+    if value.strip() in ("0", "0s"):
+        return 0.0
+    try:
+        return _values.parse_duration(annotation, value, minimum=_MIN_STALL_AFTER, maximum=86400.0)
+    except HintError as exc:
+        raise HintError(annotation, value, f'"0" (off) or {exc.expected}') from exc
 
 
 def _select(annotation: str, value: str) -> str:
@@ -339,6 +355,16 @@ KNOBS: tuple[Knob, ...] = (
         meaning="How long every trigger must stay inactive before going to zero (only with min-replicas 0).",
         example="10m",
         parse=_duration(),
+    ),
+    Knob(
+        name="stall-after",
+        type="duration or 0",
+        default="5m",
+        meaning="A group that consumes nothing this long while it has lag and its pods are Ready is "
+        "stalled: hold the replica count instead of adding pods (docs/policy.md). 0 turns it off. "
+        "Parsed and validated; the agent does not act on it yet (issue 18).",
+        example="2m",
+        parse=_stall_after,
     ),
     Knob(
         name="park-ack-timeout",
@@ -799,6 +825,7 @@ def _assemble(
         wake_replicas=_knob(values, "wake-replicas"),
         polling_interval=_knob(values, "polling-interval"),
         cooldown=_knob(values, "cooldown"),
+        stall_after=_knob(values, "stall-after"),
         park_ack_timeout=_knob(values, "park-ack-timeout"),
         tolerance=_knob(values, "tolerance"),
         scale_up=ScalingRules(

@@ -35,7 +35,9 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Literal
 
+from tidescale._drain import DrainRecommendation
 from tidescale._formula import FormulaEvaluationError
+from tidescale._stall import StallState
 from tidescale.hints import Fallback, Hints, RatePolicy, ScalingRules, format_duration
 from tidescale.sources.base import Measurement, MeasurementFailure
 
@@ -128,6 +130,8 @@ class Limit(Enum):
     SCALE_DOWN_DISABLED = "scale-down disabled"
     SCALE_UP_LIMIT = "scale-up limit"
     """The HPA's nil-behaviour limit: max(2 x current, 4)."""
+    CONSUMER_STALLED = "consumer stalled"
+    """The group consumes nothing with lag and Ready pods (``_stall``): more pods would not help."""
 
 
 _WORDS: Mapping[Limit, str] = {
@@ -142,6 +146,7 @@ _WORDS: Mapping[Limit, str] = {
     Limit.SCALE_UP_DISABLED: "{detail}",
     Limit.SCALE_DOWN_DISABLED: "{detail}",
     Limit.SCALE_UP_LIMIT: "the scale-up limit {detail} (twice the replicas, at least 4)",
+    Limit.CONSUMER_STALLED: "a stalled consumer group ({detail})",
 }
 
 
@@ -155,7 +160,11 @@ class Cap:
     @property
     def holds(self) -> bool:
         """A stabilization window holds the count back rather than capping it."""
-        return self.limit in (Limit.SCALE_UP_STABILIZATION, Limit.SCALE_DOWN_STABILIZATION)
+        return self.limit in (
+            Limit.SCALE_UP_STABILIZATION,
+            Limit.SCALE_DOWN_STABILIZATION,
+            Limit.CONSUMER_STALLED,
+        )
 
     def __str__(self) -> str:
         return _WORDS[self.limit].format(detail=self.detail)
@@ -182,6 +191,8 @@ class TriggerRecommendation:
     """The cap (Kafka: partitions) that lowered the value or the recommendation, when one did."""
     error: str | None = None
     consecutive_failures: int = 0
+    drain_reason: str | None = None
+    """Set when a drain-time recommendation (``_drain``) gave ``replicas``: its reason."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -224,16 +235,25 @@ def decide(
     now: float,
     history: History,
     pods: int | None = None,
+    drain: Mapping[str, DrainRecommendation] | None = None,
+    stall: StallState | None = None,
 ) -> Decision:
     """The desired replica count for ``current`` (spec) replicas at monotonic time ``now``.
 
     ``pods``: the scale subresource's ``status.replicas`` (pods that exist; None: ``current``),
-    the base of the AverageValue tolerance and the ready-pod count of Value metrics."""
+    the base of the AverageValue tolerance and the ready-pod count of Value metrics.
+    ``drain``: per trigger with a drain-time target, its recommendation (``_drain``): it replaces
+    that trigger's threshold arithmetic as the recommend step, when the trigger measured; the
+    stabilization, rate limits and clamp apply after it unchanged. Not used under scaling
+    modifiers (the composite replaces the triggers' opinions).
+    ``stall``: the stall detector's state (``_stall``); while stalled the count is held where it
+    is (within min and max), after the other steps, so their windows keep recording."""
     pods = current if pods is None else pods
     history = _seed(history, current=current, now=now)
     latest = _latest(measurements, hints=hints, now=now)
     failures = _count_failures(latest, hints=hints, now=now, history=history)
     triggers = _recommend(latest, failures, current=current, pods=pods, hints=hints)
+    triggers = _with_drain(triggers, drain or {})
     triggers = _compose(triggers, current=current, pods=pods, hints=hints)
     active = any(t.active for t in triggers)
     failing = any(t.state == "failing" for t in triggers)
@@ -256,6 +276,8 @@ def decide(
     else:
         desired, cap, recorded = _normalize(raw, current=current, hints=hints, now=now, history=history)
         cap = cap or _replica_cap(triggers, hints=hints, raw=raw, desired=desired)
+        if stall is not None and stall.stalled and desired != current:
+            desired, cap = current, _stall_cap(stall, now=now)
 
     wants_zero = _zero_handoff(triggers, current=current, hints=hints, now=now, history=history)
     applied = _store_scale_event(recorded, current=current, desired=desired, hints=hints, now=now)
@@ -402,6 +424,24 @@ def _recommend(
             )
         )
     return tuple(result)
+
+
+def _with_drain(
+    triggers: tuple[TriggerRecommendation, ...], drain: Mapping[str, DrainRecommendation]
+) -> tuple[TriggerRecommendation, ...]:
+    """A measured trigger with a drain-time recommendation takes its count; a failing or fallback
+    trigger keeps its own (no measurement, no backlog to drain)."""
+    return tuple(
+        replace(
+            trigger,
+            replicas=drain[trigger.trigger].replicas,
+            within_tolerance=False,
+            drain_reason=drain[trigger.trigger].reason,
+        )
+        if trigger.state == "ok" and trigger.trigger in drain
+        else trigger
+        for trigger in triggers
+    )
 
 
 def _from_measurement(
@@ -911,6 +951,8 @@ def _number(value: float) -> str:
 
 
 def _describe(trigger: TriggerRecommendation, hints: Hints) -> str:
+    if trigger.state == "ok" and trigger.drain_reason is not None:
+        return f"{trigger.drain_reason} on {trigger.trigger}"
     if trigger.state == "ok" and trigger.value is not None and trigger.target is not None:
         side = "over" if trigger.value > trigger.target else "under"
         return (
@@ -951,6 +993,15 @@ def _reason(
         words = f"{band.up:g}" if band.up == band.down else f"-{band.down:g}/+{band.up:g}"
         parts.append(f"within tolerance {words}")
     return ", ".join(parts)
+
+
+def _stall_cap(stall: StallState, *, now: float) -> Cap:
+    since = now if stall.since is None else stall.since
+    where = ", ".join(stall.units) if stall.units else "every unit"
+    return Cap(
+        limit=Limit.CONSUMER_STALLED,
+        detail=f"{where}: no progress for {format_duration(round(max(0.0, now - since), 3))}",
+    )
 
 
 def _zero_words(*, current: int, desired: int, hints: Hints, now: float, history: History) -> str:

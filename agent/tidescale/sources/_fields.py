@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from tidescale._values import parse_duration
 from tidescale.errors import HintError, HintsInvalid
 
 __all__ = [
     "ANNOTATION_PREFIX",
+    "DRAIN_TIME_DOC",
     "LIMITS",
     "MAX_PARTITION",
     "MAX_PARTITION_RANGES",
@@ -29,6 +31,7 @@ __all__ = [
     "LimitDoc",
     "PartitionRanges",
     "compile_linear",
+    "parse_drain_time",
 ]
 
 ANNOTATION_PREFIX = "tidescale.io/"
@@ -229,6 +232,25 @@ class FieldCollector:
     def finish(self) -> None:
         if self.problems:
             raise HintsInvalid(tuple(self.problems))
+
+
+MIN_DRAIN_TIME = 1.0
+"""Shortest drain-time target: below a second the polling interval decides, not the target."""
+MAX_DRAIN_TIME = 86400.0
+
+DRAIN_TIME_DOC = FieldDoc(
+    field="drain-time",
+    type="duration",
+    default=None,
+    meaning="Drain-time target: desired replicas = the fewest that clear the backlog within this time at "
+    "the measured per-pod rate plus the arrival rate (docs/policy.md, Drain-time target). Parsed and "
+    "validated; the agent does not act on it yet (issue 18).",
+    example="60s",
+)
+
+
+def parse_drain_time(annotation: str, value: str) -> float:
+    return parse_duration(annotation, value, minimum=MIN_DRAIN_TIME, maximum=MAX_DRAIN_TIME)
 
 
 def parse_env_name(annotation: str, value: str) -> str:

@@ -27,9 +27,11 @@ from tidescale.sources._common import (
     tls_key_password_fields,
 )
 from tidescale.sources._fields import (
+    DRAIN_TIME_DOC,
     FieldCollector,
     FieldDoc,
     PartitionRanges,
+    parse_drain_time,
     parse_env_name,
     parse_file_path,
     parse_partitions,
@@ -82,6 +84,8 @@ class KafkaSettings:
     credentials_secret: str | None = None
     member_client_id_pattern: str | None = None
     """Regex on the group member's client id; None: members are matched by client host == pod IP."""
+    drain_time: float | None = None
+    """Drain-time target in seconds; None: the threshold alone decides."""
     timeout: float = DEFAULT_TIMEOUT
 
     @property
@@ -304,6 +308,7 @@ KAFKA_FIELDS: tuple[FieldDoc, ...] = (
         "client host is the pod's IP.",
         example="orders-worker-.*",
     ),
+    DRAIN_TIME_DOC,
     timeout_field(),
 )
 
@@ -338,6 +343,7 @@ def parse_kafka_settings(trigger: str, raw: Mapping[str, str]) -> KafkaSettings:
         sasl_password_file=fields.get("sasl-password-file", parse_file_path, None),
         credentials_secret=fields.get("credentials-secret", parse_secret_name, None),
         member_client_id_pattern=fields.get("member-client-id-pattern", parse_regex, None),
+        drain_time=fields.get("drain-time", parse_drain_time, None),
         timeout=fields.get("timeout", parse_timeout, DEFAULT_TIMEOUT),
     )
     _check_combinations(fields, settings)

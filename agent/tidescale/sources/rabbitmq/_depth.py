@@ -98,6 +98,11 @@ class QueueStats:
     """Messages published per second; None when the broker reports no rate (no publishes yet, or AMQP)."""
     known: bool = True
     """False while the management API has no message counts for the queue (ready/unacked read 0)."""
+    consumed_total: int | None = None
+    """Messages consumed since the queue's statistics began (``message_stats`` ack + deliver_no_ack
+    + get_no_ack); None when the broker reports none of them (the drain-time rate is then unknown)."""
+    published_total: int | None = None
+    """Messages published since the queue's statistics began (``message_stats.publish``); None if absent."""
 
     @property
     def messages(self) -> int:
@@ -144,7 +149,22 @@ def queue_stats_from_api(payload: Mapping[str, Any]) -> QueueStats:
         consumers=int(payload.get("consumers") or 0),
         publish_rate=float(rate) if isinstance(rate, int | float) else None,
         known=known,
+        consumed_total=_counter_sum(stats, ("ack", "deliver_no_ack", "get_no_ack")),
+        published_total=_counter_sum(stats, ("publish",)),
     )
+
+
+def _counter_sum(stats: object, keys: tuple[str, ...]) -> int | None:
+    """The sum of the whole, non-negative counters among ``keys``; None when none is there (a
+    broker answer is hostile: a bool, a float or a negative number is not a counter)."""
+    if not isinstance(stats, Mapping):
+        return None
+    counters = [
+        value
+        for value in (stats.get(key) for key in keys)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    ]
+    return sum(counters) if counters else None
 
 
 def own_channels(consumer_details: Iterable[Mapping[str, Any]], pod_ip: str) -> list[str]:

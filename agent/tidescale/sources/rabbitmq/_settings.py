@@ -22,8 +22,10 @@ from tidescale.sources._common import (
     tls_key_password_fields,
 )
 from tidescale.sources._fields import (
+    DRAIN_TIME_DOC,
     FieldCollector,
     FieldDoc,
+    parse_drain_time,
     parse_env_name,
     parse_file_path,
     parse_regex,
@@ -66,6 +68,8 @@ class RabbitMQSettings:
     tls_key_password_env: str | None = None
     tls_key_password_file: str | None = None
     auth_mechanism: AuthMechanism = "plain"
+    drain_time: float | None = None
+    """Drain-time target in seconds; None: the threshold alone decides."""
     timeout: float = DEFAULT_TIMEOUT
 
     @property
@@ -252,6 +256,7 @@ RABBITMQ_FIELDS: tuple[FieldDoc, ...] = (
         "management-url).",
         example="external",
     ),
+    DRAIN_TIME_DOC,
     timeout_field(),
 )
 
@@ -283,6 +288,7 @@ def parse_rabbitmq_settings(trigger: str, raw: Mapping[str, str]) -> RabbitMQSet
         tls_key_password_env=fields.get("tls-key-password-env", parse_env_name, None),
         tls_key_password_file=fields.get("tls-key-password-file", parse_file_path, None),
         auth_mechanism=fields.get("auth-mechanism", _parse_auth, "plain"),
+        drain_time=fields.get("drain-time", parse_drain_time, None),
         timeout=fields.get("timeout", parse_timeout, DEFAULT_TIMEOUT),
     )
     _check_combinations(fields, settings, url_vhost)
