@@ -62,14 +62,20 @@ async def test_the_management_api_counts_what_was_published_and_acknowledged(
     await _publish_and_ack(rabbitmq, queue, published=7, acked=5)
     source = RabbitMQSource(settings)
     stats: QueueStats | None = None
-    deadline = time.monotonic() + 30  # the management API samples statistics every few seconds
+    # The management API samples statistics every few seconds, each figure on its own: wait until
+    # all three show what was done (a loaded machine can take tens of seconds).
+    deadline = time.monotonic() + 90
     try:
         while time.monotonic() < deadline:
             try:
                 stats = (await source.snapshot(settings, Scope.GROUP)).queues[0]
             except SourceError:
                 stats = None
-            if stats is not None and (stats.consumed_total, stats.published_total) == (5, 7):
+            if stats is not None and (stats.consumed_total, stats.published_total, stats.messages) == (
+                5,
+                7,
+                2,
+            ):
                 break
             await asyncio.sleep(0.5)
     finally:
