@@ -17,16 +17,15 @@ other on the one connection: about three round trips per trigger plus each query
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound, SourceTimeout
+from tidescale.sources._secret_read import read_secret
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
 from tidescale.sources.postgresql._answer import check_columns, number_of, postgresql_measurement
 from tidescale.sources.postgresql._settings import PostgreSQLSettings
@@ -207,22 +206,7 @@ class PostgreSQLSource:
         if self._credentials is not None:
             return self._credentials.require("password")
         s = self._connection_settings
-        if s.password_file is not None:
-            try:
-                return Path(s.password_file).read_text().strip()
-            except OSError as exc:
-                raise BrokerAuthFailed(
-                    f"cannot read the password file {s.password_file}: {exc.strerror}"
-                ) from exc
-        if s.password_env is not None:
-            value = os.environ.get(s.password_env)
-            if value is None:
-                raise BrokerAuthFailed(
-                    f"the environment variable {s.password_env} (named by password-env) is not set in the "
-                    "agent"
-                )
-            return value
-        return None
+        return read_secret(s.password_env, s.password_file)
 
     async def _drop(self) -> None:
         connection, self._connection = self._connection, None

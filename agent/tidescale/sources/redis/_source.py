@@ -12,14 +12,13 @@ The protocol is :mod:`._resp` (bounded replies; why not redis-py is said there).
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound
+from tidescale.sources._secret_read import read_secret
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
 from tidescale.sources.redis._length import (
     CARDINALITY_COMMANDS,
@@ -279,22 +278,7 @@ class RedisSource:
         if self._credentials is not None:
             return self._credentials.require("password")
         settings = self._connection
-        if settings.password_file is not None:
-            try:
-                return Path(settings.password_file).read_text().strip()
-            except OSError as exc:
-                raise BrokerAuthFailed(
-                    f"cannot read the password file {settings.password_file}: {exc.strerror}"
-                ) from exc
-        if settings.password_env is not None:
-            value = os.environ.get(settings.password_env)
-            if value is None:
-                raise BrokerAuthFailed(
-                    f"the environment variable {settings.password_env} (named by password-env) is not set "
-                    "in the agent"
-                )
-            return value
-        return None
+        return read_secret(settings.password_env, settings.password_file)
 
     def _tls_context(self) -> ssl.SSLContext:
         try:
