@@ -10,16 +10,15 @@ question (query, namespace, parameters, headers), at most :data:`BATCH_CONCURREN
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, SourceError, SourceNotFound, SourceTimeout
 from tidescale.sources._http import read_capped, tls_context, transport_error
+from tidescale.sources._secret_read import read_secret
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
 from tidescale.sources.prometheus._result import QueryValue, prometheus_measurement, query_value
 from tidescale.sources.prometheus._settings import PrometheusSettings
@@ -223,18 +222,14 @@ class PrometheusSource:
         if self._credentials is not None:
             return self._credentials.require("token").strip()
         settings = self._connection
-        if settings.bearer_token_file is not None:
-            return _read_secret_file(settings.bearer_token_file, "bearer token")
-        return _env(settings.bearer_token_env or "")
+        return _required(read_secret(settings.bearer_token_env, settings.bearer_token_file), "bearer token")
 
     def _login(self) -> tuple[str, str]:
         if self._credentials is not None:
             return self._credentials.username, self._credentials.password
         settings = self._connection
-        username = _env(settings.username_env or "")
-        if settings.password_file is not None:
-            return username, _read_secret_file(settings.password_file, "password")
-        return username, _env(settings.password_env or "")
+        username = _required(read_secret(settings.username_env, None), "username")
+        return username, _required(read_secret(settings.password_env, settings.password_file), "password")
 
     def _tls_context(self) -> Any:
         return tls_context(
@@ -242,17 +237,7 @@ class PrometheusSource:
         )
 
 
-def _env(name: str) -> str:
-    value = os.environ.get(name)
-    if value is None:
-        raise BrokerAuthFailed(
-            f"the environment variable {name} (named by a *-env hint) is not set in the agent"
-        )
+def _required(value: str | None, what: str) -> str:
+    if value is None:  # the settings parser requires one source for each: only a bug gets here
+        raise BrokerAuthFailed(f"no {what} is named by the trigger's hints")
     return value
-
-
-def _read_secret_file(path: str, what: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BrokerAuthFailed(f"cannot read the {what} file {path}: {type(exc).__name__}") from exc
