@@ -16,8 +16,9 @@ The leader, every polling interval: measures every trigger group-wide from the b
 group rebalances), runs the policy engine, and when the count changes makes a fenced
 PATCH of ``deployments/{name}/scale`` (only while the Lease is provably held, and only
 if the Deployment is unchanged since it was read), emits an Event (old -> new, why) and
-updates the ``tidescale.io/status`` annotation. Every 15 s it also gathers the peers'
-``/v1/lag`` (bounded concurrency, short timeouts) so the status shows each pod's share.
+updates the ``tidescale.io/status`` annotation. Every 15 s it also works out each pod's share
+for the status, at a cost that does not grow with the replicas (see :mod:`tidescale._peer_share`:
+Kafka's from the group's assignment, other sources from a bounded rotating sample of ``/v1/lag``).
 Idle past the cooldown with min-replicas 0, it hands the Deployment to the waker
 through the protocol in :mod:`tidescale.parking`.
 
@@ -158,6 +159,7 @@ def status_annotation(
     dry_run: bool,
     held_by: Mapping[str, Any] | None = None,
     updated_at: str | None = None,
+    pods_from: str | None = None,
 ) -> dict[str, Any]:
     """The JSON the leader keeps in ``tidescale.io/status`` (shown by ``kubectl describe``). Pure."""
     triggers: dict[str, Any] = {}
@@ -178,6 +180,8 @@ def status_annotation(
         "triggers": triggers,
         "pods": dict(sorted(pods.items())),
     }
+    if pods_from:
+        status["podsFrom"] = pods_from
     if dry_run:
         status["dryRun"] = True
     if last_change:
@@ -567,6 +571,8 @@ class _Leadership:
             STATE_LABEL
         )
         self._peer_http: Any = None
+        self._pods_from: str | None = None
+        self._sampled_after: str | None = None
 
     async def run(self) -> None:
         agent = self.agent
@@ -641,7 +647,7 @@ class _Leadership:
         else:
             self.history = decision.history
             self._dry_run_said = None
-        await self._maybe_refresh_peers()
+        await self._maybe_refresh_peers(readings)
         await self._maybe_write_status(hints, readings, current, decision.desired)
 
     async def _hold(self, why: str | None) -> bool:
@@ -815,21 +821,62 @@ class _Leadership:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
 
-    async def _maybe_refresh_peers(self) -> None:
+    async def _maybe_refresh_peers(self, readings: Sequence[Reading] = ()) -> None:
+        """Each pod's share, every PEER_REFRESH_SECONDS, at a cost independent of the replicas:
+        attributed from the group's assignment when every trigger's source can say who consumes
+        what, else from at most PEER_SAMPLE peers' /v1/lag (rotating; the rest keep their last)."""
+        from tidescale._peer_share import basis_text, next_sample
+
         agent = self.agent
         if agent._clock() - self._last_peers_at < PEER_REFRESH_SECONDS:
             return
         self._last_peers_at = agent._clock()
+        peers = dict(agent._peers)
+        shares = await self._attributed(readings, peers)
+        if shares is not None:
+            agent._peer_lag = dict(shares)
+            self._pods_from = basis_text(attributed=True, asked=0, pods=len(peers))
+            return
         if self._peer_http is None:
             import httpx  # already loaded by the API client; imported here to keep the module's face small
 
             # Peers answer plain HTTP on the pod network: no CA bundle to load (~3 MiB), no proxies.
             self._peer_http = httpx.AsyncClient(timeout=agent._peer_timeout, verify=False, trust_env=False)  # noqa: S501
-        names = list(agent._peers.items())
+        asked = next_sample(list(peers), self._sampled_after)
         results = await asyncio.gather(
-            *(self._peer_total(self._peer_http, name, address) for name, address in names)
+            *(self._peer_total(self._peer_http, name, peers[name]) for name in asked)
         )
-        agent._peer_lag = dict(zip([name for name, _ in names], results, strict=True))
+        self._sampled_after = asked[-1] if asked else None
+        lag = {name: agent._peer_lag.get(name) for name in peers}
+        lag.update(zip(asked, results, strict=True))
+        agent._peer_lag = lag
+        self._pods_from = basis_text(attributed=False, asked=len(asked), pods=len(peers))
+
+    async def _attributed(
+        self, readings: Sequence[Reading], peers: Mapping[str, str]
+    ) -> dict[str, float] | None:
+        """Every pod's share from each trigger's owners (one broker request per trigger) and this
+        tick's group readings; None when a trigger failed or its source cannot attribute."""
+        from tidescale._peer_share import Attributing, attribute
+
+        agent = self.agent
+        measured = {r.trigger: r for r in readings if isinstance(r, Measurement)}
+        if not agent._sources or set(measured) != set(agent._sources):
+            return None
+        details, owners = [], []
+        for name, (settings, source) in agent._sources.items():
+            if not isinstance(source, Attributing):
+                return None
+            try:
+                owner = await source.owners(settings)
+            except TidescaleError as error:  # only the status's per-pod section waits for it
+                _log.debug("trigger %s: cannot attribute lag to pods: %s", name, error)
+                return None
+            if owner is None:
+                return None
+            details.append(measured[name].detail)
+            owners.append(owner)
+        return attribute(details, owners, peers)
 
     async def _peer_total(self, http: Any, name: str, address: str) -> float | None:
         agent = self.agent
@@ -876,6 +923,7 @@ class _Leadership:
             readings=readings,
             last_change=self.last_change,
             pods=agent._peer_lag,
+            pods_from=self._pods_from,
             dry_run=hints.dry_run,
             held_by=None if decision is None else held_by(decision, hints, now=agent._clock(), wall=wall),
             updated_at=_iso(wall),
@@ -923,7 +971,11 @@ def _status_key(status: Mapping[str, Any]) -> Any:
     }
     return orjson.dumps(
         {
-            **{key: value for key, value in status.items() if key not in ("updatedAt", "pods", "heldBy")},
+            **{
+                key: value
+                for key, value in status.items()
+                if key not in ("updatedAt", "pods", "podsFrom", "heldBy")
+            },
             "triggers": triggers,
             "pods": sorted(status.get("pods") or {}),
         },

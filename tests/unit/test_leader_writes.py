@@ -87,7 +87,7 @@ def leader(annotations: dict[str, str], *, replicas: int) -> tuple[_Leadership, 
     }
     leadership = _Leadership(agent, cast(Any, Elector()), TERM)
 
-    async def no_peers() -> None:
+    async def no_peers(*_: Any) -> None:
         return None
 
     leadership._maybe_refresh_peers = no_peers  # type: ignore[method-assign]

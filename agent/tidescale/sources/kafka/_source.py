@@ -225,6 +225,48 @@ class KafkaSource:
             results[s] = self._measurement(outcome, s, Scope.GROUP, taken_at)
         return results
 
+    async def owners(self, settings: object) -> dict[str, str] | None:
+        """Partition (``topic/partition``) -> the address of the group member it is assigned to,
+        from one DescribeGroups: lets the leader attribute its group reading to pods without asking
+        each pod (see tidescale._peer_share). None when the members are told apart by client id
+        (member-client-id-pattern): their client host need not be their pod's address."""
+        if not isinstance(settings, KafkaSettings):
+            raise TypeError(f"KafkaSource cannot describe {type(settings).__name__}")
+        if settings.member_client_id_pattern is not None:
+            return None
+        if self._closed:
+            raise SourceError("the Kafka source is closed", trigger=settings.name)
+
+        async def describe() -> list[GroupMember]:
+            from aiokafka.errors import KafkaError
+
+            try:
+                await self._ensure_client()
+                group = settings.consumer_group
+                return await self._describe_group(group, await self._coordinator(group))
+            except _Retry:
+                self._coordinators.pop(settings.consumer_group, None)
+                raise SourceError(
+                    f"the coordinator of group {settings.consumer_group!r} moved", trigger=settings.name
+                ) from None
+            except KafkaError as exc:
+                raise self._translate(exc, settings) from exc
+            except OSError as exc:
+                raise BrokerUnreachable(f"lost the connection to Kafka at {self._servers}: {exc}") from exc
+
+        members = await within_timeout(
+            describe(),
+            trigger=settings.name,
+            seconds=settings.timeout,
+            waiting_for=f"Kafka at {self._servers} while describing group {settings.consumer_group!r}",
+            advice="check the brokers' load and network, or raise timeout",
+        )
+        return {
+            f"{topic}/{partition}": member.client_host.lstrip("/")
+            for member in members
+            for topic, partition in decode_assignment(member.assignment)
+        }
+
     def forget(self, settings: TriggerSettings) -> None:
         """Drop the state kept for a removed trigger (its commit history)."""
         for key in [k for k in self._previous if k[0] == settings]:
