@@ -113,7 +113,8 @@ class Swarm:
 
     async def _watch(self) -> None:
         async for kind, pod in self.admin.watch_pods(self.args.namespace, f"app={APP}"):
-            meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+            meta: dict[str, Any] = dict(pod.get("metadata") or {})
+            spec: dict[str, Any] = dict(pod.get("spec") or {})
             name = meta.get("name", "")
             if kind == "DELETED":
                 self.real.discard(name)
@@ -404,7 +405,7 @@ class PodView:
                 if kind == "DELETED":
                     self.pods.pop(name, None)
                 else:
-                    self.pods[name] = pod
+                    self.pods[name] = dict(pod)
 
 
 class Cluster:
@@ -475,7 +476,7 @@ def agent_pid(runner: Any, namespace: str, pod: str) -> int | None:
         with contextlib.suppress(OSError):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             if any(part.endswith(b"tidescale") for part in cmdline) and b"agent" in cmdline:
-                return pid
+                return int(pid)
     return None
 
 
@@ -666,7 +667,7 @@ def takeover(cluster: Cluster, swarm: SwarmProcess, how: str, *, limit: float) -
 
     def by_old(write: dict[str, Any]) -> bool:
         extra = (write.get("user") or {}).get("extra") or {}
-        return (extra.get("authentication.kubernetes.io/pod-name") or [None])[0] == old
+        return bool((extra.get("authentication.kubernetes.io/pod-name") or [None])[0] == old)
 
     first = next(
         (
