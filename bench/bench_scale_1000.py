@@ -54,7 +54,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from _common import cpu_seconds, load_average, machine, memory_kib
 
@@ -113,8 +113,8 @@ class Swarm:
 
     async def _watch(self) -> None:
         async for kind, pod in self.admin.watch_pods(self.args.namespace, f"app={APP}"):
-            meta: dict[str, Any] = dict(pod.get("metadata") or {})
-            spec: dict[str, Any] = dict(pod.get("spec") or {})
+            meta: dict[str, Any] = dict(cast(Any, pod).get("metadata") or {})
+            spec: dict[str, Any] = dict(cast(Any, pod).get("spec") or {})
             name = meta.get("name", "")
             if kind == "DELETED":
                 self.real.discard(name)
