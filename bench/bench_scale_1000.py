@@ -88,9 +88,33 @@ class Swarm:
         self.crashed: set[str] = set()
         self.limit = asyncio.Semaphore(16)
         self.background: set[asyncio.Task[None]] = set()
+        self.lag_requests = 0
 
     async def run(self) -> None:
         await self._node()
+        server = None
+        if self.args.serve_lag:
+            from tidescale.httpserver import HttpServer
+
+            # Every stand-in's pod address is this one: one server answers /v1/lag for all of them
+            # through a stand-in's own handler (one local measurement per polling interval).
+            server = HttpServer({"/v1/lag": {"GET": self._lag}}, host=self.args.address, port=9464)
+            await server.start()
+        try:
+            await self._serve()
+        finally:
+            if server is not None:
+                await server.stop(grace=1.0)
+
+    async def _lag(self, request: Any) -> Any:
+        from tidescale.httpserver import Response
+
+        self.lag_requests += 1
+        for stand_in in self.stand_ins.values():
+            return await stand_in.agent._lag(request)
+        return Response(status=503, body=b"no stand-in\n")
+
+    async def _serve(self) -> None:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._watch())
             tasks.create_task(self._report())
@@ -203,6 +227,8 @@ class Swarm:
                     tasks.create_task(agent._check_permissions())
                 tasks.create_task(agent._watch_deployment())
                 tasks.create_task(agent._campaign())
+        except Exception as error:  # a stand-in that dies is reported, not hidden
+            print(json.dumps({"error": f"stand-in {stand_in.name}: {error!r}"}), flush=True)
         finally:
             await agent._pool.close()
             await stand_in.client.aclose()
@@ -246,6 +272,7 @@ class Swarm:
                 "leader": self.leader(),
                 "cpu": cpu_seconds(pid),
                 "rssKiB": memory_kib(pid)["VmRSS"],
+                "lagRequests": self.lag_requests,
             }
             print(json.dumps(state), flush=True)
             await asyncio.sleep(0.5)
@@ -637,6 +664,8 @@ def steady_window(
         "swarm_cpu_per_s": (swarm_after.get("cpu", 0) - swarm_before.get("cpu", 0))
         / max(1e-9, swarm_after.get("at", 1) - swarm_before.get("at", 0)),
         "swarm_rss_kib": swarm_after.get("rssKiB"),
+        "peer_answers_per_interval": (swarm_after.get("lagRequests", 0) - swarm_before.get("lagRequests", 0))
+        / intervals,
         "stand_ins": swarm_after.get("standIns"),
     }
 
@@ -733,7 +762,9 @@ def report(args: argparse.Namespace, started: datetime.datetime, results: dict[s
         "`tidescale agent` processes), the rest stand-ins in one swarm process (the agent's own `Agent`, "
         "`KubeClient`, `LeaseElector`: RBAC check, Deployment watch, Lease watch and campaign; no HTTP "
         f"server); hints `paused: true`, polling interval {args.interval:g}s, lease defaults "
-        f"(15 s / 10 s / 2 s); steady windows {args.window:g}s after {args.settle:g}s settling"
+        f"(15 s / 10 s / 2 s); steady windows {args.window:g}s after {args.settle:g}s settling; "
+        f"the real pods' agent: {args.agent_path or 'this tree'}; the swarm answers /v1/lag for its "
+        f"stand-ins: {'yes' if args.serve_lag else 'no'}"
     )
     command = " ".join(a for a in args.argv if not a.startswith("--write"))
     script = ".venv/bin/python bench/bench_scale_1000.py"
@@ -814,6 +845,7 @@ def report(args: argparse.Namespace, started: datetime.datetime, results: dict[s
             "leader CPU ms / interval",
             "leader group measurements / interval",
             "leader peer requests / interval",
+            "stand-ins' /v1/lag answered / interval",
             "leader API writes in the window",
             "leader RSS MiB",
             "API CPU %",
@@ -832,6 +864,7 @@ def report(args: argparse.Namespace, started: datetime.datetime, results: dict[s
                 f"{w['leader_cpu_ms_per_interval']:.1f}",
                 f"{sum(v for k, v in counters.items() if 'scope=group' in k):.2f}",
                 f"{counters.get('tidescale_peer_requests_total', 0.0):.2f}",
+                f"{w.get('peer_answers_per_interval', 0.0):.2f}",
                 ", ".join(f"{k} {v}" for k, v in sorted(w["leader_writes"].items())) or "0",
                 f"{w['leader_rss_kib'].get('VmRSS', 0) / 1024:.1f}",
                 f"{100 * api['cpu'] / api['seconds']:.1f}",
@@ -923,6 +956,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             for env in container.get("env", []):
                 if env["name"] == "TIDESCALE_LOG_LEVEL":
                     env["value"] = "warning"
+            if container["name"] == "tidescale-agent" and args.agent_path is not None:
+                container["env"].append({"name": "PYTHONPATH", "value": str(args.agent_path)})
         apply(plane, deployment, namespace=namespace)
         token_config = plane.service_account_kubeconfig(namespace, "workload", expiration_seconds=4 * 3600)
         swarm = SwarmProcess(
@@ -943,6 +978,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "--log",
                 str(r.run_dir / "logs" / "swarm.log"),
                 *(["--skip-rbac-check"] if args.skip_rbac_check else []),
+                *(["--serve-lag"] if args.serve_lag else []),
             ],
             r.run_dir / "logs" / "swarm.stderr",
         )
@@ -1018,6 +1054,7 @@ def main() -> int:
         parser.add_argument("--real", type=int, default=3)
         parser.add_argument("--log", type=Path, required=True)
         parser.add_argument("--skip-rbac-check", action="store_true")
+        parser.add_argument("--serve-lag", action="store_true")
         return swarm_main(parser.parse_args())
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")], default=[10, 100, 1000])
@@ -1030,6 +1067,17 @@ def main() -> int:
     parser.add_argument("--skip-burst", action="store_true")
     parser.add_argument(
         "--skip-rbac-check", action="store_true", help="stand-ins skip the agent's start-up RBAC check"
+    )
+    parser.add_argument(
+        "--agent-path",
+        type=Path,
+        default=None,
+        help="run the real pods' agents from this directory's tidescale package (PYTHONPATH), to compare",
+    )
+    parser.add_argument(
+        "--serve-lag",
+        action="store_true",
+        help="the swarm answers /v1/lag for its stand-ins (for a leader that asks every peer)",
     )
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
