@@ -143,7 +143,7 @@ class Swarm:
             if kind == "DELETED":
                 self.real.discard(name)
                 self.handled.discard(name)
-                await self._stop(name)
+                self._spawn(self._stop(name))
                 continue
             node = spec.get("nodeName")
             if meta.get("deletionTimestamp"):
