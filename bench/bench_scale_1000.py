@@ -443,12 +443,10 @@ class Cluster:
 
         self.plane, self.runner, self.namespace = plane, runner, namespace
         self.view = PodView(plane.admin_kubeconfig, namespace)
-        self.http = httpx.Client(
-            base_url=plane.server,
-            verify=str(plane.ca_file),
-            cert=_admin_cert(plane),
-            timeout=60.0,
-        )
+        from tidescale.kube import KubeConfig
+
+        admin = KubeConfig.from_kubeconfig(Path(plane.admin_kubeconfig))
+        self.http = httpx.Client(base_url=plane.server, verify=admin.ssl_context(), timeout=60.0)
 
     def get(self, path: str, **params: str) -> Any:
         response = self.http.get(path, params=params)
@@ -466,7 +464,8 @@ class Cluster:
             content=json.dumps(body),
             headers={"Content-Type": "application/merge-patch+json"},
         )
-        response.raise_for_status()
+        if response.status_code >= 300:
+            raise RuntimeError(f"scale to {replicas}: {response.status_code} {response.text[:500]}")
         return began
 
     def lease(self) -> dict[str, Any]:
@@ -479,23 +478,6 @@ class Cluster:
 
     def holder(self) -> str | None:
         return (self.lease().get("spec") or {}).get("holderIdentity") or None
-
-
-def _admin_cert(plane: Any) -> tuple[str, str]:
-    import yaml
-
-    config = yaml.safe_load(Path(plane.admin_kubeconfig).read_text())
-    user = config["users"][0]["user"]
-    base = Path(plane.admin_kubeconfig).parent
-    if "client-certificate" in user:
-        return str(base / user["client-certificate"]), str(base / user["client-key"])
-    import base64
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    (folder / "c.pem").write_bytes(base64.b64decode(user["client-certificate-data"]))
-    (folder / "k.pem").write_bytes(base64.b64decode(user["client-key-data"]))
-    return str(folder / "c.pem"), str(folder / "k.pem")
 
 
 def agent_pid(runner: Any, namespace: str, pod: str) -> int | None:
