@@ -89,6 +89,7 @@ class Swarm:
         self.limit = asyncio.Semaphore(16)
         self.background: set[asyncio.Task[None]] = set()
         self.lag_requests = 0
+        self.paused = False
 
     async def run(self) -> None:
         await self._node()
@@ -151,7 +152,7 @@ class Swarm:
                     self.handled.discard(name)
                     self._spawn(self._delete(name, meta.get("uid", "")))
                 continue
-            if name in self.handled:
+            if name in self.handled or (self.paused and not node):
                 continue
             if not node:
                 self.handled.add(name)
@@ -282,6 +283,9 @@ class Swarm:
         loop = asyncio.get_running_loop()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         while line := (await reader.readline()).decode().strip():
+            if line in ("pause", "resume"):
+                self.paused = line == "pause"
+                print(json.dumps({"paused": self.paused, "at": time.time()}), flush=True)
             if line == "crash-leader":
                 name = self.leader()
                 if name is not None:
@@ -294,8 +298,14 @@ def swarm_main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR, filename=args.log, format="%(asctime)s %(name)s %(message)s")
     import uvloop
 
-    with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(Swarm(args).run())
+    async def until_terminated() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await Swarm(args).run()
+
+    uvloop.run(until_terminated())
     return 0
 
 
@@ -373,6 +383,7 @@ class SwarmProcess:
         self.state: dict[str, Any] = {}
         self.crashes: list[dict[str, Any]] = []
         self.errors: list[str] = []
+        self.paused = False
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -383,10 +394,16 @@ class SwarmProcess:
                 message = json.loads(line)
                 if "crashed" in message:
                     self.crashes.append(message)
+                elif "paused" in message:
+                    self.paused = message["paused"]
                 elif "error" in message:
                     self.errors.append(message["error"])
                 else:
                     self.state = message
+
+    def check(self) -> None:
+        if self.popen.poll() is not None:
+            raise RuntimeError(f"the swarm process ended (exit {self.popen.returncode}); see swarm.stderr")
 
     def send(self, command: str) -> None:
         assert self.popen.stdin is not None
@@ -395,7 +412,7 @@ class SwarmProcess:
 
     def stop(self) -> None:
         if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
+            self.popen.terminate()
             try:
                 self.popen.wait(timeout=60)
             except subprocess.TimeoutExpired:
@@ -562,7 +579,13 @@ def ready_real(cluster: Cluster, count: int) -> list[dict[str, Any]]:
 
 
 def scale_step(
-    cluster: Cluster, swarm: SwarmProcess, replicas: int, real: int, *, limit: float
+    cluster: Cluster,
+    swarm: SwarmProcess,
+    replicas: int,
+    real: int,
+    *,
+    limit: float,
+    requested_only: bool = False,
 ) -> dict[str, Any]:
     """Scale to ``replicas``; times until the pods are requested, bound, and their stand-ins campaign."""
     before = api_snapshot(cluster.plane)
@@ -570,10 +593,13 @@ def scale_step(
     result: dict[str, Any] = {"replicas": replicas}
     names: set[str] = set()
     while time.monotonic() - began < limit:
+        swarm.check()
         pods = [p for p in cluster.pods() if not p["metadata"].get("deletionTimestamp")]
         names = {p["metadata"]["name"] for p in pods}
         if "requested" not in result and len(pods) == replicas:
             result["requested"] = time.monotonic() - began
+            if requested_only:
+                break
         if "bound" not in result and len(pods) == replicas and all(p["spec"].get("nodeName") for p in pods):
             result["bound"] = time.monotonic() - began
         stand_ins = max(0, replicas - real)
@@ -599,6 +625,7 @@ def scale_to_zero(cluster: Cluster, swarm: SwarmProcess, *, limit: float) -> dic
     began = cluster.scale(0)
     result: dict[str, Any] = {"replicas": 0}
     while time.monotonic() - began < limit:
+        swarm.check()
         if not cluster.pods() and swarm.state.get("standIns", 1) == 0:
             result["gone"] = time.monotonic() - began
             break
@@ -968,15 +995,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         try:
             wait("the swarm's first report", lambda: swarm.state, limit=60)
             top = max(args.steps)
-            if not args.skip_burst:
-                print(f"burst 0 -> {top}", flush=True)
-                step = scale_step(cluster, swarm, top, args.real, limit=args.limit)
-                print(json.dumps({k: v for k, v in step.items() if k != "api"}), flush=True)
-                results["burst"].append(step)
-                time.sleep(args.settle)
-                back = scale_to_zero(cluster, swarm, limit=args.limit)
-                print(json.dumps({k: v for k, v in back.items() if k != "api"}), flush=True)
-                results["burst"].append(back)
             # Steps with a real leader: the real pods first, alone.
             print(f"{args.real} real pods", flush=True)
             first = scale_step(cluster, swarm, args.real, args.real, limit=args.limit)
@@ -1014,6 +1032,19 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             back = scale_to_zero(cluster, swarm, limit=args.limit)
             print(json.dumps({k: v for k, v in back.items() if k != "api"}), flush=True)
             results["steps"].append(back)
+            if not args.skip_burst:
+                # The burst alone: 0 -> top in one write with nothing binding the pods (the swarm
+                # paused), so the time is the API server's and the ReplicaSet controller's; back to
+                # 0 (unbound pods go at once).
+                swarm.send("pause")
+                wait("the swarm to pause", lambda: swarm.paused, limit=30, interval=0.05)
+                print(f"burst 0 -> {top}, pods left unbound", flush=True)
+                step = scale_step(cluster, swarm, top, args.real, limit=args.limit, requested_only=True)
+                print(json.dumps({k: v for k, v in step.items() if k != "api"}), flush=True)
+                results["burst"].append(step)
+                back = scale_to_zero(cluster, swarm, limit=args.limit)
+                print(json.dumps({k: v for k, v in back.items() if k != "api"}), flush=True)
+                results["burst"].append(back)
         except Exception as error:  # report what was measured, and where it stopped
             results["stopped"] = f"{type(error).__name__}: {error}"
             print(f"stopped: {error!r}", flush=True)
@@ -1064,6 +1095,10 @@ def main() -> int:
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
     args.argv = sys.argv[1:]
+    # Started in the background, SIGINT may be ignored: both signals end the run through its
+    # finally blocks, which stop the swarm and the rig by pid.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = datetime.datetime.now(datetime.UTC)
     results = bench(args)
     text = report(args, started, results, load_average())
