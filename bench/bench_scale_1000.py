@@ -1010,19 +1010,20 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 print(json.dumps({k: v for k, v in step.items() if k != "api"}), flush=True)
                 results["steps"].append(step)
                 if "stopped" in step:
+                    # Measure there anyway, with the stand-ins the machine got to.
                     results["stopped"] = f"step {replicas}: {step['stopped']}"
-                    break
+                    step["reached"] = swarm.state.get("campaigning", 0) + args.real
                 time.sleep(args.settle)
                 if cluster.holder() != leader:
                     results["stopped"] = f"the leader changed during step {replicas}"
                     break
                 window = steady_window(cluster, swarm, leader, seconds=args.window, interval=args.interval)
-                window["replicas"] = replicas
+                window["replicas"] = step.get("reached", replicas)
                 print(json.dumps({k: v for k, v in window.items() if k != "api"}, default=str), flush=True)
                 results["windows"].append(window)
-            if not results.get("stopped"):
+            if cluster.holder() == leader:
                 for how in ("release", "crash"):
-                    candidates = len(cluster.pods())
+                    candidates = swarm.state.get("campaigning", 0) + len(ready_real(cluster, 1))
                     print(f"takeover ({how}) among {candidates}", flush=True)
                     result = takeover(cluster, swarm, how, limit=120)
                     result["candidates"] = candidates
