@@ -288,10 +288,14 @@ class Swarm:
                 print(json.dumps({"paused": self.paused, "at": time.time()}), flush=True)
             if line == "crash-leader":
                 name = self.leader()
+                at = time.time()
                 if name is not None:
                     self.crashed.add(name)
-                    await self._stop(name, release=False)
-                print(json.dumps({"crashed": name, "at": time.time()}), flush=True)
+                    stand_in = self.stand_ins.get(name)
+                    if stand_in is not None and stand_in.agent._elector is not None:
+                        stand_in.agent._elector._release_on_cancel = False  # a crash: the Lease must expire
+                    self._spawn(self._stop(name, release=False))
+                print(json.dumps({"crashed": name, "at": at}), flush=True)
 
 
 def swarm_main(args: argparse.Namespace) -> int:
@@ -748,6 +752,15 @@ def _requests(requests: dict[tuple[str, str, str], float], *, per: float = 1.0) 
     return ", ".join(f"{k} {v / per:,.1f}" for k, v in top) or "0"
 
 
+def plain(value: Any) -> Any:
+    """``value`` with every mapping key a string (the request counters are keyed by tuples)."""
+    if isinstance(value, dict):
+        return {" ".join(k) if isinstance(k, tuple) else str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value if isinstance(value, int | float | str | bool | None) else str(value)
+
+
 def row(*cells: object) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -915,7 +928,7 @@ def report(args: argparse.Namespace, started: datetime.datetime, results: dict[s
         add(f"Swarm errors ({len(results['swarm_errors'])}), first: {results['swarm_errors'][:3]}\n")
     add("<details><summary>raw results (JSON)</summary>\n")
     add("```json")
-    add(json.dumps(results, indent=1, default=str)[:60000])
+    add(json.dumps(plain(results), indent=1)[:60000])
     add("```\n</details>\n")
     return "\n".join(out)
 
@@ -1102,6 +1115,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = datetime.datetime.now(datetime.UTC)
     results = bench(args)
+    if args.write is not None:  # the raw numbers first: a report bug must not lose a run
+        args.write.with_suffix(".json").write_text(json.dumps(plain(results), indent=1))
     text = report(args, started, results, load_average())
     print(text)
     if args.write is not None:
