@@ -177,11 +177,15 @@ class Swarm:
             "metadata": {"name": name, "namespace": ns, "uid": uid},
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
-        try:
-            await self._api("POST", f"/api/v1/namespaces/{ns}/pods/{name}/binding", binding)
-        except Exception as error:
-            print(json.dumps({"error": f"bind {name}: {error}"}), flush=True)
-            return
+        for attempt in range(5):  # an overloaded API server answers some with 500 or 504
+            try:
+                await self._api("POST", f"/api/v1/namespaces/{ns}/pods/{name}/binding", binding)
+                break
+            except Exception as error:
+                if "already assigned" in str(error) or attempt == 4:
+                    print(json.dumps({"error": f"bind {name}: {error}"}), flush=True)
+                    return
+                await asyncio.sleep(1.0 + attempt)
         if node != SWARM_NODE:
             return
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -848,7 +852,7 @@ def report(args: argparse.Namespace, started: datetime.datetime, results: dict[s
         )
         add(
             row(
-                f"-> {step['replicas']}",
+                f"-> {step['replicas']}" + (f" (reached {step['reached']})" if "reached" in step else ""),
                 seconds(step, "requested"),
                 seconds(step, "bound"),
                 seconds(step, "campaigning") if "gone" not in step else seconds(step, "gone") + " to none",
