@@ -182,7 +182,9 @@ class Swarm:
                 await self._api("POST", f"/api/v1/namespaces/{ns}/pods/{name}/binding", binding)
                 break
             except Exception as error:
-                if "already assigned" in str(error) or attempt == 4:
+                if "already assigned" in str(error):
+                    break  # an earlier attempt timed out but was made
+                if attempt == 4:
                     print(json.dumps({"error": f"bind {name}: {error}"}), flush=True)
                     return
                 await asyncio.sleep(1.0 + attempt)
