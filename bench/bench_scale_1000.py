@@ -698,6 +698,15 @@ def takeover(cluster: Cluster, swarm: SwarmProcess, how: str, *, limit: float) -
     began = time.monotonic()
     if how == "release":
         cluster.plane.kubectl("delete", "pod", str(old), "-n", cluster.namespace, "--wait=false")
+    elif (pids := cluster.runner.pod_pids().get(f"{cluster.namespace}/{old}")) is not None:
+        # The leader is a real pod: it dies as a node would take it (bench_failover.py's SIGKILL).
+        since = utc_micro()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        cluster.plane.kubectl(
+            "delete", "pod", str(old), "-n", cluster.namespace, "--grace-period=0", "--force", "--wait=false"
+        )
     else:
         crashes = len(swarm.crashes)
         swarm.send("crash-leader")
