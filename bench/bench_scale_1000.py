@@ -803,7 +803,10 @@ def report(args: argparse.Namespace, started: datetime.datetime, results: dict[s
         f"the real pods' agent: {args.agent_path or 'this tree'}; the swarm answers /v1/lag for its "
         f"stand-ins: {'yes' if args.serve_lag else 'no'}"
     )
-    command = " ".join(a for a in args.argv if not a.startswith("--write"))
+    shown = list(args.argv)
+    if "--write" in shown:
+        del shown[shown.index("--write") : shown.index("--write") + 2]
+    command = " ".join(a for a in shown if not a.startswith("--write="))
     script = ".venv/bin/python bench/bench_scale_1000.py"
     add(f"- Command: `{script} {command} --write bench/results/scale-1000.md`")
     add("- Script: bench/bench_scale_1000.py (its own output below; numbers are reported, never asserted)\n")
