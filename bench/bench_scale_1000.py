@@ -21,16 +21,19 @@ writes its status every interval but leaves the count to this script) has pods o
 
 Phases:
 
-1. Burst: scale 0 -> 1,000 in one write; time until 1,000 pods exist (requested), are bound, and
-   until every stand-in campaigns; then back to 0 and the time until none is left.
-2. Steps with a real leader: 3 (real pods only), then 10, 100, 1,000. Per step, the API server's
-   CPU, memory, open watches and watch events sent over the transition; then a steady window with
-   the same, and the leader's CPU, measurements, peer requests and writes per polling interval.
-3. Takeover at 1,000 candidates: the real leader's pod deleted (SIGTERM, the agent releases the
-   Lease): time from the delete to the first Lease write by a new holder, and the Lease requests
-   (with 409 conflicts) the 1,000 candidates make. Then the new leader (a stand-in) crashes
-   without releasing: time until another takes over (the Lease expires).
-4. Back to 0.
+1. Steps with a real leader: 3 (real pods only), then 10, 100, 1,000. Per step, the API server's
+   CPU, memory, open watches and watch events sent over the transition (times until the pods are
+   requested, bound, and every stand-in campaigns); then a steady window with the same, and the
+   leader's CPU, measurements, peer requests and writes per polling interval. A step that does not
+   settle within ``--limit`` is measured where it got to, and the report says so.
+2. Takeover among every replica: the real leader's pod deleted (SIGTERM, the agent releases the
+   Lease): time from the delete to the first Lease write by a new holder, and the Lease writes
+   (with 409 conflicts) the candidates make. Then the new leader crashes without releasing
+   (SIGKILL for a real pod, a cancelled stand-in that does not release): time until another
+   takes over (the Lease expires).
+3. Back to 0.
+4. The burst alone: 0 -> 1,000 in one write with the swarm paused (nothing binds the pods), so
+   the time to 1,000 pods requested is the API server's and the ReplicaSet controller's; back to 0.
 
     .venv/bin/python bench/bench_scale_1000.py --write bench/results/scale-1000.md
 """
