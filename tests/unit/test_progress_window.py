@@ -103,6 +103,9 @@ def test_a_steady_group_is_measured_at_its_per_pod_and_arrival_rates_on_every_ti
             assert math.isclose(rates.per_consumer, per_pod * partitions, rel_tol=1e-9)
             assert rates.arrival is not None
             assert math.isclose(rates.arrival, arrival * partitions, rel_tol=1e-9, abs_tol=1e-9)
+        if now >= rate_settings.window + rate_settings.warm_up + spacing:
+            # The whole window counts, not a window shortened by a warm-up after each pruning.
+            assert rates.busy_seconds >= rate_settings.window - 2 * spacing, now
 
 
 @settings(max_examples=100, deadline=None)
