@@ -774,11 +774,13 @@ class _Leadership:
         metrics = self.agent.metrics
         progress = self._progress
         if progress is not None:
-            for name in progress.stall:
-                stalled = progress.stall[name].stalled
-                metrics.set(
-                    "tidescale_consumer_stalled", 1 if stalled else 0, self.agent.trigger_labels(name)
-                )
+            for reading in readings:
+                state = progress.stall.get(reading.trigger)
+                labels = self.agent.trigger_labels(reading.trigger)
+                if state is None:  # not watched (no counters, stall-after 0): no stale sample either
+                    metrics.discard("tidescale_consumer_stalled", labels)
+                else:
+                    metrics.set("tidescale_consumer_stalled", 1 if state.stalled else 0, labels)
             for name, estimate in progress.drain.items():
                 labels = self.agent.trigger_labels(name)
                 for family, value in (
