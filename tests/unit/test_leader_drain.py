@@ -157,6 +157,9 @@ async def test_a_group_that_stops_committing_is_held_warned_once_and_resumes_whe
     status = json.loads(status_writes(kube)[-1]["metadata"]["annotations"][STATUS_ANNOTATION])
     assert status["triggers"]["orders"]["stalled"]["units"][0] == "orders/0"
     assert status["heldBy"]["kind"] == "limit"
+    # The label says it holds, so the status is rewritten while the stall lasts (every 10 s), not
+    # only on the 60 s heartbeat.
+    assert status_writes(kube)[-1]["metadata"]["labels"] == {"tidescale.io/state": "holding"}
 
     group.per_pod = 1.0  # it commits again
     for _ in range(3):
