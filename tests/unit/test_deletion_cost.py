@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -269,7 +270,9 @@ async def test_the_leader_marks_the_idlest_pods_before_the_scale_write_each_fenc
     ]
 
 
-async def test_a_refused_marking_still_scales_and_is_said_once_naming_the_rbac_it_needs() -> None:
+async def test_a_refused_marking_still_scales_and_is_said_once_naming_the_rbac_it_needs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     leadership, kube, clock = scaling_down()
     kube.refuse = True
     await leader_writes.run_ticks(leadership, clock, [150.0])
@@ -281,6 +284,8 @@ async def test_a_refused_marking_still_scales_and_is_said_once_naming_the_rbac_i
     assert "forbidden" in warnings[0]["message"]
     assert "patch on pods in shop" in warnings[0]["message"]
     assert warnings[0]["event_type"] == "Warning"
+    said = [r for r in caplog.records if "marking the idlest pods" in r.getMessage()]
+    assert len(said) == 1  # not again on the second scale-down: the Event would only count up
 
 
 async def test_the_hint_turns_marking_off_and_a_scale_up_never_marks() -> None:
