@@ -1,21 +1,36 @@
-"""Scale-down removes the idlest pods (issue 18 part 3), on the rig: the real ReplicaSet controller
-deletes exactly the pods the leader's marking chose, even when they are the oldest (which it
-would keep by its own ranking), and a stale tidescale mark on a pod that must stay is cleared.
+"""Scale-down removes the idlest pods (issue 18 part 3), on the rig, under deploy/agent-rbac.yaml and
+deploy/agent-policy.yaml:
 
-The marks are written as the agent writes them: ``mark_for_scale_down`` with one of the
-Deployment's pods' own bound token, under deploy/agent-rbac.yaml and deploy/agent-policy.yaml;
-the facts (which pods hold lag) are given, as the leader's peers would report them.
+* the real ReplicaSet controller deletes exactly the pods the marking chose, even when they are
+  the oldest (which it would keep by its own ranking), and a stale tidescale mark on a pod that
+  must stay is cleared. The marks are written as the agent writes them (``mark_for_scale_down``
+  with one of the Deployment's pods' own bound token); the facts (which pods hold lag) are given,
+  as the leader's peers would report them;
+* end to end: an elected agent leader scaling its Deployment down marks pods through the
+  admission policy, and the pods the ReplicaSet removes are exactly those it marked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.rigkube import REPO_ROOT, apply, items, namespace_with_agent_rbac, unique, wait_for
+from tests.integration.rigkube import (
+    REPO_ROOT,
+    apply,
+    consumer_deployment,
+    items,
+    kafka_hints,
+    namespace_with_agent_rbac,
+    unique,
+    wait_for,
+)
 from tests.integration.test_agent_least_privilege import (
     AsPod,
     echo_deployment,
@@ -24,8 +39,14 @@ from tests.integration.test_agent_least_privilege import (
     refused_by_policy,
 )
 from tests.rig.controlplane import ControlPlane
+from tests.rig.kafka import Kafka
 from tests.rig.podrunner import PodRunner
-from tidescale._deletion_cost import DELETION_COST_ANNOTATION, MARK_BASE, mark_for_scale_down
+from tidescale._deletion_cost import (
+    DELETION_COST_ANNOTATION,
+    MARK_BASE,
+    is_tidescale_mark,
+    mark_for_scale_down,
+)
 from tidescale.kube import KubeClient, KubeConfig
 
 pytestmark = pytest.mark.rig
@@ -137,4 +158,98 @@ def test_a_scale_down_removes_exactly_the_marked_pods_even_the_oldest(
         for p in live_pods(control_plane, namespace, app)
     }
     assert all(DELETION_COST_ANNOTATION not in annotations for annotations in kept.values()), kept
+    control_plane.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+def watched_pods(output: str) -> list[tuple[str, dict[str, Any]]]:
+    """The (event type, pod) pairs that ``kubectl get pods -w --output-watch-events -o json`` printed."""
+    decoder, events, at = json.JSONDecoder(), [], 0
+    while (at := output.find("{", at)) != -1:
+        event, at = decoder.raw_decode(output, at)
+        events.append((event["type"], event["object"]))
+    return events
+
+
+def test_an_agent_leader_scaling_down_removes_exactly_the_pods_it_marked(
+    control_plane: ControlPlane, pod_runner: PodRunner, kafka: Kafka, rig_run_dir: Path, agent_policy: None
+) -> None:
+    namespace, app = unique("marking-agent"), "orders"
+    topic, group = unique("orders"), unique("orders-group")
+    kafka.create_topic(topic, 3)
+    namespace_with_agent_rbac(control_plane, namespace)
+    hints = {
+        "min-replicas": "3",
+        "max-replicas": "3",
+        "kafka.lag-threshold": "50",
+        "scale-down-stabilization": "0s",
+    }
+    deployment = consumer_deployment(
+        app,
+        kafka=kafka,
+        topic=topic,
+        group=group,
+        annotations=kafka_hints(kafka, topic, group, hints),
+        record_file=rig_run_dir / f"{namespace}-consumed.txt",
+        replicas=3,
+    )
+    apply(control_plane, deployment, namespace=namespace)
+    pods = wait_for("3 ready pods", lambda: ready_count(control_plane, namespace, app, 3), timeout=90)
+    wait_for(
+        "a leader that has written its status",
+        lambda: (
+            "tidescale.io/status"
+            in (control_plane.kubectl("get", "deployment", app, "-n", namespace, "-o", "json").stdout)
+        ),
+        timeout=60,
+    )
+    watch = subprocess.Popen(  # every change to the pods, in order, from here on
+        [
+            "kubectl",
+            "--kubeconfig",
+            str(control_plane.admin_kubeconfig),
+            "get",
+            "pods",
+            "-n",
+            namespace,
+            "-l",
+            f"app={app}",
+            "-w",
+            "--output-watch-events",
+            "-o",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        control_plane.kubectl(
+            "annotate", "--overwrite", "deployment", app, "tidescale.io/min-replicas=1", "-n", namespace
+        )
+        survivors = wait_for(
+            "the leader to scale down to 1 and the ReplicaSet to remove 2 pods",
+            lambda: (
+                names
+                if len(names := [p["metadata"]["name"] for p in live_pods(control_plane, namespace, app)])
+                == 1
+                else None
+            ),
+            timeout=60,
+        )
+    finally:
+        watch.terminate()
+        output, _ = watch.communicate(timeout=10)
+    events = watched_pods(output)
+    marked = {
+        pod["metadata"]["name"]
+        for _, pod in events
+        if is_tidescale_mark((pod["metadata"].get("annotations") or {}).get(DELETION_COST_ANNOTATION))
+    }
+    removed = set(pods) - set(survivors)
+    assert len(removed) == 2
+    assert marked == removed, f"marked {sorted(marked)}, removed {sorted(removed)}"
+    refusals = [
+        e for e in items(control_plane, "events", namespace) if e.get("reason") == "ScaleDownMarkingRefused"
+    ]
+    assert refusals == []
     control_plane.kubectl("delete", "namespace", namespace, "--wait=false")
