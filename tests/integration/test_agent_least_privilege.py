@@ -211,12 +211,11 @@ def test_the_api_server_refuses_the_agent_of_a_any_write_but_its_own_while_its_l
             "another annotation of A's pod": as_a.patch(
                 pod_path(namespace, pod_a), {"metadata": {"annotations": {"tidescale.io/status": "{}"}}}
             ),
-            "A's pod's spec": as_a.patch(pod_path(namespace, pod_a), {"spec": {"activeDeadlineSeconds": 36000}}),
+            "A's pod's spec": as_a.patch(
+                pod_path(namespace, pod_a), {"spec": {"activeDeadlineSeconds": 36000}}
+            ),
             "A's pod's finalizers": as_a.patch(
                 pod_path(namespace, pod_a), {"metadata": {"finalizers": ["example.com/keep"]}}
-            ),
-            "a deletion cost that is not an integer": as_a.patch(
-                pod_path(namespace, pod_a), deletion_cost("cheap")
             ),
             "scale B": as_a.patch(deployment_path(namespace, b) + "/scale", {"spec": {"replicas": 3}}),
             "annotate B": as_a.patch(
@@ -240,6 +239,9 @@ def test_the_api_server_refuses_the_agent_of_a_any_write_but_its_own_while_its_l
             what: (r.status_code, r.text[:300]) for what, r in refused.items() if not refused_by_policy(r)
         }
         assert answers == {}, f"writes the API server should have refused: {answers}"
+        # A cost that is not an integer: the API server's own validation refuses it before the policy.
+        not_integer = as_a.patch(pod_path(namespace, pod_a), deletion_cost("cheap"))
+        assert not_integer.status_code in (403, 422), not_integer.text
         assert int(get(control_plane, "deployment", b, namespace)["spec"]["replicas"]) == 1
         template = get(control_plane, "deployment", a, namespace)["spec"]["template"]
         assert "evil" not in json.dumps(template)
