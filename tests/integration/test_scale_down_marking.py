@@ -170,13 +170,13 @@ def watched_pods(output: str) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
-def test_an_agent_leader_scaling_down_removes_exactly_the_pods_it_marked(
-    control_plane: ControlPlane, pod_runner: PodRunner, kafka: Kafka, rig_run_dir: Path, agent_policy: None
-) -> None:
-    namespace, app = unique("marking-agent"), "orders"
+def three_consumers_led_by_an_agent(
+    plane: ControlPlane, kafka: Kafka, rig_run_dir: Path, namespace: str, app: str
+) -> list[str]:
+    """A Deployment of 3 Kafka consumers with the agent, held at 3 by min-replicas until the test
+    lowers it; returns its pods once they are Ready and a leader has written the status."""
     topic, group = unique("orders"), unique("orders-group")
     kafka.create_topic(topic, 3)
-    namespace_with_agent_rbac(control_plane, namespace)
     hints = {
         "min-replicas": "3",
         "max-replicas": "3",
@@ -192,16 +192,41 @@ def test_an_agent_leader_scaling_down_removes_exactly_the_pods_it_marked(
         record_file=rig_run_dir / f"{namespace}-consumed.txt",
         replicas=3,
     )
-    apply(control_plane, deployment, namespace=namespace)
-    pods = wait_for("3 ready pods", lambda: ready_count(control_plane, namespace, app, 3), timeout=90)
+    apply(plane, deployment, namespace=namespace)
+    pods = wait_for("3 ready pods", lambda: ready_count(plane, namespace, app, 3), timeout=90)
     wait_for(
         "a leader that has written its status",
         lambda: (
             "tidescale.io/status"
-            in (control_plane.kubectl("get", "deployment", app, "-n", namespace, "-o", "json").stdout)
+            in plane.kubectl("get", "deployment", app, "-n", namespace, "-o", "json").stdout
         ),
         timeout=60,
     )
+    return pods
+
+
+def scale_down_to_one(plane: ControlPlane, namespace: str, app: str) -> list[str]:
+    """Lowers min-replicas to 1; returns the one pod left once the ReplicaSet removed the others."""
+    plane.kubectl(
+        "annotate", "--overwrite", "deployment", app, "tidescale.io/min-replicas=1", "-n", namespace
+    )
+    return wait_for(
+        "the leader to scale down to 1 and the ReplicaSet to remove 2 pods",
+        lambda: (
+            names
+            if len(names := [p["metadata"]["name"] for p in live_pods(plane, namespace, app)]) == 1
+            else None
+        ),
+        timeout=60,
+    )
+
+
+def test_an_agent_leader_scaling_down_removes_exactly_the_pods_it_marked(
+    control_plane: ControlPlane, pod_runner: PodRunner, kafka: Kafka, rig_run_dir: Path, agent_policy: None
+) -> None:
+    namespace, app = unique("marking-agent"), "orders"
+    namespace_with_agent_rbac(control_plane, namespace)
+    pods = three_consumers_led_by_an_agent(control_plane, kafka, rig_run_dir, namespace, app)
     watch = subprocess.Popen(  # every change to the pods, in order, from here on
         [
             "kubectl",
@@ -223,19 +248,7 @@ def test_an_agent_leader_scaling_down_removes_exactly_the_pods_it_marked(
         text=True,
     )
     try:
-        control_plane.kubectl(
-            "annotate", "--overwrite", "deployment", app, "tidescale.io/min-replicas=1", "-n", namespace
-        )
-        survivors = wait_for(
-            "the leader to scale down to 1 and the ReplicaSet to remove 2 pods",
-            lambda: (
-                names
-                if len(names := [p["metadata"]["name"] for p in live_pods(control_plane, namespace, app)])
-                == 1
-                else None
-            ),
-            timeout=60,
-        )
+        survivors = scale_down_to_one(control_plane, namespace, app)
     finally:
         watch.terminate()
         output, _ = watch.communicate(timeout=10)
@@ -252,4 +265,39 @@ def test_an_agent_leader_scaling_down_removes_exactly_the_pods_it_marked(
         e for e in items(control_plane, "events", namespace) if e.get("reason") == "ScaleDownMarkingRefused"
     ]
     assert refusals == []
+    control_plane.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+def test_an_agent_without_the_pod_patch_permission_still_scales_down_and_says_what_it_needs(
+    control_plane: ControlPlane, pod_runner: PodRunner, kafka: Kafka, rig_run_dir: Path, agent_policy: None
+) -> None:
+    namespace, app = unique("marking-old-rbac"), "orders"
+    namespace_with_agent_rbac(control_plane, namespace)
+    # The agent Role of an install from before scale-down marking: no "patch pods".
+    role = json.loads(
+        control_plane.kubectl("get", "role", "tidescale-agent", "-n", namespace, "-o", "json").stdout
+    )
+    role["rules"] = [
+        rule
+        for rule in role["rules"]
+        if rule != {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}
+    ]
+    control_plane.kubectl("replace", "-f", "-", input=json.dumps(role))
+    three_consumers_led_by_an_agent(control_plane, kafka, rig_run_dir, namespace, app)
+    scale_down_to_one(control_plane, namespace, app)
+    refusals = wait_for(
+        "the ScaleDownMarkingRefused Event",
+        lambda: [
+            e
+            for e in items(control_plane, "events", namespace)
+            if e.get("reason") == "ScaleDownMarkingRefused"
+        ],
+        timeout=30,
+    )
+    assert len(refusals) == 1
+    assert refusals[0]["type"] == "Warning"
+    message = refusals[0]["message"]
+    assert "forbidden" in message
+    assert "Scaling anyway" in message
+    assert f"patch on pods in {namespace}" in message
     control_plane.kubectl("delete", "namespace", namespace, "--wait=false")
