@@ -45,6 +45,7 @@ from typing import Any, Literal
 import orjson
 
 from tidescale import _logging, _wallclock
+from tidescale._deletion_cost import DELETION_COST_ANNOTATION, mark_for_scale_down
 from tidescale._events import EventRecorder
 from tidescale._metrics import AGENT_FAMILIES, LEADER_ONLY, Metrics, build_info
 from tidescale._policy_state import POLICY_STATE_ANNOTATION
@@ -590,6 +591,7 @@ class _Leadership:
         self._last_peers_at = -math.inf
         self._reported_problem: str | None = None
         self._dry_run_said: int | None = None
+        self._marking_refused: str | None = None
         self._decision: Decision | None = None
         self._trigger_states: dict[str, str] = {}
         self._parking = False
@@ -818,6 +820,39 @@ class _Leadership:
                     "DryRun", f"would scale {current} -> {decision.desired}: {decision.reason}"
                 )
             return
+        selector = _selector_of(deployment)
+        if decision.desired < current and hints.scale_down_marking and selector is not None:
+            # Mark the idlest pods first, so the ReplicaSet removes those (docs/scale-down.md).
+            try:
+                marking = await mark_for_scale_down(
+                    agent._client,
+                    namespace=env.namespace,
+                    selector=selector,
+                    remove=current - decision.desired,
+                    lag=agent._peer_lag,
+                    leader=env.pod_name,
+                    fenced=lambda write: self.elector.fenced(write, term=self.term),
+                )
+            except LeadershipLost as error:
+                agent.metrics.inc("tidescale_scale_writes_total", {"result": "failed"})
+                self.history = decision.history_unapplied
+                _log.warning("scale write %d -> %d not made: %s", current, decision.desired, error)
+                return
+            if marking.refused is None:
+                self._marking_refused = None
+                if marking.plan.chosen:
+                    _log.info("marked for removal: %s", ", ".join(marking.plan.chosen))
+            elif marking.refused != self._marking_refused:
+                self._marking_refused = marking.refused
+                message = (
+                    f"marking the idlest pods before scaling {current} -> {decision.desired} was refused: "
+                    f"{marking.refused}. Scaling anyway: the ReplicaSet picks the pods to remove itself "
+                    f"(newest first). Marking needs patch on pods in {env.namespace}, for the annotation "
+                    f"{DELETION_COST_ANNOTATION} only (deploy/agent-rbac.yaml and deploy/agent-policy.yaml, "
+                    'or the Helm chart\'s agent RBAC); tidescale.io/scale-down-marking: "false" turns it off'
+                )
+                _log.warning("%s", message)
+                await agent._event("ScaleDownMarkingRefused", message, "Warning")
         version = (deployment.get("metadata") or {}).get("resourceVersion")
         try:
             await self.elector.fenced(

@@ -174,6 +174,8 @@ class Hints:
     """Freeze at the current count; also true whenever ``paused_replicas`` is set."""
     paused_replicas: int | None = None
     dry_run: bool = False
+    scale_down_marking: bool = True
+    """Before a scale-down, mark the idlest pods with pod-deletion-cost so the ReplicaSet removes them."""
     lease: LeaseTimings = field(default_factory=LeaseTimings)
     triggers: tuple[TriggerSettings, ...] = ()
     """Each trigger's settings, ordered by name."""
@@ -587,6 +589,16 @@ KNOBS: tuple[Knob, ...] = (
         parse=_values.parse_bool,
     ),
     Knob(
+        name="scale-down-marking",
+        type="boolean",
+        default="true",
+        meaning="Before a scale-down, mark the idlest pods (no lag, fewest unacked, newest) with "
+        "controller.kubernetes.io/pod-deletion-cost so the ReplicaSet removes those; false: the "
+        "ReplicaSet's own choice (newest first).",
+        example="false",
+        parse=_values.parse_bool,
+    ),
+    Knob(
         name="lease-duration",
         type="duration",
         default="15s",
@@ -858,6 +870,7 @@ def _assemble(
         paused=bool(_knob(values, "paused")) or paused_replicas is not None,
         paused_replicas=paused_replicas,
         dry_run=_knob(values, "dry-run"),
+        scale_down_marking=_knob(values, "scale-down-marking"),
         lease=LeaseTimings(
             duration=_knob(values, "lease-duration"),
             renew_deadline=_knob(values, "lease-renew-deadline"),

@@ -74,6 +74,8 @@ class ObjectMeta(TypedDict, total=False):
     generation: int
     labels: dict[str, str]
     annotations: dict[str, str]
+    creationTimestamp: str
+    deletionTimestamp: str
 
 
 class LeaseSpec(TypedDict, total=False):
@@ -628,6 +630,16 @@ class KubeClient:
         path, params = _PODS.format(ns=namespace), {"labelSelector": label_selector}
         items, _ = await self._collection(path, params, f"list pods {label_selector!r} in {namespace}")
         return cast(list[Pod], items)
+
+    async def patch_pod_annotations(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+    ) -> Pod:
+        """Set (or, with ``None``, remove) annotations of one pod; a JSON merge patch of nothing else."""
+        path = f"{_PODS.format(ns=namespace)}/{name}"
+        body = {"metadata": {"annotations": dict(annotations)}}
+        what = f"patch annotations of pod {namespace}/{name}"
+        result = await self._request("PATCH", path, what=what, body=body, content_type=_MERGE_PATCH)
+        return cast(Pod, result)
 
     def watch_pods(self, namespace: str, label_selector: str) -> AsyncGenerator[WatchEvent[Pod], None]:
         path, params = _PODS.format(ns=namespace), {"labelSelector": label_selector}
