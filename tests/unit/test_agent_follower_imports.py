@@ -15,7 +15,7 @@ import asyncio, json, sys
 from typing import Any, cast
 from tidescale.agent import Agent, AgentEnv
 
-WATCHED = ("aiokafka", "aio_pika", "aiormq", "asyncpg", "redis", "nats",
+WATCHED = ("aiokafka", "aio_pika", "aiormq", "asyncpg", "redis", "nats", "httpx", "httpcore", "anyio",
            "tidescale.sources.kafka._source", "tidescale.sources.rabbitmq._source",
            *(f"tidescale.sources.{other}" for other in ("redis", "postgresql", "cron", "prometheus",
              "nats_jetstream", "aws_sqs", "azure_queue")))
