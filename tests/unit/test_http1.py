@@ -5,12 +5,15 @@ watch lines, bounded headers."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
 
+from tests.rig.certs import CertificateAuthority
 from tidescale._http1 import HEADER_LIMIT, HttpClient, HttpError
 
 Answer = Callable[[str], bytes]
@@ -46,10 +49,18 @@ class Server:
 
 
 @asynccontextmanager
-async def serving(server: Server) -> AsyncIterator[HttpClient]:
-    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+async def serving(
+    server: Server,
+    *,
+    server_tls: ssl.SSLContext | None = None,
+    client_tls: ssl.SSLContext | None = None,
+) -> AsyncIterator[HttpClient]:
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0, ssl=server_tls)
     port = listener.sockets[0].getsockname()[1]
-    client = HttpClient(f"http://127.0.0.1:{port}", ssl_context=None, headers={"User-Agent": "test"})
+    scheme = "https" if server_tls is not None else "http"
+    client = HttpClient(
+        f"{scheme}://127.0.0.1:{port}", ssl_context=client_tls, headers={"User-Agent": "test"}
+    )
     try:
         yield client
     finally:
@@ -129,3 +140,24 @@ async def test_nothing_listening_is_an_http_error() -> None:
     client = HttpClient("http://127.0.0.1:1", ssl_context=None, headers={})
     with pytest.raises(HttpError):
         await client.request("GET", "/")
+
+
+def _tls(tmp_path: Path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for 127.0.0.1, and a client context trusting its CA."""
+    ca = CertificateAuthority.create(tmp_path / name)
+    pair = ca.issue_serving_cert("api", dns_names=["localhost"], ip_addresses=["127.0.0.1"])
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pair.cert_file, pair.key_file)
+    return server, ssl.create_default_context(cafile=str(ca.cert_file))
+
+
+async def test_https_to_an_ip_address_checks_the_certificate_against_the_given_ca(tmp_path: Path) -> None:
+    server_tls, client_tls = _tls(tmp_path, "a")
+    _, other_ca = _tls(tmp_path, "b")
+    async with serving(
+        Server(lambda _: _length(b"x")), server_tls=server_tls, client_tls=client_tls
+    ) as client:
+        assert (await client.request("GET", "/")).content == b"x"
+    async with serving(Server(lambda _: _length(b"x")), server_tls=server_tls, client_tls=other_ca) as client:
+        with pytest.raises(HttpError, match="CERTIFICATE_VERIFY_FAILED"):
+            await client.request("GET", "/")
