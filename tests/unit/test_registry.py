@@ -135,3 +135,40 @@ async def test_a_failed_measurement_becomes_a_failure_record_not_an_exception() 
         clock=lambda: 9.0,
     )
     assert result == MeasurementFailure(trigger="k", error="no topic 'x'", taken_at=9.0)
+
+
+@pytest.mark.parametrize(
+    ("type_name", "fields"),
+    [
+        ("rabbitmq", {"management-url": "http://127.0.0.1:1", "queue": "q", "timeout": "1s"}),
+        (
+            "prometheus",
+            {"server-address": "http://127.0.0.1:1", "query": "up", "threshold": "1", "timeout": "1s"},
+        ),
+        (
+            "nats-jetstream",
+            {"monitoring-endpoint": "127.0.0.1:1", "stream": "S", "consumer": "c", "timeout": "1s"},
+        ),
+    ],
+)
+def test_a_plain_http_source_loads_no_ca_bundle(type_name: str, fields: dict[str, str]) -> None:
+    """httpx's default verification loads certifi's bundle (~8 MiB of RSS with it parsed) when the
+    client is made, even for an http:// URL that never uses it."""
+    code = (
+        "import asyncio, ssl, sys\n"
+        "loaded = []\n"
+        "for method in ('load_verify_locations', 'load_default_certs'):\n"
+        "    original = getattr(ssl.SSLContext, method)\n"
+        "    def counting(self, *a, _original=original, **k):\n"
+        "        loaded.append(1)\n"
+        "        return _original(self, *a, **k)\n"
+        "    setattr(ssl.SSLContext, method, counting)\n"
+        "from tidescale.sources.base import Scope\n"
+        "from tidescale.sources.registry import measure_safely, open_source, settings_parser\n"
+        f"settings = settings_parser({type_name!r})('t', {fields!r})\n"
+        "source = open_source(settings, pod_ip='127.0.0.1')\n"
+        "reading = asyncio.run(measure_safely(source, settings, Scope.GROUP))\n"
+        "print(type(reading).__name__, 'httpx' in sys.modules, len(loaded))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["MeasurementFailure", "True", "0"]

@@ -26,6 +26,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound, SourceTimeout
 from tidescale.sources._fields import compile_linear
+from tidescale.sources._http import plain_http_context
 from tidescale.sources.base import (
     Measurement,
     MeasurementFailure,
@@ -292,7 +293,7 @@ class RabbitMQSource:
                 username, password = self._login(parts.username)
                 base = urlunsplit((parts.scheme, _netloc_without_user(parts), parts.path.rstrip("/"), "", ""))
                 auth = httpx.BasicAuth(username or "", password or "") if username else None
-                verify: Any = self._tls_context() if parts.scheme == "https" else True
+                verify: Any = self._tls_context() if parts.scheme == "https" else plain_http_context()
                 self._http = httpx.AsyncClient(
                     base_url=base,
                     auth=auth,
