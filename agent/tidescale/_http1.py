@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode, urlsplit
 
-__all__ = ["HEADER_LIMIT", "HttpClient", "HttpError", "Response", "StreamedResponse"]
+__all__ = ["HEADER_LIMIT", "BodyTooLarge", "HttpClient", "HttpError", "Response", "StreamedResponse"]
 
 HEADER_LIMIT = 64 * 1024
 """Most bytes of a status line plus headers."""
@@ -32,6 +32,10 @@ _IDLE_KEPT = 4
 
 class HttpError(Exception):
     """The connection failed or the server broke HTTP/1.1."""
+
+
+class BodyTooLarge(HttpError):
+    """A response body passed the caller's ``limit``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +115,10 @@ class HttpClient:
         params: Mapping[str, str] | None = None,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        limit: int | None = None,
     ) -> Response:
-        """One request and its whole response. The caller bounds the time (asyncio.timeout)."""
+        """One request and its whole response, refused (:class:`BodyTooLarge`) past ``limit`` bytes of
+        body. The caller bounds the time (asyncio.timeout)."""
         for attempt in range(2):
             connection = await self._connection(fresh=attempt > 0)
             try:
@@ -128,7 +134,7 @@ class HttpClient:
                 connection.close()
                 raise
             try:
-                content = b"".join([chunk async for chunk in _body(connection, status, answer, method)])
+                content = await _gather(_body(connection, status, answer, method), limit)
             except (OSError, HttpError, asyncio.IncompleteReadError) as error:
                 connection.close()
                 raise _http_error(error) from error
@@ -286,6 +292,17 @@ async def _body(
     else:  # up to the close: the connection is not reused (it is at its end)
         while chunk := await reader.read(_READ_SIZE):
             yield chunk
+
+
+async def _gather(body: AsyncIterator[bytes], limit: int | None) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in body:
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise BodyTooLarge(f"the response body passes {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _guarded(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

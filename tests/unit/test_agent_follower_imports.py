@@ -68,4 +68,5 @@ def test_a_follower_asked_for_its_lag_opens_only_its_own_triggers_sources() -> N
     assert "tidescale.sources.kafka._source" in measured
     assert "tidescale.sources.rabbitmq._source" in measured
     assert not {"tidescale.sources.redis", "tidescale.sources.postgresql", "asyncpg"} & set(measured)
+    assert not {"httpx", "httpcore", "anyio", "aio_pika"} & set(measured)  # the management API: _http1
     assert result["readings"] == 2

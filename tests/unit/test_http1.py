@@ -14,7 +14,7 @@ from urllib.parse import unquote
 import pytest
 
 from tests.rig.certs import CertificateAuthority
-from tidescale._http1 import HEADER_LIMIT, HttpClient, HttpError
+from tidescale._http1 import HEADER_LIMIT, BodyTooLarge, HttpClient, HttpError
 
 Answer = Callable[[str], bytes]
 """The raw response to a request line."""
@@ -161,3 +161,12 @@ async def test_https_to_an_ip_address_checks_the_certificate_against_the_given_c
     async with serving(Server(lambda _: _length(b"x")), server_tls=server_tls, client_tls=other_ca) as client:
         with pytest.raises(HttpError, match="CERTIFICATE_VERIFY_FAILED"):
             await client.request("GET", "/")
+
+
+async def test_a_body_past_the_callers_limit_is_refused_and_the_connection_dropped() -> None:
+    server = Server(lambda _: _chunked(b"a" * 600, b"b" * 600))
+    async with serving(server) as client:
+        with pytest.raises(BodyTooLarge):
+            await client.request("GET", "/", limit=1000)
+        assert (await client.request("GET", "/", limit=1200)).content == b"a" * 600 + b"b" * 600
+    assert server.connections == 2

@@ -168,7 +168,7 @@ def test_a_plain_http_source_loads_no_ca_bundle(type_name: str, fields: dict[str
         f"settings = settings_parser({type_name!r})('t', {fields!r})\n"
         "source = open_source(settings, pod_ip='127.0.0.1')\n"
         "reading = asyncio.run(measure_safely(source, settings, Scope.GROUP))\n"
-        "print(type(reading).__name__, 'httpx' in sys.modules, len(loaded))\n"
+        "print(type(reading).__name__, len(loaded))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["MeasurementFailure", "True", "0"]
+    assert out.split() == ["MeasurementFailure", "0"]
