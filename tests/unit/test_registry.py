@@ -172,3 +172,14 @@ def test_a_plain_http_source_loads_no_ca_bundle(type_name: str, fields: dict[str
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["MeasurementFailure", "0"]
+
+
+def test_settings_made_by_a_source_folders_own_parser_find_their_kind_in_a_fresh_process() -> None:
+    code = (
+        "from tidescale.sources.rabbitmq._settings import parse_rabbitmq_settings\n"
+        "from tidescale.sources.registry import kind_of\n"
+        "settings = parse_rabbitmq_settings('r', {'management-url': 'http://r:15672', 'queue': 'q'})\n"
+        "print(kind_of(settings).type_name)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "rabbitmq"

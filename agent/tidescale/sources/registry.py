@@ -107,7 +107,12 @@ def field_docs(type_name: str) -> list[FieldDoc]:
 
 def kind_of(settings: TriggerSettings) -> SourceKind:
     """The kind whose parser made ``settings``; TypeError for settings no registered kind makes."""
-    # Settings come from a kind's parser, so their kind is already imported.
+    # Settings made by a kind's parser have their kind imported already; settings made by the folder's
+    # own parser (tests, tools) name it by their class's module.
+    home = type(settings).__module__
+    for type_name, module in _KIND_MODULES.items():
+        if home == module or home.startswith(f"{module}."):
+            _kind(type_name)
     for kind in list(_KINDS.values()):
         if isinstance(settings, kind.settings_class):
             return kind
