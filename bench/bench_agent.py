@@ -74,6 +74,45 @@ HEAVY = ("kubernetes_asyncio", "kubernetes", "aiokafka", "aio_pika", "aiormq", "
 # ---------------------------------------------------------------------- import cost
 
 
+# One fresh interpreter, one step after another: VmRSS / RssAnon / RssFile (KiB) after each, to show
+# where a follower's memory goes and what the floor is.
+_STEPS = """
+def memory():
+    wanted = ("VmRSS", "RssAnon", "RssFile")
+    return [int(l.split()[1]) for l in open("/proc/self/status") if l.split(":")[0] in wanted]
+steps = [("bare interpreter", memory())]
+import asyncio, ssl
+steps.append(("+ asyncio (with ssl, concurrent.futures, ...)", memory()))
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+steps.append(("+ one TLS context (the API client's holds the cluster's CA only)", memory()))
+import orjson
+steps.append(("+ orjson", memory()))
+import tidescale.kube, tidescale.election, tidescale.httpserver
+steps.append(("+ tidescale.kube, election, httpserver (the API client: _http1)", memory()))
+import tidescale.agent
+steps.append(("+ the rest of tidescale.agent (hints, policy, parking, registry, ...)", memory()))
+from typing import Any, cast
+from tidescale.agent import Agent, AgentEnv
+async def follower():
+    env = AgentEnv(pod_name="p", namespace="n", pod_ip="127.0.0.1", deployment="d")
+    agent = Agent(env, cast(Any, None))
+    hints = {"tidescale.io/kafka.bootstrap-servers": "k:9092", "tidescale.io/kafka.consumer-group": "g",
+             "tidescale.io/rabbitmq.management-url": "http://r:15672", "tidescale.io/rabbitmq.queue": "q"}
+    await agent.apply_deployment(cast(Any, {"metadata": {"annotations": hints}}))
+asyncio.run(follower())
+steps.append(("+ an Agent with Kafka and RabbitMQ hints applied (a follower nobody asked)", memory()))
+import tidescale.sources.kafka._source, aiokafka, aiokafka.admin
+steps.append(("+ aiokafka and the Kafka source (once it measures)", memory()))
+import tidescale.sources.rabbitmq._source
+steps.append(("+ the RabbitMQ source (management API over _http1)", memory()))
+import httpx
+httpx.AsyncClient()
+steps.append(("+ httpx and one default client, for comparison (not loaded by an agent)", memory()))
+import json
+print(json.dumps(steps))
+"""
+
+
 def import_report() -> dict[str, Any]:
     """importtime's top costs, RSS after import, and which heavy clients the import loads."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "agent")}
@@ -110,7 +149,11 @@ def import_report() -> dict[str, Any]:
     )
     out = subprocess.run([PYTHON, "-c", probe], capture_output=True, text=True, env=env, check=True).stdout
     base, after, with_clients, count, heavy = out.split(" ")
+    steps = json.loads(
+        subprocess.run([PYTHON, "-c", _STEPS], capture_output=True, text=True, env=env, check=True).stdout
+    )
     return {
+        "steps": steps,
         "total_ms": total / 1000,
         "top_level": [(name, cumulative / 1000) for _, cumulative, _, name in top_level[:10]],
         "by_self": [(name, own / 1000) for own, _, _, name in by_self[:10]],
@@ -711,6 +754,19 @@ def report(
     ]
     for (name, cum), (own_name, own) in zip(imports["top_level"], imports["by_self"], strict=False):
         lines.append(f"| {name} | {cum:.1f} | | {own_name} | {own:.1f} |")
+    lines += [
+        "",
+        "Where the memory goes, step by step in one fresh interpreter (KiB after each step; the "
+        "last steps are what measuring adds, and httpx for comparison):",
+        "",
+        "| step | VmRSS | RssAnon | RssFile | VmRSS added |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    previous = None
+    for name, (rss, anon, file_backed) in imports["steps"]:
+        added = "" if previous is None else f"{rss - previous:+,}"
+        lines.append(f"| {name} | {rss:,} | {anon:,} | {file_backed:,} | {added} |")
+        previous = rss
     if steady is not None:
         phases: list[Phase] = steady["phases"]
         lines += [
@@ -911,6 +967,7 @@ def main() -> int:
     parser.add_argument("--burst-messages", type=int, default=200)
     parser.add_argument("--quiet", type=float, default=2.0, help="seconds at 1 replica before a burst")
     parser.add_argument("--skip-steady", action="store_true")
+    parser.add_argument("--only-import", action="store_true", help="the import section alone (no rig)")
     parser.add_argument(
         "--trigger-replicas", type=int, default=3, help="replicas of the RabbitMQ phase (0: skip it)"
     )
@@ -927,8 +984,10 @@ def main() -> int:
     started = datetime.datetime.now(datetime.UTC)
     imports = import_report()
     print(json.dumps({k: v for k, v in imports.items() if k not in ("top_level", "by_self")}), flush=True)
-    with rig(with_rabbitmq=args.trigger_replicas > 0) as (plane, runner, kafka, rabbitmq, run_dir):
-        steady, burst, rabbit = asyncio.run(run(args, plane, runner, kafka, rabbitmq, run_dir))
+    steady = burst = rabbit = None
+    if not args.only_import:
+        with rig(with_rabbitmq=args.trigger_replicas > 0) as (plane, runner, kafka, rabbitmq, run_dir):
+            steady, burst, rabbit = asyncio.run(run(args, plane, runner, kafka, rabbitmq, run_dir))
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     text = report(args, started, imports, steady, burst, load, rabbit)
     print(text)
