@@ -86,7 +86,12 @@ class HttpClient:
     """Requests to one origin (``http://`` or ``https://``), over a small pool of connections."""
 
     def __init__(
-        self, base_url: str, *, ssl_context: ssl.SSLContext | None, headers: Mapping[str, str]
+        self,
+        base_url: str,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        headers: Mapping[str, str],
+        max_requests: int = 16,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -100,6 +105,10 @@ class HttpClient:
         self._headers = {"Host": host_header, **headers}
         self._idle: list[_Connection] = []
         self._closed = False
+        # Requests in flight at once, each on its own connection (streams are not counted). Each TLS
+        # connection costs ~0.3 MiB to set up, and the memory a burst of them took is not returned
+        # to the system: an agent's start (a dozen access reviews at once) would keep it for good.
+        self._slots = asyncio.Semaphore(max_requests)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -118,7 +127,20 @@ class HttpClient:
         limit: int | None = None,
     ) -> Response:
         """One request and its whole response, refused (:class:`BodyTooLarge`) past ``limit`` bytes of
-        body. The caller bounds the time (asyncio.timeout)."""
+        body. The caller bounds the time (asyncio.timeout), waiting for a free slot included."""
+        async with self._slots:
+            return await self._request(method, path, params=params, body=body, headers=headers, limit=limit)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None,
+        body: bytes | None,
+        headers: Mapping[str, str] | None,
+        limit: int | None,
+    ) -> Response:
         for attempt in range(2):
             connection = await self._connection(fresh=attempt > 0)
             try:

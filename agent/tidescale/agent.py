@@ -1001,7 +1001,8 @@ async def _serve(env: AgentEnv, config: KubeConfig) -> None:
     assert main_task is not None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, main_task.cancel)
-    async with KubeClient(config) as client:
+    # A few requests at once are plenty for one agent (watches have connections of their own).
+    async with KubeClient(config, max_requests=4) as client:
         try:
             await Agent(env, client).run()
         except asyncio.CancelledError:

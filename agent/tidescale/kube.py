@@ -376,7 +376,7 @@ _BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 30.0
 class KubeClient:
     """One connection pool to the API server and the calls the agent makes through it."""
 
-    def __init__(self, config: KubeConfig, *, timeout: float = 10.0) -> None:
+    def __init__(self, config: KubeConfig, *, timeout: float = 10.0, max_requests: int = 16) -> None:
         self.config = config
         self._timeout = timeout
         self._auth = _BearerToken(token=config.token, token_file=config.token_file)
@@ -385,6 +385,7 @@ class KubeClient:
                 config.server,
                 ssl_context=config.ssl_context() if config.server.startswith("https:") else None,
                 headers={"Accept": "application/json", "User-Agent": AGENT_COMPONENT},
+                max_requests=max_requests,
             )
         except ValueError as exc:
             raise KubeError(f"the API server's address {config.server!r} is not an http(s) URL") from exc

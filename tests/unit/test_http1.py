@@ -170,3 +170,22 @@ async def test_a_body_past_the_callers_limit_is_refused_and_the_connection_dropp
             await client.request("GET", "/", limit=1000)
         assert (await client.request("GET", "/", limit=1200)).content == b"a" * 600 + b"b" * 600
     assert server.connections == 2
+
+
+async def test_requests_at_once_beyond_the_limit_wait_for_a_connection_instead_of_opening_more() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.05)  # all six are in flight before the first answer
+        await server_handle(reader, writer)
+
+    server = Server(lambda _: _length(b"x"))
+    server_handle = server.handle
+    listener = await asyncio.start_server(slow, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    client = HttpClient(f"http://127.0.0.1:{port}", ssl_context=None, headers={}, max_requests=2)
+    try:
+        answers = await asyncio.gather(*(client.request("GET", "/") for _ in range(6)))
+    finally:
+        await client.aclose()
+        listener.close()
+    assert [a.content for a in answers] == [b"x"] * 6
+    assert server.connections == 2
