@@ -83,13 +83,37 @@ LEADER_ONLY: tuple[str, ...] = (
 def build_info() -> dict[str, str]:
     """The ``tidescale_build_info`` labels: the installed package's version and the Python's."""
     import platform
-    from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        mine = version("tidescale")
-    except PackageNotFoundError:
-        mine = "unknown"
-    return {"version": mine, "python": platform.python_version()}
+    return {"version": installed_version("tidescale"), "python": platform.python_version()}
+
+
+def installed_version(distribution: str, *, path: Iterable[str] | None = None) -> str:
+    """The ``Version`` of an installed distribution, read from its ``.dist-info/METADATA`` on
+    ``sys.path`` ("unknown" when none is found). ``importlib.metadata.version`` finds the same file,
+    but importing it (email, zipfile, csv, ...) costs ~4.4 MiB of RSS in every agent."""
+    import os
+    import sys
+
+    prefix = f"{distribution}-"
+    for entry in sys.path if path is None else path:
+        try:
+            with os.scandir(entry or ".") as found:
+                folders = sorted(
+                    e.name for e in found if e.name.startswith(prefix) and e.name.endswith(".dist-info")
+                )
+        except OSError:
+            continue
+        for folder in folders:
+            try:
+                with open(os.path.join(entry or ".", folder, "METADATA"), encoding="utf-8") as metadata:
+                    for line in metadata:
+                        if not line.strip():
+                            break  # the headers end at the first blank line
+                        if line.startswith("Version:"):
+                            return line.partition(":")[2].strip()
+            except OSError:
+                continue
+    return "unknown"
 
 
 @dataclass(kw_only=True, slots=True)

@@ -263,7 +263,9 @@ class Agent:
         self._seen_hints: dict[str, str] | None = None
         self._policy_state_seen: tuple[str | None, float] = (None, self._clock())
         self._pool = SourcePool(pod_ip=env.pod_ip)
-        self._sources: dict[str, tuple[TriggerSettings, Source]] = {}
+        self._sources: dict[str, tuple[TriggerSettings, Source | None]] = {}
+        """Each trigger's settings and source; None until its first measurement (see _swap_sources)."""
+        self._sources_lock = asyncio.Lock()
         self._local: tuple[Reading, ...] = ()
         self._local_at = -math.inf
         self._local_lock = asyncio.Lock()
@@ -406,30 +408,45 @@ class Agent:
         _log.info("hints applied: min %d, max %d, triggers %s", hints.min_replicas, hints.max_replicas, names)
 
     async def _swap_sources(self, hints: Hints) -> None:
-        """Acquire the new triggers' sources before releasing the old ones, so shared connections stay."""
-        wanted = {settings.name: settings for settings in hints.triggers}
-        kept: dict[str, tuple[TriggerSettings, Source]] = {}
-        for name, settings in wanted.items():
-            held = self._sources.get(name)
-            if held is not None and held[0] == settings:
-                kept[name] = held
-            else:
-                kept[name] = (settings, await self._pool.acquire(settings))
-        for name, (settings, _) in self._sources.items():
-            if kept.get(name, (None,))[0] is not settings:
-                await self._pool.release(settings)
-                for family in (*LEADER_ONLY, "tidescale_local_value"):
-                    self.metrics.clear(family)
-        self._sources = kept
+        """Take in the new triggers. A source opens (and imports its broker client) at the trigger's
+        first measurement, so a follower nobody asks for its lag loads no client: that is most of a
+        follower's memory beyond the interpreter. While sources are open, the new ones are acquired
+        before the old ones are released, so shared connections stay."""
+        async with self._sources_lock:
+            wanted = {settings.name: settings for settings in hints.triggers}
+            any_open = any(source is not None for _, source in self._sources.values())
+            kept: dict[str, tuple[TriggerSettings, Source | None]] = {}
+            for name, settings in wanted.items():
+                held = self._sources.get(name)
+                if held is not None and held[0] == settings:
+                    kept[name] = held
+                else:
+                    kept[name] = (settings, await self._pool.acquire(settings) if any_open else None)
+            for name, (settings, source) in self._sources.items():
+                if kept.get(name, (None,))[0] is not settings:
+                    if source is not None:
+                        await self._pool.release(settings)
+                    for family in (*LEADER_ONLY, "tidescale_local_value"):
+                        self.metrics.clear(family)
+            self._sources = kept
+
+    async def _opened_sources(self) -> list[tuple[TriggerSettings, Source]]:
+        """Every trigger's settings and source, opening from the pool those not yet open."""
+        async with self._sources_lock:
+            opened = []
+            for name, (settings, maybe) in list(self._sources.items()):
+                source = maybe if maybe is not None else await self._pool.acquire(settings)
+                self._sources[name] = (settings, source)
+                opened.append((settings, source))
+            return opened
 
     # ------------------------------------------------------------------ measuring
 
     async def _measure(self, scope: Scope) -> tuple[Reading, ...]:
         if not self._sources:
             return ()
-        return tuple(
-            await asyncio.gather(*(self._measure_in_flight(held, scope) for held in self._sources.values()))
-        )
+        held = await self._opened_sources()
+        return tuple(await asyncio.gather(*(self._measure_in_flight(one, scope) for one in held)))
 
     async def _measure_in_flight(self, held: tuple[TriggerSettings, Source], scope: Scope) -> Reading:
         """:meth:`_measure_one`, counted in ``tidescale_measurements_in_flight`` while it runs. The
@@ -1133,7 +1150,8 @@ async def _serve(env: AgentEnv, config: KubeConfig) -> None:
     assert main_task is not None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, main_task.cancel)
-    async with KubeClient(config) as client:
+    # A few requests at once are plenty for one agent (watches have connections of their own).
+    async with KubeClient(config, max_requests=4) as client:
         try:
             await Agent(env, client).run()
         except asyncio.CancelledError:
@@ -1164,7 +1182,7 @@ def main(argv: list[str]) -> int:
     except TidescaleError as error:
         print(f"tidescale agent: {error}", file=sys.stderr)
         return 2
-    import uvloop
-
-    uvloop.run(_serve(env, config))
+    # asyncio's own loop, not uvloop: in every pod uvloop costs ~2 MiB of RSS and libuv's 4 resolver
+    # threads (with their malloc arenas); the agent's loop is idle almost always (bench/results/agent.md).
+    asyncio.run(_serve(env, config))
     return 0
