@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from _drain_figures import (  # noqa: E402
+from _drain_figures import (
     Outcome,
     best_configuration,
     drain_time,

@@ -63,7 +63,12 @@ def message_work(headers: object, header: str | None, default: float) -> float:
     if header is None or not isinstance(headers, (list, tuple)):
         return default
     for entry in headers:
-        if isinstance(entry, tuple) and len(entry) == 2 and entry[0] == header and isinstance(entry[1], bytes):
+        if (
+            isinstance(entry, tuple)
+            and len(entry) == 2
+            and entry[0] == header
+            and isinstance(entry[1], bytes)
+        ):
             try:
                 value = float(entry[1][:32])
             except ValueError:
