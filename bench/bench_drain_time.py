@@ -528,12 +528,12 @@ def main() -> int:
         default=[DRAIN_TIME, "thresholds", KEDA, KEDA_30S],
         choices=[DRAIN_TIME, "thresholds", KEDA, KEDA_30S],
     )
-    parser.add_argument("--thresholds", type=int, nargs="+", default=[500, 1000, 2000, 4000])
+    parser.add_argument("--thresholds", type=int, nargs="+", default=[250, 500, 1000, 2000])
     parser.add_argument("--target", type=float, default=60.0, help="drain-time target, seconds")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--arrival", type=float, default=5.0, help="steady arrival, messages/s")
     parser.add_argument(
-        "--bursts", type=int, nargs="+", default=[3000, 800, 6000], help="burst sizes, each half"
+        "--bursts", type=int, nargs="+", default=[3000, 800, 5000], help="burst sizes, each half"
     )
     parser.add_argument("--spacing", type=float, default=100.0, help="seconds between bursts")
     parser.add_argument(
