@@ -12,7 +12,9 @@ each message (header ``work-seconds``, read by the rig's consumer through WORK_S
 so a message produced after the change costs the new price in every configuration.
 
 Configurations (--configs picks among them):
-- ``drain-time``: ``tidescale.io/kafka.drain-time`` = --target, everything else the defaults;
+- ``drain-time``: ``tidescale.io/kafka.drain-time`` = --target, everything else the defaults
+  (while the per-pod rate is unknown, the default lag threshold, 10, decides); and the same with
+  each --drain-fallback lag threshold, which decides only while the rate is unknown;
 - ``lag-threshold N`` for each N of --thresholds, tidescale's defaults otherwise (polling 1 s,
   KEDA's default HPA behaviour);
 - ``keda-emulated``: KEDA's defaults reproduced by tidescale's HPA-identical policy: lag
@@ -78,8 +80,24 @@ def configurations(args: argparse.Namespace) -> list[Configuration]:
         Configuration(
             label=f"drain-time {target}",
             hints={"kafka.drain-time": target},
-            says=f"`kafka.drain-time: {target}`, defaults otherwise (polling 1 s, no behaviour)",
+            says=(
+                f"`kafka.drain-time: {target}`, defaults otherwise (polling 1 s, no behaviour; while the "
+                "per-pod rate is unknown the default lag-threshold, 10, decides)"
+            ),
             slug="drain",
+        ),
+        *(
+            Configuration(
+                label=f"drain-time {target} + lag-threshold {fallback}",
+                hints={"kafka.drain-time": target, "kafka.lag-threshold": str(fallback)},
+                says=(
+                    f"`kafka.drain-time: {target}` with `kafka.lag-threshold: {fallback}`, which decides "
+                    "only while the per-pod rate is unknown (docs/policy.md: the fallback), defaults "
+                    "otherwise"
+                ),
+                slug=f"drainfb{fallback}",
+            )
+            for fallback in args.drain_fallback
         ),
         *(
             Configuration(
@@ -104,7 +122,7 @@ def configurations(args: argparse.Namespace) -> list[Configuration]:
         ),
     ]
     wanted = set(args.configs)
-    chosen = [c for c in known if c.slug == "drain" and DRAIN_TIME in wanted]
+    chosen = [c for c in known if c.slug.startswith("drain") and DRAIN_TIME in wanted]
     chosen += [c for c in known if c.slug.startswith("lag") and "thresholds" in wanted]
     chosen += [c for c in known if c.slug == "keda15" and KEDA in wanted]
     chosen += [c for c in known if c.slug == "keda30" and KEDA_30S in wanted]
@@ -528,7 +546,14 @@ def main() -> int:
         default=[DRAIN_TIME, "thresholds", KEDA, KEDA_30S],
         choices=[DRAIN_TIME, "thresholds", KEDA, KEDA_30S],
     )
-    parser.add_argument("--thresholds", type=int, nargs="+", default=[250, 500, 1000, 2000])
+    parser.add_argument("--thresholds", type=int, nargs="+", default=[500, 1000, 2000])
+    parser.add_argument(
+        "--drain-fallback",
+        type=int,
+        nargs="*",
+        default=[1000],
+        help="also run drain-time with each of these lag thresholds as its fallback",
+    )
     parser.add_argument("--target", type=float, default=60.0, help="drain-time target, seconds")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--arrival", type=float, default=5.0, help="steady arrival, messages/s")
