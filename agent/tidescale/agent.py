@@ -50,10 +50,11 @@ from tidescale._metrics import AGENT_FAMILIES, LEADER_ONLY, Metrics, build_info
 from tidescale._policy_state import POLICY_STATE_ANNOTATION
 from tidescale._policy_state import encode as encode_policy_state
 from tidescale._policy_state import restore as restore_policy_state
+from tidescale._progress_window import DrainEstimate, Progress, ProgressWindow, merged_stall
 from tidescale._state import STATE_LABEL, held_by, holds_count, state_of
 from tidescale.election import LeaseElector, LeaseTiming, Term, lease_name
 from tidescale.errors import HintsInvalid, KubeConflict, KubeError, LeadershipLost, TidescaleError
-from tidescale.hints import AGENT_OWNED, Hints, parse_hints
+from tidescale.hints import AGENT_OWNED, Hints, format_duration, parse_hints
 from tidescale.httpserver import HttpServer, Request, Response
 from tidescale.kube import Deployment, KubeClient, KubeConfig, ObjectReference, Pod
 from tidescale.parking import (
@@ -158,8 +159,12 @@ def status_annotation(
     dry_run: bool,
     held_by: Mapping[str, Any] | None = None,
     updated_at: str | None = None,
+    progress: Progress | None = None,
+    now: float = 0.0,
 ) -> dict[str, Any]:
-    """The JSON the leader keeps in ``tidescale.io/status`` (shown by ``kubectl describe``). Pure."""
+    """The JSON the leader keeps in ``tidescale.io/status`` (shown by ``kubectl describe``). Pure.
+
+    ``progress``: the drain estimates and stall states of this tick, at monotonic time ``now``."""
     triggers: dict[str, Any] = {}
     for reading in readings:
         if isinstance(reading, MeasurementFailure):
@@ -169,6 +174,16 @@ def status_annotation(
                 "value": reading.value,
                 "target": reading.target,
                 "active": reading.active,
+            }
+    for name, estimate in (progress.drain if progress else {}).items():
+        if name in triggers:
+            triggers[name]["drain"] = _drain_json(estimate)
+    for name, stall in (progress.stalled() if progress else {}).items():
+        if name in triggers:
+            since = now if stall.since is None else stall.since
+            triggers[name]["stalled"] = {
+                "units": list(stall.units),
+                "seconds": round(max(0.0, now - since), 1),
             }
     status: dict[str, Any] = {
         "version": PROTOCOL_VERSION,
@@ -187,6 +202,26 @@ def status_annotation(
     if updated_at:
         status["updatedAt"] = updated_at
     return status
+
+
+def _drain_json(estimate: DrainEstimate) -> dict[str, Any]:
+    """A drain estimate for the status: the formula's inputs as measured, and its answer."""
+    rates, recommendation = estimate.rates, estimate.recommendation
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 3)
+
+    return {
+        "targetSeconds": estimate.target_seconds,
+        "backlog": estimate.backlog,
+        "arrivalRate": rounded(rates.arrival),
+        "perPodRate": rounded(rates.per_consumer),
+        "busySeconds": round(rates.busy_seconds, 1),
+        "replicas": recommendation.replicas,
+        "measured": recommendation.measured,
+        "clearsInSeconds": rounded(recommendation.clears_in),
+        "reason": recommendation.reason,
+    }
 
 
 def _selector_of(deployment: Deployment) -> str | None:
@@ -567,6 +602,10 @@ class _Leadership:
             STATE_LABEL
         )
         self._peer_http: Any = None
+        self._progress_window = ProgressWindow()
+        self._progress: Progress | None = None
+        self._stalled: dict[str, tuple[str, ...]] = {}
+        """Triggers said stalled (ConsumerStalled), with the units named then."""
 
     async def run(self) -> None:
         agent = self.agent
@@ -612,17 +651,36 @@ class _Leadership:
         readings = await agent._measure(Scope.GROUP)
         current = int((deployment.get("spec") or {}).get("replicas", 1))
         pods = (deployment.get("status") or {}).get("replicas")  # the scale subresource's status.replicas
+        ready = (deployment.get("status") or {}).get("readyReplicas")
+        now = agent._clock()
+        progress = self._progress_window.update(
+            readings,
+            drain_times={
+                settings.name: drain_time
+                for settings in hints.triggers
+                if isinstance(drain_time := getattr(settings, "drain_time", None), int | float)
+            },
+            stall_after=hints.stall_after,
+            now=now,
+            current=current,
+            ready=int(ready) if isinstance(ready, int) else 0,
+            max_replicas=hints.max_replicas,
+        )
         decision = decide(
             readings,
             current=current,
             hints=hints,
-            now=agent._clock(),
+            now=now,
             history=self.history,
             pods=int(pods) if isinstance(pods, int) else None,
+            drain=progress.recommendations(),
+            stall=merged_stall(progress.stalled()),
         )
+        self._progress = progress
         self._record(readings, decision, current)
         self._decision, self._parking = decision, False
         await self._report_triggers(decision)
+        await self._report_stalls(progress, current, now)
         if current == 0:
             # The waker's: agents exist at zero only while pods still shut down after a park.
             self.history = decision.history_unapplied
@@ -688,8 +746,53 @@ class _Leadership:
                 message = f"trigger {rec.trigger} measures again: {rec.value} for a target of {rec.target}"
                 await self.agent._event("Recovered", message)
 
+    async def _report_stalls(self, progress: Progress, current: int, now: float) -> None:
+        """ConsumerStalled (Warning) once when a trigger's group stalls, ConsumerResumed when it
+        makes progress again (or the detector stops watching it)."""
+        stalled = progress.stalled()
+        for name, state in sorted(stalled.items()):
+            if name in self._stalled:
+                continue
+            self._stalled[name] = state.units
+            where = ", ".join(state.units) if state.units else "its units"
+            waited = format_duration(round(max(0.0, now - (now if state.since is None else state.since)), 3))
+            message = (
+                f"trigger {name}: no progress for {waited} on {where} while messages wait and every "
+                f"pod is Ready (a poison message, a dead downstream, a rebalance loop?): holding "
+                f"{current} replicas, since more pods would not help; scaling resumes with progress"
+            )
+            _log.warning("%s", message, extra={"trigger": name})
+            await self.agent._event("ConsumerStalled", message, "Warning")
+        for name in sorted(set(self._stalled) - set(stalled)):
+            units = self._stalled.pop(name)
+            where = ", ".join(units) if units else "its units"
+            message = f"trigger {name}: progress again on {where}: scaling normally"
+            _log.info("%s", message, extra={"trigger": name})
+            await self.agent._event("ConsumerResumed", message)
+
     def _record(self, readings: Sequence[Reading], decision: Decision, current: int) -> None:
         metrics = self.agent.metrics
+        progress = self._progress
+        if progress is not None:
+            for reading in readings:
+                state = progress.stall.get(reading.trigger)
+                labels = self.agent.trigger_labels(reading.trigger)
+                if state is None:  # not watched (no counters, stall-after 0): no stale sample either
+                    metrics.discard("tidescale_consumer_stalled", labels)
+                else:
+                    metrics.set("tidescale_consumer_stalled", 1 if state.stalled else 0, labels)
+            for name, estimate in progress.drain.items():
+                labels = self.agent.trigger_labels(name)
+                for family, value in (
+                    ("tidescale_drain_per_pod_rate", estimate.rates.per_consumer),
+                    ("tidescale_drain_arrival_rate", estimate.rates.arrival),
+                    ("tidescale_drain_clear_seconds", estimate.recommendation.clears_in),
+                ):
+                    if value is None:
+                        metrics.discard(family, labels)
+                    else:
+                        metrics.set(family, value, labels)
+                metrics.set("tidescale_drain_replicas", estimate.recommendation.replicas, labels)
         for reading in readings:
             if isinstance(reading, Measurement):
                 labels = self.agent.trigger_labels(reading.trigger)
@@ -879,6 +982,8 @@ class _Leadership:
             dry_run=hints.dry_run,
             held_by=None if decision is None else held_by(decision, hints, now=agent._clock(), wall=wall),
             updated_at=_iso(wall),
+            progress=self._progress,
+            now=agent._clock(),
         )
         policy_state = encode_policy_state(
             self.history, hints=hints, now=agent._clock(), wall=_wallclock.time()
@@ -918,7 +1023,16 @@ def _status_key(status: Mapping[str, Any]) -> Any:
     when a window or policy holds, and the heartbeat refreshes the rest), nor the write time or
     the peers' lag."""
     triggers = {
-        name: {key: value for key, value in fields.items() if key not in ("value", "active")}
+        name: {
+            # The drain estimate moves every poll; a stall is worth a write when it starts or names
+            # other units, not as its seconds grow.
+            **{
+                key: value
+                for key, value in fields.items()
+                if key not in ("value", "active", "drain", "stalled")
+            },
+            **({"stalled": fields["stalled"].get("units")} if "stalled" in fields else {}),
+        }
         for name, fields in (status.get("triggers") or {}).items()
     }
     return orjson.dumps(

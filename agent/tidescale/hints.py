@@ -361,8 +361,8 @@ KNOBS: tuple[Knob, ...] = (
         type="duration or 0",
         default="5m",
         meaning="A group that consumes nothing this long while it has lag and its pods are Ready is "
-        "stalled: hold the replica count instead of adding pods (docs/policy.md). 0 turns it off. "
-        "Parsed and validated; the agent does not act on it yet (issue 18).",
+        "stalled: hold the replica count instead of adding pods, with a ConsumerStalled Warning Event "
+        "naming the partitions or queues, until it consumes again (docs/policy.md). 0 turns it off.",
         example="2m",
         parse=_stall_after,
     ),

@@ -19,10 +19,12 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from tidescale._progress import rabbitmq_progress
 from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound, SourceTimeout
 from tidescale.sources._fields import compile_linear
@@ -107,7 +109,13 @@ class RabbitMQSource:
             waiting_for=f"{self._where} for queue {settings.queue or settings.queue_pattern!r}",
             advice="check the broker's load, or raise timeout",
         )
-        return rabbitmq_measurement(snapshot, settings, time.monotonic())
+        measurement = rabbitmq_measurement(snapshot, settings, time.monotonic())
+        if scope is not Scope.GROUP:
+            return measurement
+        # The leader's rate estimator and stall detector read the same listing's counters.
+        return replace(
+            measurement, progress=rabbitmq_progress(snapshot.queues, taken_at=measurement.taken_at)
+        )
 
     async def measure_many(
         self, settings: Iterable[TriggerSettings]
