@@ -304,8 +304,10 @@ async def play(args: argparse.Namespace, the_rig: Rig, chosen: list[Configuratio
                         lags = await sample_lag(admin, probe, topic, partitions, placed)
                         for label, lag in lags.items():
                             samples.lag[label].append((tick, lag))
-                        for item in placed:
-                            found = await client.get_deployment(item.namespace, item.name)
+                        deployments = await asyncio.gather(
+                            *(client.get_deployment(item.namespace, item.name) for item in placed)
+                        )
+                        for item, found in zip(placed, deployments, strict=True):
                             label = item.configuration.label
                             status, spec = found.get("status") or {}, found.get("spec") or {}
                             samples.ready[label].append((tick, float(status.get("readyReplicas") or 0)))
