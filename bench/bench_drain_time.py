@@ -121,6 +121,19 @@ def configurations(args: argparse.Namespace) -> list[Configuration]:
             slug="keda30",
         ),
     ]
+    if args.scale_down_stabilization:
+        # Not KEDA's: its rows keep KEDA's defaults whatever this run tries for tidescale's.
+        window = {"scale-down-stabilization": args.scale_down_stabilization}
+        words = (
+            f"; `scale-down-stabilization: {args.scale_down_stabilization}` (so the behaviour path, "
+            "with the default scale-up policies 4 pods and 100 % per 15 s)"
+        )
+        known = [
+            c
+            if c.slug.startswith("keda")
+            else Configuration(label=c.label, hints={**c.hints, **window}, says=c.says + words, slug=c.slug)
+            for c in known
+        ]
     wanted = set(args.configs)
     chosen = [c for c in known if c.slug.startswith("drain") and DRAIN_TIME in wanted]
     chosen += [c for c in known if c.slug.startswith("lag") and "thresholds" in wanted]
@@ -575,6 +588,11 @@ def main() -> int:
     parser.add_argument("--settled", type=float, default=20.0, help="lag counted as drained")
     parser.add_argument("--sample", type=float, default=1.0, help="seconds between samples")
     parser.add_argument("--settle", type=float, default=20.0, help="seconds after every leader is up")
+    parser.add_argument(
+        "--scale-down-stabilization",
+        default="",
+        help="a scale-down stabilization for every configuration but KEDA's (default: none given)",
+    )
     parser.add_argument("--missing", default="", help="a drain-time row to mark not measured, with why")
     parser.add_argument("--write", type=Path, default=None, help="write the markdown report here")
     args = parser.parse_args()
