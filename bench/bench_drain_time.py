@@ -131,7 +131,12 @@ def configurations(args: argparse.Namespace) -> list[Configuration]:
         known = [
             c
             if c.slug.startswith("keda")
-            else Configuration(label=c.label, hints={**c.hints, **window}, says=c.says + words, slug=c.slug)
+            else Configuration(
+                label=c.label,
+                hints={**c.hints, **window},
+                says=c.says.replace(", no behaviour", "") + words,
+                slug=c.slug,
+            )
             for c in known
         ]
     wanted = set(args.configs)
