@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 KUBERNETES_OLDEST_VERSION := $(shell sed -n 's/^KUBERNETES_OLDEST_VERSION=//p' tests/rig/build/versions.env)
 
-.PHONY: help venv rig lint test test-unit test-rig test-faults test-faults-long test-hpa-diff test-k8s-oldest demo bench clean
+.PHONY: help venv rig lint test test-unit test-rig test-faults test-faults-long test-hpa-diff test-k8s-oldest demo bench bench-drain clean
 
 help:
 	@echo "make demo       bring up the local cluster rig with tidescale and a sample consumer"
@@ -19,6 +19,7 @@ help:
 	@echo "make test-faults       the fault suite on the rig (tests/faults, also part of make test)"
 	@echo "make test-faults-long  kill storms (FAULTS_LONG_SECONDS, default 300) and a broker lost of three; not in make test"
 	@echo "make test-k8s-oldest   the smoke subset on the oldest Kubernetes supported ($(KUBERNETES_OLDEST_VERSION); not in make test)"
+	@echo "make bench-drain       drain-time target vs fixed lag thresholds vs KEDA's defaults (~20 min; not in make test)"
 	@echo "make rig        build or fetch the rig's pieces (cached in ~/.cache/tidescale-rig)"
 	@echo "make lint       ruff and mypy --strict"
 
@@ -74,6 +75,11 @@ test-hpa-diff: venv rig
 
 demo: venv rig
 	$(BIN)/python -m tests.rig.demo
+
+# The drain-time target against a sweep of fixed lag thresholds and KEDA's defaults (emulated),
+# side by side on one scripted workload (~20 min). Writes bench/results/drain-time.md.
+bench-drain: venv rig
+	$(BIN)/python bench/bench_drain_time.py --write bench/results/drain-time.md
 
 bench: venv rig
 	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
