@@ -318,7 +318,9 @@ def test_a_group_that_stops_committing_is_held_with_a_warning_and_resumes_when_i
     def holding() -> dict[str, Any] | None:
         seen = status()
         trigger = seen.get("triggers", {}).get("kafka", {})
-        return seen if (trigger.get("value") or 0) >= 330 and trigger.get("stalled") else None
+        # >= 300, not 330: a consumer may finish and commit the message in hand when the pause
+        # file appears (that is before the stall began), so a few of the first 30 can be gone.
+        return seen if (trigger.get("value") or 0) >= 300 and trigger.get("stalled") else None
 
     try:
         held = wait_for("the leader to see the lag and hold", holding, timeout=60, interval=0.5)
