@@ -8,6 +8,10 @@ extra broker request). :class:`ProgressWindow` keeps, per trigger:
   :data:`MAX_SNAPSHOTS` (the leader's memory must not grow with the polling rate), from which
   :func:`~tidescale._rates.measure_rates` and :func:`~tidescale._drain.recommend_drain` give the
   trigger's recommendation;
+- per trigger with a drain-time target, the last per-pod rate measured in this term, used for
+  up to :data:`REMEMBER_RATE_SECONDS` while the window has none: a burst after a quiet minute
+  finds no busy interval in the window (the rate is measured only while there is a backlog), and
+  without the memory every such burst would be sized by the fallback threshold;
 - for every trigger with counters, the stall detector's state
   (:func:`~tidescale._stall.observe_stall`) while ``stall-after`` is not 0.
 
@@ -32,6 +36,11 @@ __all__ = ["MAX_SNAPSHOTS", "DrainEstimate", "Progress", "ProgressWindow", "merg
 MAX_SNAPSHOTS = 64
 """About the most snapshots kept per trigger, whatever the polling interval."""
 
+REMEMBER_RATE_SECONDS = 900.0
+"""How long a measured per-pod rate stands in while the window has none (15 min: long enough to
+span the quiet gaps between bursts, short enough that a new message mix or release is measured
+again before it is trusted for long)."""
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DrainEstimate:
@@ -41,6 +50,10 @@ class DrainEstimate:
     backlog: float
     rates: Rates
     recommendation: DrainRecommendation
+    per_pod_rate: float | None = None
+    """The rate the recommendation used: this window's, or the remembered one."""
+    rate_age: float | None = None
+    """Seconds since ``per_pod_rate`` was measured: 0 for this window's, None when unknown."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -65,6 +78,8 @@ class ProgressWindow:
         self.settings = settings or RateSettings()
         self._snapshots: dict[str, list[ProgressSnapshot]] = {}
         self._stall: dict[str, StallState] = {}
+        self._last_rate: dict[str, tuple[float, float]] = {}
+        """Per trigger: the last per-pod rate measured, and when (the caller's clock)."""
 
     @property
     def kept(self) -> int:
@@ -89,6 +104,7 @@ class ProgressWindow:
         names = {reading.trigger for reading in readings}
         for gone in [name for name in self._snapshots if name not in drain_times or name not in names]:
             del self._snapshots[gone]
+            self._last_rate.pop(gone, None)
         for gone in [name for name in self._stall if name not in names or stall_after <= 0]:
             del self._stall[gone]
         pods_ready = current > 0 and ready >= current
@@ -113,12 +129,13 @@ class ProgressWindow:
             if target is None:
                 continue
             rates = measure_rates(self._keep(reading.trigger, snapshot), now=now, settings=self.settings)
+            per_pod_rate, rate_age = self._per_pod_rate(reading.trigger, rates, now=now)
             cap = max_replicas if reading.replica_cap is None else min(reading.replica_cap, max_replicas)
             recommendation = recommend_drain(
                 DrainInputs(
                     backlog=snapshot.backlog,
                     arrival_rate=rates.arrival,
-                    per_pod_rate=rates.per_consumer,
+                    per_pod_rate=per_pod_rate,
                     target_seconds=target,
                     cap=cap,
                     current=current,
@@ -126,9 +143,25 @@ class ProgressWindow:
                 )
             )
             drain[reading.trigger] = DrainEstimate(
-                target_seconds=target, backlog=snapshot.backlog, rates=rates, recommendation=recommendation
+                target_seconds=target,
+                backlog=snapshot.backlog,
+                rates=rates,
+                recommendation=recommendation,
+                per_pod_rate=per_pod_rate,
+                rate_age=rate_age,
             )
         return Progress(drain=drain, stall=dict(self._stall))
+
+    def _per_pod_rate(self, trigger: str, rates: Rates, *, now: float) -> tuple[float | None, float | None]:
+        """This window's per-pod rate (remembered), else the remembered one while young enough."""
+        if rates.per_consumer is not None:
+            self._last_rate[trigger] = (rates.per_consumer, now)
+            return rates.per_consumer, 0.0
+        remembered = self._last_rate.get(trigger)
+        if remembered is None or now - remembered[1] > REMEMBER_RATE_SECONDS:
+            self._last_rate.pop(trigger, None)
+            return None, None
+        return remembered[0], now - remembered[1]
 
     def _keep(self, trigger: str, snapshot: ProgressSnapshot) -> list[ProgressSnapshot]:
         """The trigger's snapshots with this one: only those that can still count (the window, and

@@ -216,7 +216,8 @@ def _drain_json(estimate: DrainEstimate) -> dict[str, Any]:
         "targetSeconds": estimate.target_seconds,
         "backlog": estimate.backlog,
         "arrivalRate": rounded(rates.arrival),
-        "perPodRate": rounded(rates.per_consumer),
+        "perPodRate": rounded(estimate.per_pod_rate),
+        "perPodRateAgeSeconds": rounded(estimate.rate_age),
         "busySeconds": round(rates.busy_seconds, 1),
         "replicas": recommendation.replicas,
         "measured": recommendation.measured,
@@ -803,7 +804,7 @@ class _Leadership:
             for name, estimate in progress.drain.items():
                 labels = self.agent.trigger_labels(name)
                 for family, value in (
-                    ("tidescale_drain_per_pod_rate", estimate.rates.per_consumer),
+                    ("tidescale_drain_per_pod_rate", estimate.per_pod_rate),
                     ("tidescale_drain_arrival_rate", estimate.rates.arrival),
                     ("tidescale_drain_clear_seconds", estimate.recommendation.clears_in),
                 ):

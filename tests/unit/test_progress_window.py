@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidescale._drain import DrainInputs, recommend_drain
-from tidescale._progress_window import MAX_SNAPSHOTS, ProgressWindow, merged_stall
+from tidescale._progress_window import (
+    MAX_SNAPSHOTS,
+    REMEMBER_RATE_SECONDS,
+    DrainEstimate,
+    ProgressWindow,
+    merged_stall,
+)
 from tidescale._rates import ProgressSnapshot, RateSettings
 from tidescale._stall import StallState
 from tidescale.sources.base import Measurement, MeasurementFailure
@@ -270,3 +276,42 @@ def test_the_merged_stall_names_every_stalled_trigger_s_units_from_the_earliest_
     )
     assert merged == StallState(stalled=True, since=5.0, units=("orders/0", "orders/1", "refunds/0"))
     assert merged_stall({}) is None
+
+
+def test_a_burst_after_a_quiet_spell_is_sized_by_the_rate_measured_before_it() -> None:
+    """The rate is measured only while there is a backlog: a burst after a quiet minute finds no
+    busy interval in the window, and is sized by the last rate measured (not the fallback
+    threshold), for as long as that rate is young enough."""
+    window = ProgressWindow()
+
+    def tick(now: float, consumed: int, produced: int) -> DrainEstimate:
+        return window.update(
+            [reading(consumed=consumed, produced=produced, target=10.0)],
+            drain_times={"orders": 60.0},
+            stall_after=0.0,
+            now=now,
+            current=2,
+            ready=2,
+            max_replicas=12,
+        ).drain["orders"]
+
+    consumed, now = 0, 0.0
+    for _ in range(60):  # busy: 2 pods at 50/s each, a backlog that never runs out
+        now, consumed = now + 1.0, consumed + 100
+        estimate = tick(now, consumed, 10**6)
+    assert estimate.per_pod_rate == 50.0
+    assert estimate.rate_age == 0.0
+    for _ in range(120):  # quiet: nothing waiting, nothing consumed
+        now += 1.0
+        estimate = tick(now, 10**6, 10**6)
+    consumed = 10**6
+    estimate = tick(now + 1.0, consumed, consumed + 6_000)  # a burst of 6,000
+    assert estimate.rates.per_consumer is None
+    assert estimate.per_pod_rate == 50.0
+    # 6,000 within 60 s at 50/s per pod: 2 pods, not 600 (the threshold of 10's answer).
+    assert estimate.recommendation.replicas == 2
+    assert estimate.recommendation.measured
+    # Too old: the fallback decides again.
+    stale = tick(now + 2.0 + REMEMBER_RATE_SECONDS + 1.0, consumed, consumed + 6_000)
+    assert stale.per_pod_rate is None
+    assert not stale.recommendation.measured
