@@ -137,6 +137,15 @@ class Sampler(threading.Thread):
                     say(f"sampler: {error}")
                 self.halt.wait(0.1)
 
+    def wait_past(self, moment: float, timeout: float = 10.0) -> None:
+        """Returns once a sample taken at or after ``moment`` exists (or after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.samples and self.samples[-1][0] >= moment:
+                    return
+            time.sleep(0.05)
+
     def now(self, name: str) -> int | None:
         with self.lock:
             return self.samples[-1][1].get(name) if self.samples else None
@@ -539,6 +548,7 @@ class Bench:
                 samples.drain[side].append(drained[side] - t0)
         # Back at one replica after the drain (the scale-down); the replica-seconds up to there.
         self.both(lambda n: n <= 1, "both back at one replica or fewer", timeout=180)
+        self.sampler.wait_past(max(drained.values(), default=t0))
         for side in SIDES:
             if side in drained:
                 back = self.sampler.first(side, drained[side], lambda n: n <= 1)
@@ -749,7 +759,7 @@ def report(
         f"- Load average (1, 5, 15 min) at start / end: {context['load_start']} / {context['load_end']}"
         " (the machine is shared: other helpers' builds and rig tests ran at the same time)",
         f"- KEDA {context['keda_version']} (operator + metrics adapter built from the Go module by "
-        "`tests/rig/build/build.sh keda`), Kubernetes {context['kubernetes']}, tidescale from this tree "
+        f"`tests/rig/build/build.sh keda`), Kubernetes {context['kubernetes']}, tidescale from this tree "
         "(Helm chart defaults)",
         "- Command: `make bench-keda` (`.venv/bin/python bench/bench_keda.py --write bench/results/keda.md "
         f"--cycles {args.cycles} --messages {args.messages}`)",
@@ -811,6 +821,11 @@ def report(
             f"({phase.minutes:.1f} min) | {_fmt(ours)} | {_fmt(theirs)} | {_ratio(ours, theirs)} |"
         )
     lines += _memory_rows(args, memory)
+    wins = [
+        line
+        for line in lines
+        if line.startswith("| ") and _ratio_of(line) is not None and _ratio_of(line) > 1
+    ]
     missed = [m for phase in phases for m in phase.missed]
     lines += [
         "",
@@ -823,7 +838,8 @@ def report(
         "A watch counts once, when it is opened. `apiserver_request_total` has no user label, so it "
         "cannot split the two.",
         "- Broker requests: Kafka's request log (`kafka.request.logger` at DEBUG), lines per client id over "
-        "the phase: `sarama` is KEDA's Kafka scaler, `tidescale` its agents and waker. The consumers "
+        "the phase: `sarama` is KEDA's Kafka scaler, `tidescale` its agents and waker (`1` is the broker "
+        "itself, node id 1, the same for both). The consumers "
         "(client id = pod name) are the same on both sides and left out. Every client id seen "
         "(requests per minute): "
         + "; ".join(
@@ -831,12 +847,31 @@ def report(
             + ", ".join(f"{c} {v:.1f}" for c, v in sorted(phase.broker_clients.items()))
             for phase in phases
         ),
+        "- idle -> zero runs from the burst's last message recorded by a consumer. KEDA counts its cooldown "
+        "from the last poll that saw lag, which can be up to one pollingInterval before the last message, so "
+        "its figure can come out below the cooldown; tidescale's adds the park handshake with the waker.",
+        "- Both sides share the machine's 2 cores: the pods one side starts take CPU from the other side's, "
+        "so drain times and replica-seconds depend on what the other side does in the same phase (in the "
+        "tuned phase both start their pods at about the same moment).",
         "- One scaled Deployment per side in the latency phases, so per Deployment = the total. The phases "
         "include bursts, drains and idle time at zero in the proportions above.",
     ]
+    lines += ["", "## Where KEDA wins in this run (ratio above 1)", ""]
+    lines += [
+        f"- {w.split(' | ')[0].lstrip('| ')}, {w.split(' | ')[1]}: ratio {w.rstrip(' |').rsplit(' | ', 1)[1]}"
+        for w in wins
+    ] or ["- none"]
     if missed:
         lines += ["", "## Samples not taken", ""] + [f"- {m}" for m in missed]
     return "\n".join(lines) + "\n"
+
+
+def _ratio_of(row: str) -> float | None:
+    """The ratio column of a results row, if it is a number."""
+    try:
+        return float(row.rstrip(" |").rsplit(" | ", 1)[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def _memory_rows(args: argparse.Namespace, memory: dict[str, Any]) -> list[str]:
@@ -845,7 +880,7 @@ def _memory_rows(args: argparse.Namespace, memory: dict[str, Any]) -> list[str]:
     for row in memory.values():
         if row.get("agents"):
             per_agent = statistics.mean(row["agents"]) / 1024
-    for size in (*args.memory_sizes, args.extrapolate):
+    for size in sorted({*args.memory_sizes, args.extrapolate}):
         row = memory.get(str(size))
         keda_mib = sum(row["keda"].values()) / 1024 if row else None
         system = row["system"] if row else (memory[str(args.memory_sizes[-1])]["system"] if memory else {})
