@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 KUBERNETES_OLDEST_VERSION := $(shell sed -n 's/^KUBERNETES_OLDEST_VERSION=//p' tests/rig/build/versions.env)
 
-.PHONY: help venv rig lint test test-unit test-rig test-faults test-faults-long test-hpa-diff test-k8s-oldest demo bench clean
+.PHONY: help venv rig lint test test-unit test-rig test-faults test-faults-long test-hpa-diff test-k8s-oldest demo bench bench-drain bench-keda clean
 
 help:
 	@echo "make demo       bring up the local cluster rig with tidescale and a sample consumer"
@@ -19,6 +19,8 @@ help:
 	@echo "make test-faults       the fault suite on the rig (tests/faults, also part of make test)"
 	@echo "make test-faults-long  kill storms (FAULTS_LONG_SECONDS, default 300) and a broker lost of three; not in make test"
 	@echo "make test-k8s-oldest   the smoke subset on the oldest Kubernetes supported ($(KUBERNETES_OLDEST_VERSION); not in make test)"
+	@echo "make bench-drain       drain-time target vs fixed lag thresholds vs KEDA's defaults (~20 min; not in make test)"
+	@echo "make bench-keda        tidescale beside KEDA in one run (builds KEDA once, tens of minutes cold); writes bench/results/keda.md"
 	@echo "make rig        build or fetch the rig's pieces (cached in ~/.cache/tidescale-rig)"
 	@echo "make lint       ruff and mypy --strict"
 
@@ -75,8 +77,22 @@ test-hpa-diff: venv rig
 demo: venv rig
 	$(BIN)/python -m tests.rig.demo
 
+# The drain-time target against a sweep of fixed lag thresholds and KEDA's defaults (emulated),
+# side by side on one scripted workload (~20 min). Writes bench/results/drain-time.md.
+bench-drain: venv rig
+	$(BIN)/python bench/bench_drain_time.py --write bench/results/drain-time.md
+
+# bench_keda.py needs KEDA, which only bench-keda builds.
 bench: venv rig
-	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in bench/bench_*.py; do [ "$$script" = bench/bench_keda.py ] && continue; echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+# tidescale beside KEDA on the rig, in one run (~20 min), after the two checks it relies on
+# (KEDA scaling through the rig's aggregator and HPA controller; Kafka's request log). KEDA's operator and metrics adapter are
+# built from their Go module on first use (tests/rig/build/build.sh keda; not part of make rig).
+bench-keda: venv rig
+	tests/rig/build/build.sh keda
+	$(BIN)/pytest -m long tests/integration/test_keda_rig.py tests/integration/test_rig_kafka_request_log.py $(PYTEST_ARGS)
+	$(BIN)/python bench/bench_keda.py --write bench/results/keda.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -19,7 +19,11 @@ never asserted.
    ``service-accounts`` and nothing else of the rig's, so its delta is the agents' own count,
    watches included when opened. Watches held open are read from
    ``apiserver_longrunning_requests``.
-3. Bursts (--bursts): a Deployment at 1 replica (max 2, lag threshold 100, polling interval 1 s,
+3. Per trigger type (--trigger-replicas, 0 to skip): the memory of a leader and a follower with a
+   RabbitMQ trigger (a Deployment of the sample RabbitMQ consumer), beside the Kafka rows of 2.
+   VmRSS, RssAnon, RssFile, Pss and threads of each, and whether the follower has loaded its
+   broker client (it measures only when asked for /v1/lag).
+4. Bursts (--bursts): a Deployment at 1 replica (max 2, lag threshold 100, polling interval 1 s,
    scale-down stabilization 2 s); --burst-messages messages produced at once; latency from just
    before the first send to the watch event showing spec.replicas changed. Between bursts it
    drains and scales back to 1.
@@ -55,8 +59,11 @@ sys.path[:0] = [str(REPO), str(REPO / "agent")]
 from tests.integration.rigkube import (  # noqa: E402
     agent_container,
     apply,
+    declare_queue,
     items,
     namespace_with_agent_rbac,
+    rabbitmq_consumer_deployment,
+    rabbitmq_hints,
 )
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -65,6 +72,45 @@ HEAVY = ("kubernetes_asyncio", "kubernetes", "aiokafka", "aio_pika", "aiormq", "
 
 
 # ---------------------------------------------------------------------- import cost
+
+
+# One fresh interpreter, one step after another: VmRSS / RssAnon / RssFile (KiB) after each, to show
+# where a follower's memory goes and what the floor is.
+_STEPS = """
+def memory():
+    wanted = ("VmRSS", "RssAnon", "RssFile")
+    return [int(l.split()[1]) for l in open("/proc/self/status") if l.split(":")[0] in wanted]
+steps = [("bare interpreter", memory())]
+import asyncio, ssl
+steps.append(("+ asyncio (with ssl, concurrent.futures, ...)", memory()))
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+steps.append(("+ one TLS context (the API client's holds the cluster's CA only)", memory()))
+import orjson
+steps.append(("+ orjson", memory()))
+import tidescale.kube, tidescale.election, tidescale.httpserver
+steps.append(("+ tidescale.kube, election, httpserver (the API client: _http1)", memory()))
+import tidescale.agent
+steps.append(("+ the rest of tidescale.agent (hints, policy, parking, registry, ...)", memory()))
+from typing import Any, cast
+from tidescale.agent import Agent, AgentEnv
+async def follower():
+    env = AgentEnv(pod_name="p", namespace="n", pod_ip="127.0.0.1", deployment="d")
+    agent = Agent(env, cast(Any, None))
+    hints = {"tidescale.io/kafka.bootstrap-servers": "k:9092", "tidescale.io/kafka.consumer-group": "g",
+             "tidescale.io/rabbitmq.management-url": "http://r:15672", "tidescale.io/rabbitmq.queue": "q"}
+    await agent.apply_deployment(cast(Any, {"metadata": {"annotations": hints}}))
+asyncio.run(follower())
+steps.append(("+ an Agent with Kafka and RabbitMQ hints applied (a follower nobody asked)", memory()))
+import tidescale.sources.kafka._source, aiokafka, aiokafka.admin
+steps.append(("+ aiokafka and the Kafka source (once it measures)", memory()))
+import tidescale.sources.rabbitmq._source
+steps.append(("+ the RabbitMQ source (management API over _http1)", memory()))
+import httpx
+httpx.AsyncClient()
+steps.append(("+ httpx and one default client, for comparison (not loaded by an agent)", memory()))
+import json
+print(json.dumps(steps))
+"""
 
 
 def import_report() -> dict[str, Any]:
@@ -98,12 +144,16 @@ def import_report() -> dict[str, Any]:
         "after = rss()\n"
         f"heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({list(HEAVY)!r}))\n"
         "count = len(sys.modules)\n"
-        "import uvloop, aiokafka, aiokafka.admin\n"
+        "import aiokafka, aiokafka.admin\n"
         "print(base, after, rss(), count, ','.join(heavy))\n"
     )
     out = subprocess.run([PYTHON, "-c", probe], capture_output=True, text=True, env=env, check=True).stdout
     base, after, with_clients, count, heavy = out.split(" ")
+    steps = json.loads(
+        subprocess.run([PYTHON, "-c", _STEPS], capture_output=True, text=True, env=env, check=True).stdout
+    )
     return {
+        "steps": steps,
         "total_ms": total / 1000,
         "top_level": [(name, cumulative / 1000) for _, cumulative, _, name in top_level[:10]],
         "by_self": [(name, own / 1000) for own, _, _, name in by_self[:10]],
@@ -121,6 +171,12 @@ def import_report() -> dict[str, Any]:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def aiokafka_loaded(pid: int) -> bool:
+    """Whether the process has imported aiokafka (its C extensions are mapped): a follower does so
+    only once it measures its own lag, i.e. once someone asks its /v1/lag."""
+    return b"/aiokafka/" in Path(f"/proc/{pid}/maps").read_bytes()
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -396,6 +452,7 @@ async def measure_window(
             memory = memory_kib(pid)
         except (OSError, KeyError):
             continue  # ended (or started) during the window
+        memory["aiokafka"] = int(aiokafka_loaded(pid))
         rss, hwm = memory["VmRSS"] / 1024, memory["VmHWM"] / 1024
         if pod == leader:
             phase.leader_cpu, phase.leader_rss, phase.leader_hwm = millicores, rss, hwm
@@ -481,6 +538,53 @@ async def steady_state(args: argparse.Namespace, plane: Any, runner: Any, kafka:
         await traffic.stop()
         await asyncio.to_thread(plane.kubectl, "delete", "namespace", namespace, "--wait=false")
     return {"baseline": baseline, "phases": phases, "traffic_sent": traffic.sent}
+
+
+# ---------------------------------------------------------------------- per trigger type
+
+
+async def rabbitmq_phase(
+    args: argparse.Namespace, plane: Any, runner: Any, rabbitmq: Any, run_dir: Path
+) -> Phase:
+    """A Deployment of RabbitMQ consumers with agents (min = max = --trigger-replicas), measured as
+    the steady phases are."""
+    namespace, name = f"bench-rabbit-{uuid.uuid4().hex[:6]}", "jobs"
+    queue, secret, replicas = f"jobs-{uuid.uuid4().hex[:6]}", "rabbitmq-credentials", args.trigger_replicas
+    await asyncio.to_thread(namespace_with_agent_rbac, plane, namespace)
+    await asyncio.to_thread(
+        plane.kubectl, "create", "secret", "generic", secret, "-n", namespace,
+        f"--from-literal=username={rabbitmq.username}", f"--from-literal=password={rabbitmq.password}",
+    )  # fmt: skip
+    await asyncio.to_thread(declare_queue, rabbitmq.amqp_url, queue)
+    scale = {"min-replicas": str(replicas), "max-replicas": str(replicas)}
+    manifest = rabbitmq_consumer_deployment(
+        name,
+        amqp_url=rabbitmq.amqp_url,
+        queue=queue,
+        secret=secret,
+        annotations=rabbitmq_hints(rabbitmq.management_url, queue, secret, scale),
+        record_file=run_dir / f"{namespace}-consumed.txt",
+        replicas=replicas,
+    )
+    if args.agent_path is not None:
+        for container in manifest["spec"]["template"]["spec"]["containers"]:
+            if container["name"] != "consumer":
+                container["env"].append({"name": "PYTHONPATH", "value": str(args.agent_path)})
+    try:
+        await asyncio.to_thread(apply, plane, manifest, namespace=namespace)
+        print(f"rabbitmq trigger at {replicas} replicas: waiting for the pods", flush=True)
+        await wait_until(
+            f"{replicas} ready pods",
+            lambda: len(ready_pods(plane, namespace, name)) == replicas,
+            limit=240,
+            interval=2.0,
+        )
+        await wait_until("a leader", lambda: lease_holder(plane, namespace, name), limit=60)
+        await asyncio.sleep(args.settle)
+        print(f"rabbitmq trigger at {replicas} replicas: measuring {args.window:g}s", flush=True)
+        return await measure_window(plane, runner, namespace, name, replicas, args.window)
+    finally:
+        await asyncio.to_thread(plane.kubectl, "delete", "namespace", namespace, "--wait=false")
 
 
 # ---------------------------------------------------------------------- bursts
@@ -621,6 +725,7 @@ def report(
     steady: dict[str, Any] | None,
     burst: dict[str, Any] | None,
     load: str,
+    rabbit: Phase | None = None,
 ) -> str:
     lines = [
         "# Agent: memory, CPU, API requests, burst-to-scale latency",
@@ -637,8 +742,9 @@ def report(
         "",
         f'`python -X importtime -c "import tidescale.agent"`: {imports["total_ms"]:.0f} ms in all, '
         f"{imports['modules']} modules. VmRSS: bare interpreter {imports['rss_bare_mib']:.1f} MiB, after "
-        f"`import tidescale.agent` {imports['rss_import_mib']:.1f} MiB, after also importing uvloop and "
-        f"aiokafka (what a running agent with a Kafka trigger holds) {imports['rss_clients_mib']:.1f} MiB. "
+        f"`import tidescale.agent` {imports['rss_import_mib']:.1f} MiB, after also importing "
+        "aiokafka (what an agent with a Kafka trigger holds once it measures) "
+        f"{imports['rss_clients_mib']:.1f} MiB. "
         "Heavy clients in `sys.modules` right after the import: "
         + (", ".join(imports["heavy"]) if imports["heavy"] else "none")
         + f" (checked: {', '.join(HEAVY)}).",
@@ -648,6 +754,19 @@ def report(
     ]
     for (name, cum), (own_name, own) in zip(imports["top_level"], imports["by_self"], strict=False):
         lines.append(f"| {name} | {cum:.1f} | | {own_name} | {own:.1f} |")
+    lines += [
+        "",
+        "Where the memory goes, step by step in one fresh interpreter (KiB after each step; the "
+        "last steps are what measuring adds, and httpx for comparison):",
+        "",
+        "| step | VmRSS | RssAnon | RssFile | VmRSS added |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    previous = None
+    for name, (rss, anon, file_backed) in imports["steps"]:
+        added = "" if previous is None else f"{rss - previous:+,}"
+        lines.append(f"| {name} | {rss:,} | {anon:,} | {file_backed:,} | {added} |")
+        previous = rss
     if steady is not None:
         phases: list[Phase] = steady["phases"]
         lines += [
@@ -689,6 +808,36 @@ def report(
                         f"| {p.replicas} | {who} | {memory['VmRSS']:,} | {memory['RssAnon']:,} | "
                         f"{memory['RssFile']:,} | {memory.get('Pss', 0):,} | {memory['Threads']} |"
                     )
+    if steady is not None or rabbit is not None:
+        rows: list[tuple[str, Phase]] = []
+        if steady is not None:
+            with_followers = [p for p in steady["phases"] if p.follower_memory]
+            rows += [("kafka", p) for p in with_followers[:1]]
+        if rabbit is not None:
+            rows.append(("rabbitmq", rabbit))
+        lines += [
+            "",
+            "## Memory per trigger type",
+            "",
+            "The leader and the median follower of one Deployment per trigger type (Kafka: the "
+            "steady phase above with followers; RabbitMQ: a Deployment of the sample RabbitMQ consumer, "
+            "min = max = replicas, polling interval 1 s, measured as the steady phases). KiB. "
+            '"aiokafka" says whether the process had imported aiokafka (its C extensions mapped): '
+            "a follower measures (and opens its broker client) only when asked for its /v1/lag.",
+            "",
+            "| trigger | replicas | who | VmRSS | RssAnon | RssFile | Pss | threads | aiokafka |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for trigger, p in rows:
+            for who, memory in (("leader", p.leader_memory), ("follower", p.follower_memory)):
+                if memory:
+                    lines.append(
+                        f"| {trigger} | {p.replicas} | {who} | {memory['VmRSS']:,} | {memory['RssAnon']:,} | "
+                        f"{memory['RssFile']:,} | {memory.get('Pss', 0):,} | {memory['Threads']} | "
+                        f"{'yes' if memory.get('aiokafka') else 'no'} |"
+                    )
+    if steady is not None:
+        phases = steady["phases"]
         baseline = steady["baseline"]
         keys = sorted(
             {key for p in phases for key in p.api["requests"]} | set(baseline["requests"]),
@@ -768,13 +917,14 @@ def report(
 
 
 @contextmanager
-def rig() -> Iterator[tuple[Any, Any, Any]]:
+def rig(*, with_rabbitmq: bool) -> Iterator[tuple[Any, Any, Any, Any, Path]]:
     from tests.rig.controlplane import ControlPlane
     from tests.rig.kafka import Kafka
     from tests.rig.network import Network
     from tests.rig.paths import ControlPlaneBinaries, new_run_dir
     from tests.rig.podrunner import PodRunner
     from tests.rig.processes import Supervisor
+    from tests.rig.rabbitmq import RabbitMQ
 
     run_dir = new_run_dir()
     print(f"rig run directory: {run_dir}", flush=True)
@@ -784,10 +934,11 @@ def rig() -> Iterator[tuple[Any, Any, Any]]:
     try:
         plane = ControlPlane.start(supervisor, network, run_dir, binaries=ControlPlaneBinaries.from_cache())
         kafka = Kafka.start(supervisor, network, run_dir)
+        rabbitmq = RabbitMQ.start(supervisor, network, run_dir) if with_rabbitmq else None
         runner = PodRunner(
             kubeconfig=plane.admin_kubeconfig, server=plane.server, network=network, run_dir=run_dir
         ).start()
-        yield plane, runner, kafka
+        yield plane, runner, kafka, rabbitmq, run_dir
     finally:
         if runner is not None:
             runner.stop()
@@ -795,10 +946,13 @@ def rig() -> Iterator[tuple[Any, Any, Any]]:
         network.close()
 
 
-async def run(args: argparse.Namespace, plane: Any, runner: Any, kafka: Any) -> tuple[Any, Any]:
+async def run(
+    args: argparse.Namespace, plane: Any, runner: Any, kafka: Any, rabbitmq: Any, run_dir: Path
+) -> tuple[Any, Any, Any]:
     steady = await steady_state(args, plane, runner, kafka) if not args.skip_steady else None
+    rabbit = await rabbitmq_phase(args, plane, runner, rabbitmq, run_dir) if rabbitmq is not None else None
     burst = await bursts(args, plane, kafka) if args.bursts > 0 else None
-    return steady, burst
+    return steady, burst, rabbit
 
 
 def main() -> int:
@@ -813,6 +967,10 @@ def main() -> int:
     parser.add_argument("--burst-messages", type=int, default=200)
     parser.add_argument("--quiet", type=float, default=2.0, help="seconds at 1 replica before a burst")
     parser.add_argument("--skip-steady", action="store_true")
+    parser.add_argument("--only-import", action="store_true", help="the import section alone (no rig)")
+    parser.add_argument(
+        "--trigger-replicas", type=int, default=3, help="replicas of the RabbitMQ phase (0: skip it)"
+    )
     parser.add_argument(
         "--agent-path",
         type=Path,
@@ -826,10 +984,12 @@ def main() -> int:
     started = datetime.datetime.now(datetime.UTC)
     imports = import_report()
     print(json.dumps({k: v for k, v in imports.items() if k not in ("top_level", "by_self")}), flush=True)
-    with rig() as (plane, runner, kafka):
-        steady, burst = asyncio.run(run(args, plane, runner, kafka))
+    steady = burst = rabbit = None
+    if not args.only_import:
+        with rig(with_rabbitmq=args.trigger_replicas > 0) as (plane, runner, kafka, rabbitmq, run_dir):
+            steady, burst, rabbit = asyncio.run(run(args, plane, runner, kafka, rabbitmq, run_dir))
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    text = report(args, started, imports, steady, burst, load)
+    text = report(args, started, imports, steady, burst, load, rabbit)
     print(text)
     if args.write is not None:
         args.write.write_text(text)

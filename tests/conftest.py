@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.rig.network import Network
 from tests.rig.paths import new_run_dir
@@ -19,6 +20,11 @@ pytest_plugins = [
     "tests.rig.fixtures_podrunner",
     "tests.rig.fixtures_prom_nats",
 ]
+
+# No per-example deadline: hypothesis's default (200 ms) is a timed assertion, and on a shared
+# 2-core machine an example that takes 400 ms is load, not a bug. Speed is the benchmarks' job.
+settings.register_profile("tidescale", deadline=None)
+settings.load_profile("tidescale")
 
 _RUN_DIR_KEY = pytest.StashKey[Path]()
 

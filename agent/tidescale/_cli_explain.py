@@ -147,6 +147,7 @@ def replay(
     overrides: Mapping[str, float | None] | None = None,
 ) -> Replay:
     """:func:`tidescale.policy.decide` now, on the status' readings (or ``overrides``). Pure."""
+    from tidescale._drain import DrainRecommendation
     from tidescale.policy import decide
     from tidescale.sources.base import Measurement, MeasurementFailure
 
@@ -191,7 +192,16 @@ def replay(
     if history is None:
         history = _rebuilt_history(view, now, wall)
         source = f"rebuilt from the last change ({source})"
-    decision = decide(readings, current=view.spec_replicas, hints=hints, now=now, history=history)
+    # A drain-time trigger's count is the leader's last estimate (its rates are not in the status to
+    # recompute from); a what-if value for it replays the threshold arithmetic instead.
+    drain = {
+        t.name: DrainRecommendation(replicas=t.drain_replicas, measured=True, clears_in=None, reason=t.drain)
+        for t in view.triggers
+        if t.drain is not None and t.drain_replicas is not None and t.name not in (overrides or {})
+    }
+    decision = decide(
+        readings, current=view.spec_replicas, hints=hints, now=now, history=history, drain=drain
+    )
     per_trigger = []
     for recommendation in decision.recommendations:
         if recommendation.state == "ok":
@@ -269,11 +279,19 @@ def explain_text(
                 line = f"failing: {trigger.error}"
             else:
                 wants = ""
-                if trigger.value is not None and trigger.target:
+                if trigger.drain_replicas is not None:
+                    wants = f" -> wants {trigger.drain_replicas} (drain-time target)"
+                elif trigger.value is not None and trigger.target:
                     wants = f" -> wants {max(0, math.ceil(trigger.value / trigger.target - 1e-9))}"
                 line = f"{metric} {_number(trigger.value)} / {_number(trigger.target)}{wants}"
                 line += ", active" if trigger.active else ", inactive"
             out.append(f"  {trigger.name.ljust(width)}  {line}")
+            if trigger.drain is not None:
+                out.append(f"  {' ' * width}  drain: {trigger.drain}")
+            if trigger.stalled is not None:
+                out.append(
+                    f"  {' ' * width}  STALLED: {trigger.stalled}: the count is held (ConsumerStalled)"
+                )
 
     change = view.last_change
     if change is not None:

@@ -66,6 +66,34 @@ def format_age(seconds: float | None) -> str:
     return f"{s // 86400}d"
 
 
+_MAX_WORDS = 300
+"""Longest text taken from the status for one line (anyone who can edit the Deployment can write it)."""
+
+
+def _drain_words(drain: Any) -> str | None:
+    if not isinstance(drain, Mapping) or not isinstance(drain.get("reason"), str):
+        return None
+    return str(drain["reason"])[:_MAX_WORDS]
+
+
+def _drain_replicas(drain: Any) -> int | None:
+    replicas = drain.get("replicas") if isinstance(drain, Mapping) else None
+    return replicas if isinstance(replicas, int) and not isinstance(replicas, bool) else None
+
+
+def _stall_words(stalled: Any) -> str | None:
+    if not isinstance(stalled, Mapping):
+        return None
+    units = (
+        [str(unit)[:100] for unit in (stalled.get("units") or [])[:20]]
+        if isinstance(stalled.get("units"), list)
+        else []
+    )
+    seconds = stalled.get("seconds")
+    since = f" for {format_age(float(seconds))}" if isinstance(seconds, int | float) and seconds >= 0 else ""
+    return f"no progress{since} on {', '.join(units) or 'its units'}"[:_MAX_WORDS]
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TriggerView:
     name: str
@@ -73,6 +101,11 @@ class TriggerView:
     target: float | None = None
     active: bool | None = None
     error: str | None = None
+    drain: str | None = None
+    """The drain-time target's reason (``backlog 48,000, arriving 350/s, ...``), when it has one."""
+    drain_replicas: int | None = None
+    stalled: str | None = None
+    """While the trigger's consumers are stalled: the units and for how long, in words."""
 
     def short(self) -> str:
         if self.error is not None:
@@ -323,6 +356,9 @@ def view_of(
                 target=_float(reading.get("target")),
                 active=reading.get("active") if isinstance(reading.get("active"), bool) else None,
                 error=str(reading["error"]) if reading.get("error") is not None else None,
+                drain=_drain_words(reading.get("drain")),
+                drain_replicas=_drain_replicas(reading.get("drain")),
+                stalled=_stall_words(reading.get("stalled")),
             )
         )
     replicas = _mapping((status or {}).get("replicas"))

@@ -21,6 +21,12 @@ The estimator, and why each rule is there:
   RabbitMQ's counters) makes the whole interval unusable (leaving only that unit out would
   count the time without the messages); a unit present at only one end (a partition reassigned
   away) is left out of that interval. Neither can make a rate negative.
+- The arrival rate is the steady one: the window's intervals are grouped into blocks of at least
+  ``arrival_block`` seconds and the arrival is the time-weighted median of the blocks' rates. A
+  burst lands in one or two blocks and moves the median not at all: its messages are already in
+  the backlog, and averaging them over the window as well would count them twice (the drain
+  formula adds the arrival rate to backlog / target). Arrival that is high in most blocks is
+  steady, and the median follows it.
 - Warm-up: the first ``warm_up`` seconds after the first snapshot are not used (a new pod
   connects, joins its group and warms its caches there, and would look slow). The rate stays
   unknown (None) until ``min_coverage`` seconds of usable intervals remain; the caller then
@@ -65,6 +71,9 @@ class RateSettings:
     """Seconds after the first snapshot that are not used (joining, rebalancing, cold caches)."""
     min_coverage: float = 10.0
     """Seconds of usable intervals needed before a rate is known."""
+    arrival_block: float = 5.0
+    """Shortest block of intervals whose arrival rate is one sample of the median (the last
+    block, if shorter, joins the one before)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -76,7 +85,7 @@ class Rates:
     per_consumer: float | None
     """Messages one consumer processed per second while busy: the rate the drain target uses."""
     arrival: float | None
-    """Messages produced per second."""
+    """Messages produced per second, steadily (a burst is in the backlog, not here)."""
     busy_seconds: float
     """Seconds of usable busy intervals behind ``throughput`` and ``per_consumer``."""
     covered_seconds: float
@@ -91,15 +100,14 @@ def measure_rates(snapshots: Sequence[ProgressSnapshot], *, now: float, settings
     start = max(now - settings.window, ordered[0].taken_at + settings.warm_up)
     usable = [snapshot for snapshot in ordered if start <= snapshot.taken_at <= now]
     consumed = busy = per_consumer_sum = per_consumer_seconds = 0.0
-    produced = covered = 0.0
+    arrivals: list[tuple[float, float]] = []
     for before, after in itertools.pairwise(usable):
         seconds = after.taken_at - before.taken_at
         if seconds <= 0:
             continue
         arrived = _advance(before.produced, after.produced)
         if arrived is not None:
-            produced += arrived
-            covered += seconds
+            arrivals.append((seconds, arrived))
         done = _advance(before.consumed, after.consumed)
         if done is None or before.backlog <= 0 or after.backlog <= 0:
             continue
@@ -109,15 +117,42 @@ def measure_rates(snapshots: Sequence[ProgressSnapshot], *, now: float, settings
             per_consumer_sum += done / after.consumers
             per_consumer_seconds += seconds
     enough_busy = busy >= settings.min_coverage
+    covered = sum(seconds for seconds, _ in arrivals)
     return Rates(
         throughput=consumed / busy if enough_busy else None,
         per_consumer=(
             per_consumer_sum / per_consumer_seconds if per_consumer_seconds >= settings.min_coverage else None
         ),
-        arrival=produced / covered if covered >= settings.min_coverage else None,
+        arrival=_steady_arrival(arrivals, block=settings.arrival_block)
+        if covered >= settings.min_coverage
+        else None,
         busy_seconds=busy,
         covered_seconds=covered,
     )
+
+
+def _steady_arrival(arrivals: Sequence[tuple[float, float]], *, block: float) -> float:
+    """The time-weighted median of the arrival rates of blocks of at least ``block`` seconds
+    (``arrivals``: (seconds, messages) per interval, in time order, at least one)."""
+    blocks: list[tuple[float, float]] = []
+    seconds = messages = 0.0
+    for interval_seconds, arrived in arrivals:
+        seconds, messages = seconds + interval_seconds, messages + arrived
+        if seconds >= block:
+            blocks.append((seconds, messages))
+            seconds = messages = 0.0
+    if seconds > 0:
+        if blocks:
+            last_seconds, last_messages = blocks.pop()
+            seconds, messages = seconds + last_seconds, messages + last_messages
+        blocks.append((seconds, messages))
+    by_rate = sorted((messages / seconds, seconds) for seconds, messages in blocks)
+    half, weight = sum(seconds for _, seconds in by_rate) / 2, 0.0
+    for rate, seconds in by_rate:
+        weight += seconds
+        if weight >= half:
+            return rate
+    return by_rate[-1][0]
 
 
 def _advance(before: Mapping[str, int], after: Mapping[str, int]) -> float | None:

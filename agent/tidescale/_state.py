@@ -3,10 +3,10 @@
 ``tidescale.io/state`` (for ``kubectl get deploy -L tidescale.io/state``):
 
 * ``scaling``: tidescale follows the triggers (a change is being made, or none is needed);
-* ``holding``: a stabilization window or a scaling policy keeps the count from the recommendation,
-  for more than one poll in a row (a cap that lasts a single poll, as between the steps of a
-  rate-limited scale-up, is part of scaling: it would flip the label, a Deployment write, twice
-  per step);
+* ``holding``: a stabilization window, a scaling policy or a stalled consumer group keeps the count
+  from the recommendation, for more than one poll in a row (a cap that lasts a single poll, as
+  between the steps of a rate-limited scale-up, is part of scaling: it would flip the label, a
+  Deployment write, twice per step);
 * ``parked``: handed to the waker (a park under way, or at zero);
 * ``waking``: woken from zero, pods still starting;
 * ``error``: the hints do not parse, or every trigger fails to measure.
@@ -74,14 +74,18 @@ def held_by(decision: Decision, hints: Hints, *, now: float, wall: datetime) -> 
 
 
 def holds_count(decision: Decision | None, current: int, hints: Hints | None = None) -> bool:
-    """Whether a window or a policy (not a bound) kept ``current`` from the recommendation.
+    """Whether a window, a policy or a stall (not a bound) kept ``current`` from the recommendation.
 
     With ``hints``, a window or policy that only kept what the bounds would have kept anyway
     does not count (min = max = 1 under light load: the down window "holds" 1 against a
     recommendation of 0 that min-replicas lifts to 1 all the same; the label would flip at every
     poll whose lag crosses zero)."""
     cap = decision.capped_by if decision is not None else None
-    if cap is None or decision is None or decision.desired != current or _kind(cap.limit) == "limit":
+    if cap is None or decision is None or decision.desired != current:
+        return False
+    if cap.limit is Limit.CONSUMER_STALLED:
+        return True  # the count is held against what the triggers ask, for as long as the stall lasts
+    if _kind(cap.limit) == "limit":
         return False
     if hints is None or hints.scaling_modifiers is not None:
         return True  # a formula combines the triggers its own way: trust the engine's cap

@@ -46,15 +46,17 @@ from typing import Any, Literal
 import orjson
 
 from tidescale import _logging, _wallclock
+from tidescale._deletion_cost import DELETION_COST_ANNOTATION, mark_for_scale_down
 from tidescale._events import EventRecorder
 from tidescale._metrics import AGENT_FAMILIES, LEADER_ONLY, Metrics, build_info
 from tidescale._policy_state import POLICY_STATE_ANNOTATION
 from tidescale._policy_state import encode as encode_policy_state
 from tidescale._policy_state import restore as restore_policy_state
+from tidescale._progress_window import DrainEstimate, Progress, ProgressWindow, merged_stall
 from tidescale._state import STATE_LABEL, held_by, holds_count, state_of
 from tidescale.election import LeaseElector, LeaseTiming, Term, lease_name
 from tidescale.errors import HintsInvalid, KubeConflict, KubeError, LeadershipLost, TidescaleError
-from tidescale.hints import AGENT_OWNED, Hints, parse_hints
+from tidescale.hints import AGENT_OWNED, Hints, format_duration, parse_hints
 from tidescale.httpserver import HttpServer, Request, Response
 from tidescale.kube import Deployment, KubeClient, KubeConfig, ObjectReference, Pod
 from tidescale.parking import (
@@ -160,8 +162,12 @@ def status_annotation(
     held_by: Mapping[str, Any] | None = None,
     updated_at: str | None = None,
     pods_from: str | None = None,
+    progress: Progress | None = None,
+    now: float = 0.0,
 ) -> dict[str, Any]:
-    """The JSON the leader keeps in ``tidescale.io/status`` (shown by ``kubectl describe``). Pure."""
+    """The JSON the leader keeps in ``tidescale.io/status`` (shown by ``kubectl describe``). Pure.
+
+    ``progress``: the drain estimates and stall states of this tick, at monotonic time ``now``."""
     triggers: dict[str, Any] = {}
     for reading in readings:
         if isinstance(reading, MeasurementFailure):
@@ -171,6 +177,16 @@ def status_annotation(
                 "value": reading.value,
                 "target": reading.target,
                 "active": reading.active,
+            }
+    for name, estimate in (progress.drain if progress else {}).items():
+        if name in triggers:
+            triggers[name]["drain"] = _drain_json(estimate)
+    for name, stall in (progress.stalled() if progress else {}).items():
+        if name in triggers:
+            since = now if stall.since is None else stall.since
+            triggers[name]["stalled"] = {
+                "units": list(stall.units),
+                "seconds": round(max(0.0, now - since), 1),
             }
     status: dict[str, Any] = {
         "version": PROTOCOL_VERSION,
@@ -191,6 +207,27 @@ def status_annotation(
     if updated_at:
         status["updatedAt"] = updated_at
     return status
+
+
+def _drain_json(estimate: DrainEstimate) -> dict[str, Any]:
+    """A drain estimate for the status: the formula's inputs as measured, and its answer."""
+    rates, recommendation = estimate.rates, estimate.recommendation
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 3)
+
+    return {
+        "targetSeconds": estimate.target_seconds,
+        "backlog": estimate.backlog,
+        "arrivalRate": rounded(rates.arrival),
+        "perPodRate": rounded(estimate.per_pod_rate),
+        "perPodRateAgeSeconds": rounded(estimate.rate_age),
+        "busySeconds": round(rates.busy_seconds, 1),
+        "replicas": recommendation.replicas,
+        "measured": recommendation.measured,
+        "clearsInSeconds": rounded(recommendation.clears_in),
+        "reason": recommendation.reason,
+    }
 
 
 def _selector_of(deployment: Deployment) -> str | None:
@@ -231,7 +268,9 @@ class Agent:
         self._seen_hints: dict[str, str] | None = None
         self._policy_state_seen: tuple[str | None, float] = (None, self._clock())
         self._pool = SourcePool(pod_ip=env.pod_ip)
-        self._sources: dict[str, tuple[TriggerSettings, Source]] = {}
+        self._sources: dict[str, tuple[TriggerSettings, Source | None]] = {}
+        """Each trigger's settings and source; None until its first measurement (see _swap_sources)."""
+        self._sources_lock = asyncio.Lock()
         self._local: tuple[Reading, ...] = ()
         self._local_at = -math.inf
         self._local_lock = asyncio.Lock()
@@ -374,30 +413,45 @@ class Agent:
         _log.info("hints applied: min %d, max %d, triggers %s", hints.min_replicas, hints.max_replicas, names)
 
     async def _swap_sources(self, hints: Hints) -> None:
-        """Acquire the new triggers' sources before releasing the old ones, so shared connections stay."""
-        wanted = {settings.name: settings for settings in hints.triggers}
-        kept: dict[str, tuple[TriggerSettings, Source]] = {}
-        for name, settings in wanted.items():
-            held = self._sources.get(name)
-            if held is not None and held[0] == settings:
-                kept[name] = held
-            else:
-                kept[name] = (settings, await self._pool.acquire(settings))
-        for name, (settings, _) in self._sources.items():
-            if kept.get(name, (None,))[0] is not settings:
-                await self._pool.release(settings)
-                for family in (*LEADER_ONLY, "tidescale_local_value"):
-                    self.metrics.clear(family)
-        self._sources = kept
+        """Take in the new triggers. A source opens (and imports its broker client) at the trigger's
+        first measurement, so a follower nobody asks for its lag loads no client: that is most of a
+        follower's memory beyond the interpreter. While sources are open, the new ones are acquired
+        before the old ones are released, so shared connections stay."""
+        async with self._sources_lock:
+            wanted = {settings.name: settings for settings in hints.triggers}
+            any_open = any(source is not None for _, source in self._sources.values())
+            kept: dict[str, tuple[TriggerSettings, Source | None]] = {}
+            for name, settings in wanted.items():
+                held = self._sources.get(name)
+                if held is not None and held[0] == settings:
+                    kept[name] = held
+                else:
+                    kept[name] = (settings, await self._pool.acquire(settings) if any_open else None)
+            for name, (settings, source) in self._sources.items():
+                if kept.get(name, (None,))[0] is not settings:
+                    if source is not None:
+                        await self._pool.release(settings)
+                    for family in (*LEADER_ONLY, "tidescale_local_value"):
+                        self.metrics.clear(family)
+            self._sources = kept
+
+    async def _opened_sources(self) -> list[tuple[TriggerSettings, Source]]:
+        """Every trigger's settings and source, opening from the pool those not yet open."""
+        async with self._sources_lock:
+            opened = []
+            for name, (settings, maybe) in list(self._sources.items()):
+                source = maybe if maybe is not None else await self._pool.acquire(settings)
+                self._sources[name] = (settings, source)
+                opened.append((settings, source))
+            return opened
 
     # ------------------------------------------------------------------ measuring
 
     async def _measure(self, scope: Scope) -> tuple[Reading, ...]:
         if not self._sources:
             return ()
-        return tuple(
-            await asyncio.gather(*(self._measure_in_flight(held, scope) for held in self._sources.values()))
-        )
+        held = await self._opened_sources()
+        return tuple(await asyncio.gather(*(self._measure_in_flight(one, scope) for one in held)))
 
     async def _measure_in_flight(self, held: tuple[TriggerSettings, Source], scope: Scope) -> Reading:
         """:meth:`_measure_one`, counted in ``tidescale_measurements_in_flight`` while it runs. The
@@ -559,6 +613,7 @@ class _Leadership:
         self._last_peers_at = -math.inf
         self._reported_problem: str | None = None
         self._dry_run_said: int | None = None
+        self._marking_refused: str | None = None
         self._decision: Decision | None = None
         self._trigger_states: dict[str, str] = {}
         self._parking = False
@@ -573,6 +628,10 @@ class _Leadership:
         self._peer_http: Any = None
         self._pods_from: str | None = None
         self._sampled_after: str | None = None
+        self._progress_window = ProgressWindow()
+        self._progress: Progress | None = None
+        self._stalled: dict[str, tuple[str, ...]] = {}
+        """Triggers said stalled (ConsumerStalled), with the units named then."""
 
     async def run(self) -> None:
         agent = self.agent
@@ -618,17 +677,36 @@ class _Leadership:
         readings = await agent._measure(Scope.GROUP)
         current = int((deployment.get("spec") or {}).get("replicas", 1))
         pods = (deployment.get("status") or {}).get("replicas")  # the scale subresource's status.replicas
+        ready = (deployment.get("status") or {}).get("readyReplicas")
+        now = agent._clock()
+        progress = self._progress_window.update(
+            readings,
+            drain_times={
+                settings.name: drain_time
+                for settings in hints.triggers
+                if isinstance(drain_time := getattr(settings, "drain_time", None), int | float)
+            },
+            stall_after=hints.stall_after,
+            now=now,
+            current=current,
+            ready=int(ready) if isinstance(ready, int) else 0,
+            max_replicas=hints.max_replicas,
+        )
         decision = decide(
             readings,
             current=current,
             hints=hints,
-            now=agent._clock(),
+            now=now,
             history=self.history,
             pods=int(pods) if isinstance(pods, int) else None,
+            drain=progress.recommendations(),
+            stall=merged_stall(progress.stalled()),
         )
+        self._progress = progress
         self._record(readings, decision, current)
         self._decision, self._parking = decision, False
         await self._report_triggers(decision)
+        await self._report_stalls(progress, current, now)
         if current == 0:
             # The waker's: agents exist at zero only while pods still shut down after a park.
             self.history = decision.history_unapplied
@@ -694,8 +772,53 @@ class _Leadership:
                 message = f"trigger {rec.trigger} measures again: {rec.value} for a target of {rec.target}"
                 await self.agent._event("Recovered", message)
 
+    async def _report_stalls(self, progress: Progress, current: int, now: float) -> None:
+        """ConsumerStalled (Warning) once when a trigger's group stalls, ConsumerResumed when it
+        makes progress again (or the detector stops watching it)."""
+        stalled = progress.stalled()
+        for name, state in sorted(stalled.items()):
+            if name in self._stalled:
+                continue
+            self._stalled[name] = state.units
+            where = ", ".join(state.units) if state.units else "its units"
+            waited = format_duration(round(max(0.0, now - (now if state.since is None else state.since)), 3))
+            message = (
+                f"trigger {name}: no progress for {waited} on {where} while messages wait and every "
+                f"pod is Ready (a poison message, a dead downstream, a rebalance loop?): holding "
+                f"{current} replicas, since more pods would not help; scaling resumes with progress"
+            )
+            _log.warning("%s", message, extra={"trigger": name})
+            await self.agent._event("ConsumerStalled", message, "Warning")
+        for name in sorted(set(self._stalled) - set(stalled)):
+            units = self._stalled.pop(name)
+            where = ", ".join(units) if units else "its units"
+            message = f"trigger {name}: progress again on {where}: scaling normally"
+            _log.info("%s", message, extra={"trigger": name})
+            await self.agent._event("ConsumerResumed", message)
+
     def _record(self, readings: Sequence[Reading], decision: Decision, current: int) -> None:
         metrics = self.agent.metrics
+        progress = self._progress
+        if progress is not None:
+            for reading in readings:
+                state = progress.stall.get(reading.trigger)
+                labels = self.agent.trigger_labels(reading.trigger)
+                if state is None:  # not watched (no counters, stall-after 0): no stale sample either
+                    metrics.discard("tidescale_consumer_stalled", labels)
+                else:
+                    metrics.set("tidescale_consumer_stalled", 1 if state.stalled else 0, labels)
+            for name, estimate in progress.drain.items():
+                labels = self.agent.trigger_labels(name)
+                for family, value in (
+                    ("tidescale_drain_per_pod_rate", estimate.per_pod_rate),
+                    ("tidescale_drain_arrival_rate", estimate.rates.arrival),
+                    ("tidescale_drain_clear_seconds", estimate.recommendation.clears_in),
+                ):
+                    if value is None:
+                        metrics.discard(family, labels)
+                    else:
+                        metrics.set(family, value, labels)
+                metrics.set("tidescale_drain_replicas", estimate.recommendation.replicas, labels)
         for reading in readings:
             if isinstance(reading, Measurement):
                 labels = self.agent.trigger_labels(reading.trigger)
@@ -721,6 +844,39 @@ class _Leadership:
                     "DryRun", f"would scale {current} -> {decision.desired}: {decision.reason}"
                 )
             return
+        selector = _selector_of(deployment)
+        if decision.desired < current and hints.scale_down_marking and selector is not None:
+            # Mark the idlest pods first, so the ReplicaSet removes those (docs/scale-down.md).
+            try:
+                marking = await mark_for_scale_down(
+                    agent._client,
+                    namespace=env.namespace,
+                    selector=selector,
+                    remove=current - decision.desired,
+                    lag=agent._peer_lag,
+                    leader=env.pod_name,
+                    fenced=lambda write: self.elector.fenced(write, term=self.term),
+                )
+            except LeadershipLost as error:
+                agent.metrics.inc("tidescale_scale_writes_total", {"result": "failed"})
+                self.history = decision.history_unapplied
+                _log.warning("scale write %d -> %d not made: %s", current, decision.desired, error)
+                return
+            if marking.refused is None:
+                self._marking_refused = None
+                if marking.plan.chosen:
+                    _log.info("marked for removal: %s", ", ".join(marking.plan.chosen))
+            elif marking.refused != self._marking_refused:
+                self._marking_refused = marking.refused
+                message = (
+                    f"marking the idlest pods before scaling {current} -> {decision.desired} was refused: "
+                    f"{marking.refused}. Scaling anyway: the ReplicaSet picks the pods to remove itself "
+                    f"(newest first). Marking needs patch on pods in {env.namespace}, for the annotation "
+                    f"{DELETION_COST_ANNOTATION} only (deploy/agent-rbac.yaml and deploy/agent-policy.yaml, "
+                    'or the Helm chart\'s agent RBAC); tidescale.io/scale-down-marking: "false" turns it off'
+                )
+                _log.warning("%s", message)
+                await agent._event("ScaleDownMarkingRefused", message, "Warning")
         version = (deployment.get("metadata") or {}).get("resourceVersion")
         try:
             await self.elector.fenced(
@@ -863,7 +1019,8 @@ class _Leadership:
         measured = {r.trigger: r for r in readings if isinstance(r, Measurement)}
         if not agent._sources or set(measured) != set(agent._sources):
             return None
-        details, owners = [], []
+        details: list[Mapping[str, float]] = []
+        owners: list[Mapping[str, str]] = []
         for name, (settings, source) in agent._sources.items():
             if not isinstance(source, Attributing):
                 return None
@@ -927,6 +1084,8 @@ class _Leadership:
             dry_run=hints.dry_run,
             held_by=None if decision is None else held_by(decision, hints, now=agent._clock(), wall=wall),
             updated_at=_iso(wall),
+            progress=self._progress,
+            now=agent._clock(),
         )
         policy_state = encode_policy_state(
             self.history, hints=hints, now=agent._clock(), wall=_wallclock.time()
@@ -966,7 +1125,16 @@ def _status_key(status: Mapping[str, Any]) -> Any:
     when a window or policy holds, and the heartbeat refreshes the rest), nor the write time or
     the peers' lag."""
     triggers = {
-        name: {key: value for key, value in fields.items() if key not in ("value", "active")}
+        name: {
+            # The drain estimate moves every poll; a stall is worth a write when it starts or names
+            # other units, not as its seconds grow.
+            **{
+                key: value
+                for key, value in fields.items()
+                if key not in ("value", "active", "drain", "stalled")
+            },
+            **({"stalled": fields["stalled"].get("units")} if "stalled" in fields else {}),
+        }
         for name, fields in (status.get("triggers") or {}).items()
     }
     return orjson.dumps(
@@ -1036,7 +1204,8 @@ async def _serve(env: AgentEnv, config: KubeConfig) -> None:
     assert main_task is not None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, main_task.cancel)
-    async with KubeClient(config) as client:
+    # A few requests at once are plenty for one agent (watches have connections of their own).
+    async with KubeClient(config, max_requests=4) as client:
         try:
             await Agent(env, client).run()
         except asyncio.CancelledError:
@@ -1067,7 +1236,7 @@ def main(argv: list[str]) -> int:
     except TidescaleError as error:
         print(f"tidescale agent: {error}", file=sys.stderr)
         return 2
-    import uvloop
-
-    uvloop.run(_serve(env, config))
+    # asyncio's own loop, not uvloop: in every pod uvloop costs ~2 MiB of RSS and libuv's 4 resolver
+    # threads (with their malloc arenas); the agent's loop is idle almost always (bench/results/agent.md).
+    asyncio.run(_serve(env, config))
     return 0

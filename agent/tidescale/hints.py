@@ -174,6 +174,8 @@ class Hints:
     """Freeze at the current count; also true whenever ``paused_replicas`` is set."""
     paused_replicas: int | None = None
     dry_run: bool = False
+    scale_down_marking: bool = True
+    """Before a scale-down, mark the idlest pods with pod-deletion-cost so the ReplicaSet removes them."""
     lease: LeaseTimings = field(default_factory=LeaseTimings)
     triggers: tuple[TriggerSettings, ...] = ()
     """Each trigger's settings, ordered by name."""
@@ -361,8 +363,8 @@ KNOBS: tuple[Knob, ...] = (
         type="duration or 0",
         default="5m",
         meaning="A group that consumes nothing this long while it has lag and its pods are Ready is "
-        "stalled: hold the replica count instead of adding pods (docs/policy.md). 0 turns it off. "
-        "Parsed and validated; the agent does not act on it yet (issue 18).",
+        "stalled: hold the replica count instead of adding pods, with a ConsumerStalled Warning Event "
+        "naming the partitions or queues, until it consumes again (docs/policy.md). 0 turns it off.",
         example="2m",
         parse=_stall_after,
     ),
@@ -584,6 +586,16 @@ KNOBS: tuple[Knob, ...] = (
         default="false",
         meaning="Decide and report (Events, status annotation), never write the replica count.",
         example="true",
+        parse=_values.parse_bool,
+    ),
+    Knob(
+        name="scale-down-marking",
+        type="boolean",
+        default="true",
+        meaning="Before a scale-down, mark the idlest pods (no lag, fewest unacked, newest) with "
+        "controller.kubernetes.io/pod-deletion-cost so the ReplicaSet removes those; false: the "
+        "ReplicaSet's own choice (newest first).",
+        example="false",
         parse=_values.parse_bool,
     ),
     Knob(
@@ -858,6 +870,7 @@ def _assemble(
         paused=bool(_knob(values, "paused")) or paused_replicas is not None,
         paused_replicas=paused_replicas,
         dry_run=_knob(values, "dry-run"),
+        scale_down_marking=_knob(values, "scale-down-marking"),
         lease=LeaseTimings(
             duration=_knob(values, "lease-duration"),
             renew_deadline=_knob(values, "lease-renew-deadline"),

@@ -2,7 +2,8 @@
 
 The agent runs beside every pod, so its memory is paid for once per replica. The
 generated ``kubernetes_asyncio`` client costs ~72 MiB of RSS on import; this module
-is httpx + orjson and typed dictionaries holding only the fields tidescale reads.
+is a small HTTP/1.1 client on asyncio streams (:mod:`tidescale._http1`: httpx in use would add
+~8 MiB per pod) + orjson and typed dictionaries holding only the fields tidescale reads.
 
 Configuration comes from the pod (``KubeConfig.in_cluster``: service host/port, the
 projected token, re-read when the kubelet rotates it, the CA and the namespace) or from
@@ -22,6 +23,7 @@ cancelled. Iterate them inside ``contextlib.aclosing`` when breaking out early.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import ssl
@@ -33,9 +35,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict, TypeVar, cast
 
-import httpx
 import orjson
 
+from tidescale._http1 import HttpClient, HttpError
 from tidescale.errors import KubeError, KubeNotFound, KubeUnauthorized, KubeUnavailable
 
 __all__ = [
@@ -74,6 +76,8 @@ class ObjectMeta(TypedDict, total=False):
     generation: int
     labels: dict[str, str]
     annotations: dict[str, str]
+    creationTimestamp: str
+    deletionTimestamp: str
 
 
 class LeaseSpec(TypedDict, total=False):
@@ -324,7 +328,7 @@ class KubeConfig:
         return context
 
 
-class _BearerToken(httpx.Auth):
+class _BearerToken:
     """A bearer token, from the config or from a file read again whenever it changes."""
 
     def __init__(self, *, token: str | None, token_file: Path | None) -> None:
@@ -332,7 +336,8 @@ class _BearerToken(httpx.Auth):
         self._file = token_file
         self._stamp: tuple[int, int] | None = None
 
-    def _current(self, *, force: bool = False) -> str | None:
+    def current(self, *, force: bool = False) -> str | None:
+        """The token to send; ``force`` reads the file again even when it looks unchanged."""
         if self._file is None:
             return self._token
         try:
@@ -345,16 +350,17 @@ class _BearerToken(httpx.Auth):
             pass  # keep the last token: the kubelet swaps the file atomically, a miss is transient
         return self._token
 
-    def auth_flow(self, request: httpx.Request) -> Any:
-        token = self._current()
-        if token:
-            request.headers["Authorization"] = f"Bearer {token}"
-        response = yield request
-        if response.status_code == 401 and self._file is not None:
-            fresh = self._current(force=True)
-            if fresh and fresh != token:
-                request.headers["Authorization"] = f"Bearer {fresh}"
-                yield request
+    def fresher_than(self, token: str | None) -> str | None:
+        """After a 401 answered to ``token``: the token file's new token, or None when there is none
+        (then the 401 stands)."""
+        if self._file is None:
+            return None
+        fresh = self.current(force=True)
+        return fresh if fresh and fresh != token else None
+
+
+def _bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 # --- the client ------------------------------------------------------------------------------
@@ -372,16 +378,19 @@ _BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 30.0
 class KubeClient:
     """One connection pool to the API server and the calls the agent makes through it."""
 
-    def __init__(self, config: KubeConfig, *, timeout: float = 10.0) -> None:
+    def __init__(self, config: KubeConfig, *, timeout: float = 10.0, max_requests: int = 16) -> None:
         self.config = config
         self._timeout = timeout
-        self._http = httpx.AsyncClient(
-            base_url=config.server,
-            verify=config.ssl_context(),
-            auth=_BearerToken(token=config.token, token_file=config.token_file),
-            timeout=timeout,
-            headers={"Accept": "application/json", "User-Agent": AGENT_COMPONENT},
-        )
+        self._auth = _BearerToken(token=config.token, token_file=config.token_file)
+        try:
+            self._http = HttpClient(
+                config.server,
+                ssl_context=config.ssl_context() if config.server.startswith("https:") else None,
+                headers={"Accept": "application/json", "User-Agent": AGENT_COMPONENT},
+                max_requests=max_requests,
+            )
+        except ValueError as exc:
+            raise KubeError(f"the API server's address {config.server!r} is not an http(s) URL") from exc
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -404,21 +413,25 @@ class KubeClient:
         body: object = None,
         content_type: str = "application/json",
     ) -> Any:
-        headers = {"Content-Type": content_type} if body is not None else None
+        headers = {"Content-Type": content_type} if body is not None else {}
+        content = None if body is None else orjson.dumps(body)
+        token = self._auth.current()
         try:
-            response = await self._http.request(
-                method,
-                path,
-                params=params,
-                content=None if body is None else orjson.dumps(body),
-                headers=headers,
-            )
-        except httpx.TimeoutException as exc:
+            async with asyncio.timeout(self._timeout):
+                response = await self._http.request(
+                    method, path, params=params, body=content, headers={**headers, **_bearer(token)}
+                )
+                fresh = self._auth.fresher_than(token) if response.status == 401 else None
+                if fresh is not None:  # the kubelet rotated the token: once more with the new one
+                    response = await self._http.request(
+                        method, path, params=params, body=content, headers={**headers, **_bearer(fresh)}
+                    )
+        except TimeoutError as exc:
             raise KubeUnavailable(f"{what}: no answer from {self.config.server} in time") from exc
-        except httpx.HTTPError as exc:
-            raise KubeUnavailable(f"{what}: {self.config.server} unreachable: {exc!r}") from exc
-        if response.status_code >= 300:
-            raise _error_of(response.status_code, response.content, what)
+        except HttpError as exc:
+            raise KubeUnavailable(f"{what}: {self.config.server} unreachable: {exc}") from exc
+        if response.status >= 300:
+            raise _error_of(response.status, response.content, what)
         try:
             return orjson.loads(response.content)
         except orjson.JSONDecodeError as exc:
@@ -427,17 +440,30 @@ class KubeClient:
     async def _stream(
         self, path: str, params: Mapping[str, str], *, what: str, read_timeout: float
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        timeout = httpx.Timeout(self._timeout, read=read_timeout)
         try:
-            async with self._http.stream("GET", path, params=params, timeout=timeout) as response:
-                if response.status_code >= 300:
-                    raise _error_of(response.status_code, await response.aread(), what)
-                async for line in response.aiter_lines():
-                    if line:
+            async with contextlib.AsyncExitStack() as stack:
+                async with asyncio.timeout(self._timeout):
+                    response = await stack.enter_async_context(
+                        self._http.stream("GET", path, params=params, headers=_bearer(self._auth.current()))
+                    )
+                    if response.status >= 300:
+                        raise _error_of(response.status, await response.read(), what)
+                lines = await stack.enter_async_context(contextlib.aclosing(response.lines()))
+                while True:
+                    # Each read has its own deadline: a timeout around the yield would fire in the
+                    # consumer's code.
+                    try:
+                        async with asyncio.timeout(read_timeout):
+                            line = await anext(lines)
+                    except StopAsyncIteration:
+                        return
+                    if line.strip():
                         event = orjson.loads(line)
                         yield str(event.get("type")), event.get("object") or {}
-        except httpx.HTTPError as exc:
-            raise KubeUnavailable(f"{what}: watch connection lost: {exc!r}") from exc
+        except TimeoutError as exc:
+            raise KubeUnavailable(f"{what}: watch connection lost: no data in time") from exc
+        except HttpError as exc:
+            raise KubeUnavailable(f"{what}: watch connection lost: {exc}") from exc
         except orjson.JSONDecodeError as exc:
             raise KubeUnavailable(f"{what}: the watch stream carried something not JSON") from exc
 
@@ -628,6 +654,16 @@ class KubeClient:
         path, params = _PODS.format(ns=namespace), {"labelSelector": label_selector}
         items, _ = await self._collection(path, params, f"list pods {label_selector!r} in {namespace}")
         return cast(list[Pod], items)
+
+    async def patch_pod_annotations(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+    ) -> Pod:
+        """Set (or, with ``None``, remove) annotations of one pod; a JSON merge patch of nothing else."""
+        path = f"{_PODS.format(ns=namespace)}/{name}"
+        body = {"metadata": {"annotations": dict(annotations)}}
+        what = f"patch annotations of pod {namespace}/{name}"
+        result = await self._request("PATCH", path, what=what, body=body, content_type=_MERGE_PATCH)
+        return cast(Pod, result)
 
     def watch_pods(self, namespace: str, label_selector: str) -> AsyncGenerator[WatchEvent[Pod], None]:
         path, params = _PODS.format(ns=namespace), {"labelSelector": label_selector}

@@ -45,6 +45,7 @@ REQUIRED: tuple[Permission, ...] = (
     *_each("apps", "deployments", "patch", "the status annotation"),
     *_each("apps", "deployments", "get patch", "scaling", subresource="scale"),
     *_each("", "pods", "list watch", "finding the peers"),
+    *_each("", "pods", "patch", "marking the idlest pods before a scale-down (pod-deletion-cost)"),
     *_each("", "events", "create", "reporting decisions"),
     *_each("", "events", "patch", "counting a repeated Event on the first one (aggregation)"),
     *_each(

@@ -1,8 +1,9 @@
 """The agent's confinement on the rig (issue 11, item 7): with deploy/agent-policy.yaml installed,
 the API server itself refuses what the agent of Deployment A (or the workload sharing its pod's
 token) must not do — write Deployment B, change A's pod template or other labels, take another
-Lease — while A's elected leader still scales A on Kafka lag. A ServiceAccount not bound to the
-agent Role is left alone by the policy.
+Lease, change anything of a pod but the deletion-cost annotation of A's pods (issue 18) — while
+A's elected leader still scales A on Kafka lag. A ServiceAccount not bound to the agent Role is
+left alone by the policy.
 
 The requests are made with the pod's own bound token, read from the volume the pod runner
 wrote for it: the token carries ``authentication.kubernetes.io/pod-name``, as a kubelet's does.
@@ -39,6 +40,7 @@ pytestmark = pytest.mark.rig
 
 POLICY = REPO_ROOT / "deploy" / "agent-policy.yaml"
 MERGE = "application/merge-patch+json"
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 PARTITIONS = 4
 
 
@@ -134,6 +136,14 @@ def deployment_path(namespace: str, name: str) -> str:
     return f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
 
 
+def pod_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/pods/{name}"
+
+
+def deletion_cost(value: str | None) -> dict[str, Any]:
+    return {"metadata": {"annotations": {DELETION_COST: value}}}
+
+
 def lease_path(namespace: str, name: str = "") -> str:
     return f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases" + (f"/{name}" if name else "")
 
@@ -187,7 +197,26 @@ def test_the_api_server_refuses_the_agent_of_a_any_write_but_its_own_while_its_l
             ),
             timeout=60,
         )
+        pod_b = running_pod(control_plane, namespace, b)
+        wait_for(
+            "the pods policy to refuse a deletion cost on B's pod",
+            lambda: refused_by_policy(as_a.patch(pod_path(namespace, pod_b), deletion_cost("-1000"))),
+            timeout=60,
+        )
         refused = {
+            "B's pod's deletion cost": as_a.patch(pod_path(namespace, pod_b), deletion_cost("-999")),
+            "A's pod's labels": as_a.patch(
+                pod_path(namespace, pod_a), {"metadata": {"labels": {"app": "x"}}}
+            ),
+            "another annotation of A's pod": as_a.patch(
+                pod_path(namespace, pod_a), {"metadata": {"annotations": {"tidescale.io/status": "{}"}}}
+            ),
+            "A's pod's spec": as_a.patch(
+                pod_path(namespace, pod_a), {"spec": {"activeDeadlineSeconds": 36000}}
+            ),
+            "A's pod's finalizers": as_a.patch(
+                pod_path(namespace, pod_a), {"metadata": {"finalizers": ["example.com/keep"]}}
+            ),
             "scale B": as_a.patch(deployment_path(namespace, b) + "/scale", {"spec": {"replicas": 3}}),
             "annotate B": as_a.patch(
                 deployment_path(namespace, b), {"metadata": {"annotations": {"tidescale.io/status": "{}"}}}
@@ -210,6 +239,9 @@ def test_the_api_server_refuses_the_agent_of_a_any_write_but_its_own_while_its_l
             what: (r.status_code, r.text[:300]) for what, r in refused.items() if not refused_by_policy(r)
         }
         assert answers == {}, f"writes the API server should have refused: {answers}"
+        # A cost that is not an integer: the API server's own validation refuses it before the policy.
+        not_integer = as_a.patch(pod_path(namespace, pod_a), deletion_cost("cheap"))
+        assert not_integer.status_code in (403, 422), not_integer.text
         assert int(get(control_plane, "deployment", b, namespace)["spec"]["replicas"]) == 1
         template = get(control_plane, "deployment", a, namespace)["spec"]["template"]
         assert "evil" not in json.dumps(template)
@@ -219,6 +251,14 @@ def test_the_api_server_refuses_the_agent_of_a_any_write_but_its_own_while_its_l
             deployment_path(namespace, a), {"metadata": {"annotations": {"tidescale.io/status": "{}"}}}
         )
         assert allowed.status_code == 200, allowed.text
+        # The scale-down mark on a pod of A, and its removal (docs/scale-down.md).
+        for cost in ("-1000", None):
+            marked = as_a.patch(pod_path(namespace, pod_a), deletion_cost(cost))
+            assert marked.status_code == 200, marked.text
+        pod = get(control_plane, "pod", pod_a, namespace)
+        assert DELETION_COST not in (pod["metadata"].get("annotations") or {})
+        assert pod["metadata"]["labels"]["app"] == a
+        assert "activeDeadlineSeconds" not in pod["spec"]
     finally:
         as_a.close()
 

@@ -78,9 +78,13 @@ async def test_the_management_api_counts_what_was_published_and_acknowledged(
             ):
                 break
             await asyncio.sleep(0.5)
+        # The group-wide measurement hands the leader the same counters, from the same listing.
+        measured = await source.measure(settings, Scope.GROUP)
     finally:
         await source.close()
         await _delete(rabbitmq, queue)
+    assert measured.progress is not None
+    assert (measured.progress.consumed, measured.progress.produced) == ({queue: 5}, {queue: 7})
     assert stats is not None
     assert (stats.consumed_total, stats.published_total, stats.messages) == (5, 7, 2)
     progress = rabbitmq_progress([stats], taken_at=0.0)
@@ -113,3 +117,23 @@ async def test_kafka_offsets_show_a_stall_on_the_partition_with_lag_and_its_end_
         state = observe_stall(state, snapshot, pods_ready=True, stall_after=30.0)
         seen.append((state.stalled, state.units))
     assert seen == [(False, ()), (True, (f"{topic}/0",)), (False, ())]
+
+
+async def test_the_group_wide_kafka_measurement_carries_the_offsets_it_read_for_the_leader(
+    kafka: Kafka,
+) -> None:
+    """What the leader's rate window and stall clock receive: the same offsets, read once."""
+    topic = await _topic_with_messages(kafka, {0: 9, 1: 4})
+    group = f"drain-{uuid.uuid4().hex[:8]}"
+    await _commit(kafka, group, {TopicPartition(topic, 0): 3, TopicPartition(topic, 1): 4})
+    settings = _settings(kafka, group, topic=topic)
+    source = KafkaSource(settings)
+    try:
+        measurement = await source.measure(settings, Scope.GROUP)
+    finally:
+        await source.close()
+    assert measurement.progress is not None
+    assert measurement.progress.consumed == {f"{topic}/0": 3, f"{topic}/1": 4}
+    assert measurement.progress.produced == {f"{topic}/0": 9, f"{topic}/1": 4}
+    assert measurement.progress.lag == {f"{topic}/0": 6.0, f"{topic}/1": 0.0}
+    assert measurement.progress.taken_at == measurement.taken_at

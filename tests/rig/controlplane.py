@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from tests.rig.certs import SERVICE_CLUSTER_IP_RANGE, ControlPlanePKI, KeyPair
+from tests.rig.certs import SERVICE_CLUSTER_IP_RANGE, CertificateAuthority, ControlPlanePKI, KeyPair
 from tests.rig.network import Network
 from tests.rig.paths import ControlPlaneBinaries, kubernetes_minor
 from tests.rig.processes import Managed, Supervisor, free_port, port_open, wait_until
@@ -60,6 +60,10 @@ def controllers_flag(kubernetes_minor: int) -> str:
 
 
 START_TIMEOUT = 90.0  # seconds; a warm start takes a few, a loaded 2-core machine more
+DEFAULT_HPA_SYNC_PERIOD = 1.0
+"""Seconds between two syncs of one HPA in the rig (Kubernetes' own default is 15 s)."""
+FRONT_PROXY_CLIENT = "front-proxy-client"
+"""The name in the API server's client certificate for aggregated APIs (their requestheader CA's)."""
 
 
 class ControlPlaneError(RuntimeError):
@@ -107,6 +111,7 @@ class ControlPlane:
     processes: list[Managed]
     version: str = ""
     start_seconds: float = 0.0
+    hpa_sync_period: float = DEFAULT_HPA_SYNC_PERIOD
     _http: httpx.Client | None = field(default=None, repr=False)
 
     @property
@@ -134,11 +139,14 @@ class ControlPlane:
         run_dir: Path,
         *,
         binaries: ControlPlaneBinaries | None = None,
+        hpa_sync_period: float = DEFAULT_HPA_SYNC_PERIOD,
     ) -> ControlPlane:
         """Starts etcd, the API server and the controller manager; returns once they serve.
 
         Files go to ``run_dir/controlplane`` (certificates, kubeconfigs, etcd data),
-        logs to the supervisor's run folder.
+        logs to the supervisor's run folder. ``hpa_sync_period`` (seconds) is the HPA
+        controller's --horizontal-pod-autoscaler-sync-period (a benchmark compares KEDA at
+        Kubernetes' default 15 s and at the rig's 1 s).
         """
         began = time.monotonic()
         bins = binaries if binaries is not None else ControlPlaneBinaries.from_cache()
@@ -162,6 +170,7 @@ class ControlPlane:
             etcd_client_port=free_port(),
             etcd_peer_port=free_port(),
             processes=[],
+            hpa_sync_period=hpa_sync_period,
         )
         try:
             plane._start_etcd(supervisor)
@@ -251,9 +260,27 @@ class ControlPlane:
         path.write_text(json.dumps(policy))
         return path
 
+    def _front_proxy(self) -> tuple[Path, KeyPair]:
+        """The aggregation layer's own CA (its certificate file) and the API server's client
+        certificate from it: an aggregated API server (KEDA's metrics adapter) trusts the user the
+        API server names in its X-Remote-* headers only over a connection with this certificate.
+        Only the API server holds it, so no other client can name a user this way. Made once per
+        control plane (an API server restart keeps it)."""
+        directory = self.directory / "pki" / "front-proxy"
+        client = KeyPair(
+            cert_file=directory / f"{FRONT_PROXY_CLIENT}.crt",
+            key_file=directory / f"{FRONT_PROXY_CLIENT}.key",
+        )
+        if not client.cert_file.is_file():
+            directory.mkdir(parents=True, exist_ok=True)
+            ca = CertificateAuthority.create(directory, common_name="tidescale-rig-front-proxy-ca")
+            client = ca.issue_client_cert(FRONT_PROXY_CLIENT, common_name=FRONT_PROXY_CLIENT)
+        return directory / "ca.crt", client
+
     def _start_apiserver(self, supervisor: Supervisor) -> None:
         pki = self.pki
         audit_policy = self._write_audit_policy()
+        front_proxy_ca, front_proxy_client = self._front_proxy()
         apiserver = supervisor.start(
             "kube-apiserver",
             [
@@ -275,6 +302,14 @@ class ControlPlane:
                 # Webhook Services are resolved to their Endpoints (the pod addresses):
                 # there is no kube-proxy to make a ClusterIP reachable.
                 "--enable-aggregator-routing=true",
+                # The aggregation layer's authentication (an aggregated API server delegates to it).
+                f"--requestheader-client-ca-file={front_proxy_ca}",
+                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={front_proxy_client.cert_file}",
+                f"--proxy-client-key-file={front_proxy_client.key_file}",
                 "--profiling=false",
                 f"--audit-policy-file={audit_policy}",
                 f"--audit-log-path={self.audit_log}",
@@ -317,7 +352,7 @@ class ControlPlane:
                 # The HPA differential test (tests/integration/test_hpa_differential.py): a 1 s
                 # sync; a worker per HPA, as its scripted metrics server holds each query up
                 # to 1.6 s; and client rate limits that do not delay dozens of HPAs' writes.
-                "--horizontal-pod-autoscaler-sync-period=1s",
+                f"--horizontal-pod-autoscaler-sync-period={self.hpa_sync_period:g}s",
                 "--concurrent-horizontal-pod-autoscaler-syncs=64",
                 "--kube-api-qps=200",
                 "--kube-api-burst=400",
@@ -437,6 +472,15 @@ class ControlPlane:
             self._http = None
         time.sleep(down_seconds)
         self._start_apiserver(supervisor)
+
+    def restart_controller_manager(self, supervisor: Supervisor, *, hpa_sync_period: float) -> None:
+        """Stops kube-controller-manager and starts it again with another HPA sync period (seconds);
+        etcd and the API server keep running. For a benchmark that compares sync periods in one run."""
+        old = next(p for p in self.processes if p.name == "kube-controller-manager")
+        old.stop()
+        self.processes.remove(old)
+        self.hpa_sync_period = hpa_sync_period
+        self._start_controller_manager(supervisor)
 
     def open_listeners(self) -> list[Listener]:
         """The control plane's listeners that still accept connections (none after stop)."""

@@ -51,6 +51,17 @@ appender.out.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = {level}
 rootLogger.appenderRef.out.ref = out
 """
+# Every request the broker completes, one line each (header with api key and client id), in a file
+# of its own: how a benchmark counts each client's broker requests (Kafka's request logger; the
+# broker logs through reload4j, so this is log4j 1 syntax).
+_LOG4J_REQUESTS = """\
+log4j.logger.kafka.request.logger=DEBUG, requests
+log4j.additivity.kafka.request.logger=false
+log4j.appender.requests=org.apache.log4j.FileAppender
+log4j.appender.requests.File={path}
+log4j.appender.requests.layout=org.apache.log4j.PatternLayout
+log4j.appender.requests.layout.ConversionPattern=%d{{ISO8601}} %m%n
+"""
 
 
 SCRAM_USERS = {
@@ -189,8 +200,19 @@ class Kafka:
 
     @classmethod
     def start(
-        cls, supervisor: Supervisor, network: Network, run_dir: Path, *, timeout: float = 120.0
+        cls,
+        supervisor: Supervisor,
+        network: Network,
+        run_dir: Path,
+        *,
+        timeout: float = 120.0,
+        request_log: bool = False,
     ) -> Kafka:
+        """Formats and starts the broker; returns once it answers metadata requests.
+
+        ``request_log``: the broker writes every request it completes to :attr:`request_log_file`
+        (Kafka's request logger at DEBUG), for a benchmark that counts requests per client id.
+        """
         began = time.monotonic()
         classpath = kafka_classpath()
         directory = run_dir / "kafka"
@@ -203,7 +225,10 @@ class Kafka:
         properties = directory / "server.properties"
         properties.write_text(_server_properties(host, port, controller_port, directory / "data", auth))
         for level in ("INFO", "WARN"):
-            (directory / f"log4j-{level}.properties").write_text(_LOG4J.format(level=level))
+            text = _LOG4J.format(level=level)
+            if request_log and level == "INFO":
+                text += _LOG4J_REQUESTS.format(path=directory / "requests.log")
+            (directory / f"log4j-{level}.properties").write_text(text)
             (directory / f"log4j2-{level}.properties").write_text(_LOG4J2.format(level=level.lower()))
 
         format_log = run_dir / "logs" / "kafka-format.log"
@@ -336,6 +361,11 @@ class Kafka:
         if errors:
             raise KafkaToolError(f"describing consumer group {group!r}: {errors[0]}")
         return parse_group_table(output)
+
+    @property
+    def request_log_file(self) -> Path:
+        """Where a broker started with ``request_log=True`` writes its requests."""
+        return self.directory / "requests.log"
 
     def open_listeners(self) -> list[str]:
         """The broker's listeners ("host:port") that still accept connections: none after stop."""

@@ -146,6 +146,8 @@ def test_the_default_render_has_the_injector_the_waker_and_the_agent_role(defaul
             "ClusterRole/tidescale-agent-binder",
             "ValidatingAdmissionPolicy/tidescale-agent",
             "ValidatingAdmissionPolicyBinding/tidescale-agent",
+            "ValidatingAdmissionPolicy/tidescale-agent-pods",
+            "ValidatingAdmissionPolicyBinding/tidescale-agent-pods",
             f"NetworkPolicy/{INJECTOR}",
             f"NetworkPolicy/{WAKER}",
         ]
@@ -444,13 +446,15 @@ def test_the_agent_policy_is_exactly_deploy_agent_policy_and_keys_on_the_marker_
     default: Rendered,
 ) -> None:
     reference = {
-        d["kind"]: d for d in yaml.safe_load_all((REPO_ROOT / "deploy" / "agent-policy.yaml").read_text())
+        (d["kind"], d["metadata"]["name"]): d
+        for d in yaml.safe_load_all((REPO_ROOT / "deploy" / "agent-policy.yaml").read_text())
     }
+    for name in ("tidescale-agent", "tidescale-agent-pods"):
+        for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
+            assert default.get(kind, name)["spec"] == reference[(kind, name)]["spec"], (kind, name)
+        assert default.get("ValidatingAdmissionPolicyBinding", name)["spec"]["validationActions"] == ["Deny"]
+    assert len(reference) == 4
     policy = default.get("ValidatingAdmissionPolicy", "tidescale-agent")
-    binding = default.get("ValidatingAdmissionPolicyBinding", "tidescale-agent")
-    assert policy["spec"] == reference["ValidatingAdmissionPolicy"]["spec"]
-    assert binding["spec"] == reference["ValidatingAdmissionPolicyBinding"]["spec"]
-    assert binding["spec"]["validationActions"] == ["Deny"]
     # The marker the policy's match condition checks is a rule of the agent ClusterRole.
     marker = {"apiGroups": ["tidescale.io"], "resources": ["agentscopes"], "verbs": ["confine"]}
     assert marker in default.get("ClusterRole", "tidescale-agent")["rules"]

@@ -10,7 +10,6 @@ import os
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tidescale.errors import KubeConflict, KubeError, KubeForbidden, KubeUnavailable
@@ -101,34 +100,26 @@ def test_in_cluster_config_outside_a_cluster_is_a_kube_error(tmp_path: Path) -> 
         KubeConfig.in_cluster(environ={}, account_dir=tmp_path)
 
 
-def _authorization(auth: _BearerToken) -> str:
-    request = httpx.Request("GET", "https://example.invalid/")
-    flow = auth.auth_flow(request)
-    sent = next(flow)
-    return str(sent.headers["Authorization"])
-
-
 def test_token_file_is_read_again_after_the_kubelet_rotates_it(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("first")
     auth = _BearerToken(token=None, token_file=token)
-    assert _authorization(auth) == "Bearer first"
+    assert auth.current() == "first"
     token.write_text("second-token")
     stat = token.stat()
     os.utime(token, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    assert _authorization(auth) == "Bearer second-token"
+    assert auth.current() == "second-token"
 
 
 def test_a_401_with_a_rotated_token_file_retries_once_with_the_new_token(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("old")
     auth = _BearerToken(token=None, token_file=token)
-    request = httpx.Request("GET", "https://example.invalid/")
-    flow = auth.auth_flow(request)
-    next(flow)
+    sent = auth.current()
     token.write_text("new")
-    retried = flow.send(httpx.Response(401, request=request))
-    assert retried.headers["Authorization"] == "Bearer new"
+    assert auth.fresher_than(sent) == "new"
+    assert auth.fresher_than("new") is None  # the same token again: the 401 stands
+    assert _BearerToken(token="fixed", token_file=None).fresher_than("fixed") is None
 
 
 def test_micro_time_is_utc_with_microseconds() -> None:

@@ -101,3 +101,25 @@ async def test_losing_leadership_drops_the_leader_only_series_so_no_stale_copy_r
     for family in LEADER_ONLY:
         assert agent.metrics.value(family, labels) is None, family
     assert agent.metrics.value("tidescale_local_value", labels) == 5  # every pod's own: kept
+
+
+def test_the_build_version_is_the_installed_distributions_read_without_importlib_metadata(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    from tidescale._metrics import installed_version
+
+    assert installed_version("tidescale") == version("tidescale")
+    folder = tmp_path / "tidescale-9.8.7.dist-info"
+    folder.mkdir()
+    (folder / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: tidescale\nVersion: 9.8.7\n\nVersion: no\n"
+    )
+    assert installed_version("tidescale", path=[str(tmp_path / "absent"), str(tmp_path)]) == "9.8.7"
+    assert installed_version("tidescale", path=[str(tmp_path / "absent")]) == "unknown"
+    code = "import sys, tidescale._metrics as m; m.build_info(); print('importlib.metadata' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -135,3 +135,51 @@ async def test_a_failed_measurement_becomes_a_failure_record_not_an_exception() 
         clock=lambda: 9.0,
     )
     assert result == MeasurementFailure(trigger="k", error="no topic 'x'", taken_at=9.0)
+
+
+@pytest.mark.parametrize(
+    ("type_name", "fields"),
+    [
+        ("rabbitmq", {"management-url": "http://127.0.0.1:1", "queue": "q", "timeout": "1s"}),
+        (
+            "prometheus",
+            {"server-address": "http://127.0.0.1:1", "query": "up", "threshold": "1", "timeout": "1s"},
+        ),
+        (
+            "nats-jetstream",
+            {"monitoring-endpoint": "127.0.0.1:1", "stream": "S", "consumer": "c", "timeout": "1s"},
+        ),
+    ],
+)
+def test_a_plain_http_source_loads_no_ca_bundle(type_name: str, fields: dict[str, str]) -> None:
+    """httpx's default verification loads certifi's bundle (~8 MiB of RSS with it parsed) when the
+    client is made, even for an http:// URL that never uses it."""
+    code = (
+        "import asyncio, ssl, sys\n"
+        "loaded = []\n"
+        "for method in ('load_verify_locations', 'load_default_certs'):\n"
+        "    original = getattr(ssl.SSLContext, method)\n"
+        "    def counting(self, *a, _original=original, **k):\n"
+        "        loaded.append(1)\n"
+        "        return _original(self, *a, **k)\n"
+        "    setattr(ssl.SSLContext, method, counting)\n"
+        "from tidescale.sources.base import Scope\n"
+        "from tidescale.sources.registry import measure_safely, open_source, settings_parser\n"
+        f"settings = settings_parser({type_name!r})('t', {fields!r})\n"
+        "source = open_source(settings, pod_ip='127.0.0.1')\n"
+        "reading = asyncio.run(measure_safely(source, settings, Scope.GROUP))\n"
+        "print(type(reading).__name__, len(loaded))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["MeasurementFailure", "0"]
+
+
+def test_settings_made_by_a_source_folders_own_parser_find_their_kind_in_a_fresh_process() -> None:
+    code = (
+        "from tidescale.sources.rabbitmq._settings import parse_rabbitmq_settings\n"
+        "from tidescale.sources.registry import kind_of\n"
+        "settings = parse_rabbitmq_settings('r', {'management-url': 'http://r:15672', 'queue': 'q'})\n"
+        "print(kind_of(settings).type_name)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "rabbitmq"

@@ -3,11 +3,13 @@ linear-time patterns, caps on hints, capped and checked management API answers."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import tracemalloc
+from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -174,11 +176,27 @@ def test_a_secret_value_that_is_not_base64_or_not_utf8_is_named_without_its_valu
 # -- management API answers ----------------------------------------------------------------------------
 
 
-def _source(handler: Any) -> RabbitMQSource:
-    settings = parse_rabbitmq_settings("rabbitmq", {"management-url": "http://rabbit:15672", "queue": "jobs"})
-    source = RabbitMQSource(settings)
-    source._http = httpx.AsyncClient(base_url="http://rabbit:15672", transport=httpx.MockTransport(handler))
-    return source
+@contextlib.asynccontextmanager
+async def _source(body: bytes) -> AsyncIterator[RabbitMQSource]:
+    """A source whose management API (a server on 127.0.0.1) answers every GET with ``body``."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    source = RabbitMQSource(parse_rabbitmq_settings("rabbitmq", {"management-url": url, "queue": "jobs"}))
+    try:
+        yield source
+    finally:
+        await source.close()
+        server.close()
 
 
 @pytest.mark.parametrize(
@@ -194,24 +212,18 @@ def _source(handler: Any) -> RabbitMQSource:
 async def test_a_management_answer_that_is_not_a_listing_fails_its_triggers_without_raising(
     body: bytes, why: str
 ) -> None:
-    source = _source(lambda request: httpx.Response(200, content=body))
-    settings = source._connection
-    try:
+    async with _source(body) as source:
+        settings = source._connection
         result = (await source.measure_many([settings]))[settings]
-    finally:
-        await source.close()
     assert isinstance(result, MeasurementFailure)
     assert why in result.error
 
 
 async def test_a_good_listing_is_still_measured_through_the_capped_reader() -> None:
     listing = [{"name": "jobs", "messages_ready": 3, "messages_unacknowledged": 0, "consumers": 0}]
-    source = _source(lambda request: httpx.Response(200, json=listing))
-    settings = source._connection
-    try:
+    async with _source(json.dumps(listing).encode()) as source:
+        settings = source._connection
         result = (await source.measure_many([settings]))[settings]
-    finally:
-        await source.close()
     assert isinstance(result, Measurement)
     assert result.value == 3
 

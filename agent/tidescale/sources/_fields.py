@@ -243,8 +243,8 @@ DRAIN_TIME_DOC = FieldDoc(
     type="duration",
     default=None,
     meaning="Drain-time target: desired replicas = the fewest that clear the backlog within this time at "
-    "the measured per-pod rate plus the arrival rate (docs/policy.md, Drain-time target). Parsed and "
-    "validated; the agent does not act on it yet (issue 18).",
+    "the measured per-pod rate plus the arrival rate; the threshold decides until the rate is measured "
+    "(docs/policy.md, Drain-time target).",
     example="60s",
 )
 

@@ -84,3 +84,13 @@ def tls_context(*, where: str, ca_file: str | None, credentials: Credentials | N
         raise BrokerAuthFailed(
             f"cannot load the CA bundle {ca_file} for {where} ({type(exc).__name__}): check tls-ca-file"
         ) from exc
+
+
+def plain_http_context() -> Any:
+    """The ``verify`` of an httpx client for an ``http://`` URL: httpx builds its TLS context when the
+    client is made, and its default (``verify=True``) loads certifi's CA bundle, ~2-3 MiB of RSS in
+    every agent that a plain-HTTP client never uses. An empty context costs nothing, and would refuse
+    every certificate if it were ever used."""
+    import ssl
+
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

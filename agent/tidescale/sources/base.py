@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol, TypeVar, runtime_checkable
 
+from tidescale._rates import ProgressSnapshot
 from tidescale.errors import SourceError, SourceTimeout
 
 __all__ = [
@@ -70,6 +71,10 @@ class Measurement:
     """When the snapshot was taken, in seconds of the caller's monotonic clock."""
     warnings: tuple[MeasurementWarning, ...] = ()
     """What the reading's person should be told (see :class:`MeasurementWarning`)."""
+    progress: ProgressSnapshot | None = None
+    """The counters behind a group-wide reading (Kafka offsets, RabbitMQ ack and publish counts),
+    built from what the source already read, for the leader's rate estimator and stall detector;
+    None for sources without such counters and for one pod's own (LOCAL) reading."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

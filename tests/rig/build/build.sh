@@ -4,6 +4,7 @@
 # not touched again, so a warm run takes a second or two.
 #
 #   tests/rig/build/build.sh [all|kubernetes|etcd|helm|kafka|rabbitmq|redis|postgresql|prometheus|nats|elasticmq|azurite]
+#   tests/rig/build/build.sh keda   # only for make bench-keda; not part of all
 #   TIDESCALE_RIG_KUBERNETES_VERSION=v1.30.14 tests/rig/build/build.sh kubernetes
 #
 # Prints one line per piece; on a missing prerequisite, one line naming it and how
@@ -248,11 +249,42 @@ build_nats() {
   say "nats-server $NATS_SERVER_VERSION built"
 }
 
+# KEDA's operator and metrics adapter, for `make bench-keda` only (not part of `all`: its build
+# pulls every cloud SDK KEDA's scalers use). Built from the module cache's copy of
+# github.com/kedacore/keda/v2 (its own go.mod and go.sum), with its CRDs copied beside the binaries.
+build_keda() {
+  local dest="$cache/keda-$KEDA_VERSION"
+  [ -x "$dest/bin/keda-operator" ] && [ -x "$dest/bin/keda-adapter" ] && [ -d "$dest/crd" ] \
+    && { say "keda $KEDA_VERSION cached"; return; }
+  go_prereq
+  say "building keda-operator and keda-adapter $KEDA_VERSION (Go module github.com/kedacore/keda/v2; a cold build takes tens of minutes on 2 cores) ..."
+  mkdir -p "$cache/src"
+  local moddir
+  moddir=$(cd "$cache/src" && go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p') \
+    || die "could not fetch github.com/kedacore/keda/v2@$KEDA_VERSION from the Go module proxy: check GOPROXY and the network"
+  [ -d "$moddir/cmd/operator" ] || die "go mod download gave no source tree for github.com/kedacore/keda/v2@$KEDA_VERSION"
+  # The module cache is read-only; the build may need to write go.sum entries.
+  local src="$cache/src/keda-$KEDA_VERSION"; rm -rf "$src" "$dest.tmp"; mkdir -p "$src" "$dest.tmp/bin" "$dest.tmp/crd"
+  cp -r "$moddir/." "$src/"; chmod -R u+w "$src"
+  local ldflags="-s -w -X=github.com/kedacore/keda/v2/version.Version=${KEDA_VERSION#v} -X=github.com/kedacore/keda/v2/version.GitCommit=$KEDA_VERSION"
+  (cd "$src" &&
+    logged "$src/build-operator.log" "KEDA operator build failed" \
+      env GOFLAGS="$GOFLAGS -mod=mod" CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$dest.tmp/bin/keda-operator" ./cmd/operator &&
+    logged "$src/build-adapter.log" "KEDA metrics adapter build failed" \
+      env GOFLAGS="$GOFLAGS -mod=mod" CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$dest.tmp/bin/keda-adapter" ./cmd/adapter)
+  cp "$src"/config/crd/bases/*.yaml "$dest.tmp/crd/"
+  rm -rf "$dest"; mv "$dest.tmp" "$dest"
+  say "keda $KEDA_VERSION built"
+}
+
 # One build at a time per cache: two sessions (or a test and `make demo`) starting
 # together would otherwise wreck each other's half-built pieces.
-exec 9>"$cache/.build.lock"
+# KEDA shares nothing with the other pieces and has its own lock, so its long build does not hold
+# up the rest of the rig (nor waits for it).
+if [ "${1:-all}" = keda ]; then lock="$cache/.build-keda.lock"; else lock="$cache/.build.lock"; fi
+exec 9>"$lock"
 if command -v flock >/dev/null 2>&1; then
-  flock -w 7200 9 || die "another build has held $cache/.build.lock for two hours"
+  flock -w 7200 9 || die "another build has held $lock for two hours"
 fi
 
 case "${1:-all}" in
@@ -268,5 +300,6 @@ case "${1:-all}" in
   nats) build_nats ;;
   elasticmq) install_elasticmq ;;
   azurite) install_azurite ;;
-  *) die "unknown piece '$1': expected all, kubernetes, etcd, helm, kafka, rabbitmq, redis, postgresql, prometheus, nats, elasticmq or azurite" ;;
+  keda) build_keda ;;
+  *) die "unknown piece '$1': expected all, kubernetes, etcd, helm, kafka, rabbitmq, redis, postgresql, prometheus, nats, elasticmq, azurite or keda" ;;
 esac

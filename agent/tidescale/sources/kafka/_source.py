@@ -43,9 +43,11 @@ import ssl
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+from tidescale._progress import kafka_progress
 from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, BrokerUnreachable, SourceError, SourceNotFound, SourceTimeout
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
@@ -162,7 +164,13 @@ class KafkaSource:
             waiting_for=f"Kafka at {self._servers} while reading group {settings.consumer_group!r}",
             advice="check the brokers' load and network, or raise timeout",
         )
-        return self._measurement(snapshot, settings, scope, time.monotonic())
+        measurement = self._measurement(snapshot, settings, scope, time.monotonic())
+        if scope is not Scope.GROUP:
+            return measurement
+        # The leader's rate estimator and stall detector read the same offsets; the group's member
+        # count is not read at this scope (the leader counts the Ready pods instead).
+        progress = kafka_progress(snapshot, consumers=0, taken_at=measurement.taken_at)
+        return replace(measurement, progress=progress)
 
     def _measurement(
         self, snapshot: KafkaSnapshot, settings: KafkaSettings, scope: Scope, taken_at: float

@@ -23,7 +23,7 @@ from typing import Any
 
 from tidescale.credentials import Credentials
 from tidescale.errors import SourceError, SourceTimeout
-from tidescale.sources._http import quoted, read_capped, tls_context, transport_error
+from tidescale.sources._http import plain_http_context, quoted, read_capped, tls_context, transport_error
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings
 from tidescale.sources.nats_jetstream._backlog import leader_backlog, nats_jetstream_measurement
 from tidescale.sources.nats_jetstream._settings import NatsJetStreamSettings
@@ -180,7 +180,7 @@ class NatsJetStreamSource:
                 import httpx
 
                 settings = self._connection
-                verify: Any = True
+                verify: Any = plain_http_context()
                 if settings.use_https:
                     verify = self._tls_context()
                 self._http = httpx.AsyncClient(

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from tidescale.credentials import Credentials
 from tidescale.errors import BrokerAuthFailed, SourceError, SourceNotFound, SourceTimeout
-from tidescale.sources._http import read_capped, tls_context, transport_error
+from tidescale.sources._http import plain_http_context, read_capped, tls_context, transport_error
 from tidescale.sources._secret_read import read_secret
 from tidescale.sources.base import Measurement, MeasurementFailure, Scope, TriggerSettings, within_timeout
 from tidescale.sources.prometheus._result import QueryValue, prometheus_measurement, query_value
@@ -204,7 +204,7 @@ class PrometheusSource:
                 elif settings.auth_mode == "basic":
                     username, password = self._login()
                     auth = httpx.BasicAuth(username, password)
-                verify: Any = True
+                verify: Any = plain_http_context()
                 if settings.server_address.lower().startswith("https://"):
                     verify = self._tls_context()
                 self._http = httpx.AsyncClient(
