@@ -8,8 +8,9 @@ So, before a scale-down from ``current`` to ``desired``, it marks the ``current 
 least costly pods (capped at :data:`MAX_MARKS`) with costs ``MARK_BASE + rank`` and removes the
 marks it wrote earlier from every pod that must now stay (a mark left behind would make a later
 scale-down, or a rollout, remove that pod first). A cost in ``MARK_BASE .. MARK_BASE + MAX_MARKS - 1``
-is taken for tidescale's own; a cost outside that range (set by someone else) is left alone on
-pods that stay.
+is taken for tidescale's own; a pod carrying a cost outside that range (set by someone else: an
+operator protecting a pod, a test, another controller) is neither marked nor unmarked, and not
+counted among the pods chosen: the ReplicaSet weighs that cost against the marks itself.
 
 :func:`removal_order` and :func:`plan_marks` are pure; :func:`pod_facts` reads a Pod object.
 What is not known about a pod (its lag before the peers answered, unacked counts from a source
@@ -122,7 +123,8 @@ def plan_marks(pods: Sequence[PodFacts], remove: int, *, limit: int = MAX_MARKS)
     tidescale mark it carries (at most ``limit`` of them). Nothing when nothing is removed."""
     if remove <= 0 or limit <= 0:
         return MarkPlan()
-    order = removal_order(pods)
+    # Someone else's cost is their decision about that pod: never overwritten.
+    order = removal_order([pod for pod in pods if pod.cost is None or is_tidescale_mark(pod.cost)])
     chosen = order[: min(remove, limit)]
     chosen_names = {pod.name for pod in chosen}
     stale = [pod.name for pod in order if pod.name not in chosen_names and is_tidescale_mark(pod.cost)]

@@ -29,6 +29,7 @@ from typing import Any
 
 from tidescale.errors import TidescaleError
 from tidescale.hints import Hints
+from tidescale.parking import POLICY_STATE_ANNOTATION
 from tidescale.policy import FailureCount, History, Recommendation, ScaleEvent
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
 
 _log = logging.getLogger("tidescale.policy")
 
-POLICY_STATE_ANNOTATION = "tidescale.io/policy-state"
 MAX_ITEMS = 64
 """Most entries kept per list (recommendations, scale-up events, scale-down events, failures)."""
 MAX_STATE_BYTES = 8192

@@ -38,6 +38,7 @@ __all__ = [
     "PARK_EPOCH_ANNOTATION",
     "PARK_LABEL",
     "PARK_RECORD_ANNOTATION",
+    "POLICY_STATE_ANNOTATION",
     "PROTOCOL_VERSION",
     "STATUS_ANNOTATION",
     "DeploymentSnapshot",
@@ -61,6 +62,9 @@ PARK_LABEL = "tidescale.io/park"
 PARK_RECORD_ANNOTATION = "tidescale.io/park-record"
 PARK_EPOCH_ANNOTATION = "tidescale.io/park-epoch"
 STATUS_ANNOTATION = "tidescale.io/status"
+POLICY_STATE_ANNOTATION = "tidescale.io/policy-state"
+"""The leader's windows, cooldown and failure counts (``tidescale._policy_state``). Defined here
+because the waker removes it when it wakes a Deployment from zero."""
 PROTOCOL_VERSION = 1
 """The major version of the park record and status this build writes and understands."""
 DEFAULT_ACK_TIMEOUT = 30.0
@@ -586,9 +590,15 @@ def _wake(
             event=Event(reason="ParkCancelled", message=f"a trigger became active during the handoff{found}"),
             why=why,
         )
+    write = _patch(snapshot, record=None, replicas=wake_replicas)
+    # A wake from zero restarts the policy's history, as KEDA sets lastActiveTime when it scales
+    # from zero: the state the parking leader wrote says "idle past the cooldown", and a leader
+    # that restored it (a pod still shutting down whose consumer took the waking messages) would
+    # park the Deployment again at once. The next leader starts fresh and waits one cooldown.
+    write["metadata"]["annotations"][POLICY_STATE_ANNOTATION] = None
     return WakerDecision(
         action=WakerAction.WAKE,
-        write=_patch(snapshot, record=None, replicas=wake_replicas),
+        write=write,
         event=Event(reason="Woken", message=f"scaled 0 -> {wake_replicas}{found}"),
         why=why,
     )

@@ -100,7 +100,8 @@ def test_the_plan_marks_exactly_the_cheapest_pods_and_leaves_no_stale_mark_on_po
     pods: list[PodFacts], remove: int, limit: int
 ) -> None:
     plan = plan_marks(pods, remove, limit=limit)
-    expected = names(removal_order(pods))[: max(0, min(remove, limit))] if remove > 0 and limit > 0 else []
+    ours = [pod for pod in pods if pod.cost is None or is_tidescale_mark(pod.cost)]
+    expected = names(removal_order(ours))[: max(0, min(remove, limit))] if remove > 0 and limit > 0 else []
     assert list(plan.chosen) == expected
     # After the writes, the chosen pods and only they carry a tidescale mark (within the bound).
     after = {
@@ -114,17 +115,18 @@ def test_the_plan_marks_exactly_the_cheapest_pods_and_leaves_no_stale_mark_on_po
         assert len(plan.writes) <= 2 * limit
     else:
         assert plan.writes == {}
-    # A cost someone else set is never touched on a pod that stays.
+    # A cost someone else set is never touched, and its pod is never chosen.
     for pod in pods:
-        if pod.name not in plan.chosen and not is_tidescale_mark(pod.cost):
+        if pod.cost is not None and not is_tidescale_mark(pod.cost):
             assert pod.name not in plan.writes
+            assert pod.name not in plan.chosen
 
 
 def test_marks_count_up_from_the_base_in_removal_order_and_stale_marks_are_removed_first() -> None:
     pods = [
         facts("busy", lag=10.0, cost="-1000"),  # marked by an earlier scale-down that did not happen
         facts("idle-1", lag=0.0, created="2026-12-02T11:00:00Z"),
-        facts("idle-2", lag=0.0, created="2026-12-02T10:00:00Z", cost="7"),
+        facts("idle-2", lag=0.0, created="2026-12-02T10:00:00Z"),
     ]
     plan = plan_marks(pods, 2)
     assert plan.chosen == ("idle-1", "idle-2")
@@ -133,6 +135,19 @@ def test_marks_count_up_from_the_base_in_removal_order_and_stale_marks_are_remov
         ("idle-1", str(MARK_BASE)),
         ("idle-2", str(MARK_BASE + 1)),
     ]
+
+
+def test_a_pod_whose_deletion_cost_someone_else_set_is_neither_marked_nor_chosen_even_when_idlest() -> None:
+    """An operator (or a test) protecting a pod with a cost of its own: tidescale must not
+    overwrite it with a low mark and have the ReplicaSet delete the pod it protected."""
+    pods = [
+        facts("protected", lag=0.0, created="2026-12-02T12:00:00Z", cost="1000"),
+        facts("idle", lag=0.0, created="2026-12-02T11:00:00Z"),
+        facts("busy", lag=50.0, created="2026-12-02T10:00:00Z"),
+    ]
+    plan = plan_marks(pods, 1)
+    assert plan.chosen == ("idle",)
+    assert dict(plan.writes) == {"idle": str(MARK_BASE)}
 
 
 def test_at_most_max_marks_pods_are_marked_per_scale_down() -> None:

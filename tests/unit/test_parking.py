@@ -12,6 +12,7 @@ from tidescale.parking import (
     PARK_EPOCH_ANNOTATION,
     PARK_LABEL,
     PARK_RECORD_ANNOTATION,
+    POLICY_STATE_ANNOTATION,
     PROTOCOL_VERSION,
     STATUS_ANNOTATION,
     DeploymentSnapshot,
@@ -280,7 +281,8 @@ def test_activation_at_zero_wakes_to_the_wake_count_and_removes_the_record() -> 
         assert meta == {
             "resourceVersion": "9",
             "labels": {PARK_LABEL: None},
-            "annotations": {PARK_RECORD_ANNOTATION: None},
+            # the parking leader's "idle past the cooldown" must not reach the next leader
+            "annotations": {PARK_RECORD_ANNOTATION: None, POLICY_STATE_ANNOTATION: None},
         }
         assert decision.event is not None
         assert (decision.event.reason, decision.event.message) == ("Woken", "scaled 0 -> 2: lag 3")
