@@ -61,6 +61,7 @@ from tests.integration.rigkube import (  # noqa: E402
     apply,
     declare_queue,
     items,
+    kafka_consumer_deployment,
     namespace_with_agent_rbac,
     rabbitmq_consumer_deployment,
     rabbitmq_hints,
@@ -294,35 +295,16 @@ def consumer_deployment(
     if agent_path is not None:
         # A candidate agent (e.g. a git worktree with a change) ahead of the installed package.
         agent["env"].append({"name": "PYTHONPATH", "value": str(agent_path)})
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "serviceAccountName": "workload",
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [
-                        {
-                            "name": "consumer",
-                            "image": "tidescale-test/kafka-consumer",
-                            "env": [
-                                {"name": "KAFKA_BOOTSTRAP", "value": bootstrap},
-                                {"name": "KAFKA_TOPIC", "value": topic},
-                                {"name": "KAFKA_GROUP", "value": group},
-                                {"name": "WORK_SECONDS", "value": "0.02"},
-                            ],
-                        },
-                        agent,
-                    ],
-                },
-            },
-        },
-    }
+    return kafka_consumer_deployment(
+        name,
+        bootstrap=bootstrap,
+        topic=topic,
+        group=group,
+        env=[{"name": "WORK_SECONDS", "value": "0.02"}],
+        metadata={"annotations": annotations},
+        sidecars=[agent],
+        replicas=replicas,
+    )
 
 
 def hints(bootstrap: str, topic: str, group: str, extra: dict[str, str]) -> dict[str, str]:

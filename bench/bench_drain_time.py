@@ -52,7 +52,12 @@ from typing import Any
 
 from _common import REPO, Rig, load_average, machine, rig
 from _drain_figures import Burst, Outcome, best_configuration, drain_time, pod_seconds, series_max
-from tests.integration.rigkube import agent_container, apply, namespace_with_agent_rbac
+from tests.integration.rigkube import (
+    agent_container,
+    apply,
+    kafka_consumer_deployment,
+    namespace_with_agent_rbac,
+)
 
 WORK_HEADER = "work-seconds"
 DRAIN_TIME = "drain-time"
@@ -181,36 +186,18 @@ def deployment(
             **hints,
         }.items()
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "serviceAccountName": "workload",
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [
-                        {
-                            "name": "consumer",
-                            "image": "tidescale-test/kafka-consumer",
-                            "env": [
-                                {"name": "KAFKA_BOOTSTRAP", "value": bootstrap},
-                                {"name": "KAFKA_TOPIC", "value": topic},
-                                {"name": "KAFKA_GROUP", "value": group},
-                                {"name": "WORK_SECONDS", "value": f"{cost:g}"},
-                                {"name": "WORK_SECONDS_HEADER", "value": WORK_HEADER},
-                            ],
-                        },
-                        agent,
-                    ],
-                },
-            },
-        },
-    }
+    return kafka_consumer_deployment(
+        name,
+        bootstrap=bootstrap,
+        topic=topic,
+        group=group,
+        env=[
+            {"name": "WORK_SECONDS", "value": f"{cost:g}"},
+            {"name": "WORK_SECONDS_HEADER", "value": WORK_HEADER},
+        ],
+        metadata={"annotations": annotations},
+        sidecars=[agent],
+    )
 
 
 @dataclass(kw_only=True, slots=True)

@@ -266,39 +266,21 @@ def service_accounts(namespace: str, name: str = "*") -> dict[str, Any]:
 
 def consumer(name: str, *, bootstrap: str, group: str, record: Path, account: str) -> dict[str, Any]:
     """The sample Kafka consumer (tests/workloads/kafka_consumer.py), the same for both sides."""
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "serviceAccountName": account,
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [
-                        {
-                            "name": "consumer",
-                            "image": "tidescale-test/kafka-consumer",
-                            "env": [
-                                {"name": "KAFKA_BOOTSTRAP", "value": bootstrap},
-                                {"name": "KAFKA_TOPIC", "value": TOPIC},
-                                {"name": "KAFKA_GROUP", "value": group},
-                                {"name": "WORK_SECONDS", "value": str(WORK_SECONDS)},
-                                {"name": "RECORD_FILE", "value": str(record)},
-                                {
-                                    "name": "POD_NAME",
-                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
-                                },
-                            ],
-                        }
-                    ],
-                },
-            },
-        },
-    }
+    from tests.integration.rigkube import kafka_consumer_deployment
+
+    return kafka_consumer_deployment(
+        name,
+        bootstrap=bootstrap,
+        topic=TOPIC,
+        group=group,
+        env=[
+            {"name": "WORK_SECONDS", "value": str(WORK_SECONDS)},
+            {"name": "RECORD_FILE", "value": str(record)},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
+        metadata={"namespace": NAMESPACE},
+        account=account,
+    )
 
 
 def migrate(documents: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:

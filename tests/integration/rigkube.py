@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -144,21 +144,67 @@ def consumer_deployment(
     work_seconds: float = 0.1,
     service_account: str = "workload",
 ) -> dict[str, Any]:
-    consumer = {
-        "name": "consumer",
-        "image": "tidescale-test/kafka-consumer",
-        "env": [
-            {"name": "KAFKA_BOOTSTRAP", "value": kafka.bootstrap},
-            {"name": "KAFKA_TOPIC", "value": topic},
-            {"name": "KAFKA_GROUP", "value": group},
+    return kafka_consumer_deployment(
+        name,
+        bootstrap=kafka.bootstrap,
+        topic=topic,
+        group=group,
+        env=[
             {"name": "WORK_SECONDS", "value": str(work_seconds)},
             {"name": "RECORD_FILE", "value": str(record_file)},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         ],
-    }
-    return _consumer_deployment(
-        name, annotations, replicas, service_account, containers=[consumer, agent_container(name)]
+        metadata={"annotations": annotations},
+        sidecars=[agent_container(name)],
+        replicas=replicas,
+        account=service_account,
     )
+
+
+def kafka_consumer_deployment(
+    name: str,
+    *,
+    bootstrap: str,
+    topic: str,
+    group: str,
+    env: Sequence[dict[str, Any]] = (),
+    metadata: dict[str, Any] | None = None,
+    sidecars: Sequence[dict[str, Any]] = (),
+    replicas: int = 1,
+    account: str = "workload",
+) -> dict[str, Any]:
+    """A Deployment of the sample Kafka consumer (tests/workloads/kafka_consumer.py) on ``topic``
+    in ``group``; ``env`` after the three Kafka variables, ``sidecars`` after the consumer (an
+    agent container), ``metadata`` beside the name (annotations, namespace)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, **(metadata or {})},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "serviceAccountName": account,
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [
+                        {
+                            "name": "consumer",
+                            "image": "tidescale-test/kafka-consumer",
+                            "env": [
+                                {"name": "KAFKA_BOOTSTRAP", "value": bootstrap},
+                                {"name": "KAFKA_TOPIC", "value": topic},
+                                {"name": "KAFKA_GROUP", "value": group},
+                                *env,
+                            ],
+                        },
+                        *sidecars,
+                    ],
+                },
+            },
+        },
+    }
 
 
 def _consumer_deployment(
