@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from tests.integration.rigkube import wait_for
 from tests.rig.kafka import Kafka
 from tests.rig.network import Network
 from tests.rig.processes import Supervisor
@@ -44,12 +45,19 @@ def test_the_broker_logs_every_request_it_completes_with_the_clients_id(
     try:
         kafka.create_topic("logged", 1)
         asyncio.run(_send(kafka.bootstrap, "logged", "counted-client", 3))
-        headers = []
-        for line in kafka.request_log_file.read_text().splitlines():
-            match = _REQUEST.search(line)
-            if match is not None:
-                headers.append(json.JSONDecoder().raw_decode(match[1])[0]["requestHeader"])
-        produced = Counter(h["requestApiKeyName"] for h in headers if h["clientId"] == "counted-client")
+
+        def logged() -> Counter[str]:
+            headers = []
+            for line in kafka.request_log_file.read_text().splitlines():
+                match = _REQUEST.search(line)
+                if match is not None:
+                    headers.append(json.JSONDecoder().raw_decode(match[1])[0]["requestHeader"])
+            return Counter(h["requestApiKeyName"] for h in headers if h["clientId"] == "counted-client")
+
+        # The broker writes a request's line after it answers: the last Produce's line can land a
+        # moment after the client has its answer (seen: 2 of 3 when read at once).
+        wait_for("three Produce lines in the request log", lambda: logged()["PRODUCE"] >= 3, timeout=30)
+        produced = logged()
         # One Produce request per send_and_wait (acks wait for each), plus the client's metadata calls.
         assert produced["PRODUCE"] == 3
         assert produced["METADATA"] >= 1
