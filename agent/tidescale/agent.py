@@ -994,10 +994,7 @@ class _Leadership:
             self._pods_from = basis_text(attributed=True, asked=0, pods=len(peers))
             return
         if self._peer_http is None:
-            import httpx  # already loaded by the API client; imported here to keep the module's face small
-
-            # Peers answer plain HTTP on the pod network: no CA bundle to load (~3 MiB), no proxies.
-            self._peer_http = httpx.AsyncClient(timeout=agent._peer_timeout, verify=False, trust_env=False)  # noqa: S501
+            self._peer_http = _PeerHttp(timeout=agent._peer_timeout)
         asked = next_sample(list(peers), self._sampled_after)
         results = await asyncio.gather(
             *(self._peer_total(self._peer_http, name, peers[name]) for name in asked)
@@ -1044,13 +1041,14 @@ class _Leadership:
             try:
                 response = await http.get(f"http://{address}:{agent.env.port}/v1/lag")
                 response.raise_for_status()
-                body = orjson.loads(response.content)
+                # A peer's answer is the pod's to write: any shape but the expected one is a gap.
+                triggers = orjson.loads(response.content).get("triggers", [])
+                values = [t["value"] for t in triggers if isinstance(t.get("value"), int | float)]
             except Exception as error:  # a peer's failure is only a gap in the status
                 agent.metrics.inc("tidescale_peer_requests_total", {"result": "failed"})
                 _log.debug("peer %s (%s) did not report: %r", name, address, error)
                 return None
         agent.metrics.inc("tidescale_peer_requests_total", {"result": "ok"})
-        values = [t.get("value") for t in body.get("triggers", []) if isinstance(t.get("value"), int | float)]
         return float(sum(values)) if values else None
 
     # ------------------------------------------------------------------ status
@@ -1117,6 +1115,45 @@ class _Leadership:
             return
         self._last_status, self._last_status_at, self._state = status, agent._clock(), state
         self._status_key, self._written_active = key, active
+
+
+PEER_ANSWER_LIMIT = 64 * 1024
+"""Most bytes of a peer's /v1/lag answer (a few triggers' values; a pod could send anything)."""
+
+
+class _PeerResponse:
+    def __init__(self, url: str, status: int, content: bytes) -> None:
+        self.url, self.status, self.content = url, status, content
+
+    def raise_for_status(self) -> None:
+        if self.status != 200:
+            raise RuntimeError(f"GET {self.url}: HTTP {self.status}")
+
+
+class _PeerHttp:
+    """GET a peer's /v1/lag over :mod:`tidescale._http1` (httpx would add ~8 MiB to the leader):
+    one short-lived connection per request (at most PEER_SAMPLE every PEER_REFRESH_SECONDS, each to
+    another pod), the whole request bounded by ``timeout``, the answer by PEER_ANSWER_LIMIT."""
+
+    def __init__(self, *, timeout: float) -> None:
+        self._timeout = timeout
+
+    async def get(self, url: str) -> _PeerResponse:
+        from urllib.parse import urlsplit
+
+        from tidescale._http1 import HttpClient
+
+        parts = urlsplit(url)
+        client = HttpClient(f"{parts.scheme}://{parts.netloc}", ssl_context=None, headers={}, max_requests=1)
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await client.request("GET", parts.path, limit=PEER_ANSWER_LIMIT)
+        finally:
+            await client.aclose()
+        return _PeerResponse(url, response.status, response.content)
+
+    async def aclose(self) -> None:
+        return None
 
 
 def _status_key(status: Mapping[str, Any]) -> Any:

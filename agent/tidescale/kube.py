@@ -613,10 +613,15 @@ class KubeClient:
     ) -> Deployment:
         """Set (or, with ``None``, remove) annotations; other annotations stay as they are."""
         path = f"{_DEPLOYMENTS.format(ns=namespace)}/{name}"
-        body = {"metadata": {"annotations": dict(annotations)}}
-        what = f"patch annotations of deployment {namespace}/{name}"
-        result = await self._request("PATCH", path, what=what, body=body, content_type=_MERGE_PATCH)
+        result = await self._patch_annotations(path, annotations, what=f"deployment {namespace}/{name}")
         return cast(Deployment, result)
+
+    async def _patch_annotations(self, path: str, annotations: Mapping[str, str | None], *, what: str) -> Any:
+        """A JSON merge patch of ``metadata.annotations`` and nothing else."""
+        body = {"metadata": {"annotations": dict(annotations)}}
+        return await self._request(
+            "PATCH", path, what=f"patch annotations of {what}", body=body, content_type=_MERGE_PATCH
+        )
 
     async def patch_deployment(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Deployment:
         """A JSON merge patch of the Deployment; a ``metadata.resourceVersion`` in it makes the
@@ -660,10 +665,7 @@ class KubeClient:
     ) -> Pod:
         """Set (or, with ``None``, remove) annotations of one pod; a JSON merge patch of nothing else."""
         path = f"{_PODS.format(ns=namespace)}/{name}"
-        body = {"metadata": {"annotations": dict(annotations)}}
-        what = f"patch annotations of pod {namespace}/{name}"
-        result = await self._request("PATCH", path, what=what, body=body, content_type=_MERGE_PATCH)
-        return cast(Pod, result)
+        return cast(Pod, await self._patch_annotations(path, annotations, what=f"pod {namespace}/{name}"))
 
     def watch_pods(self, namespace: str, label_selector: str) -> AsyncGenerator[WatchEvent[Pod], None]:
         path, params = _PODS.format(ns=namespace), {"labelSelector": label_selector}

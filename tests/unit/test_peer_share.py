@@ -4,6 +4,7 @@ PEER_SAMPLE peers' /v1/lag per refresh, rotating so that every pod is asked in t
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
 from typing import Any, cast
@@ -294,3 +295,50 @@ def kafka_fields(**extra: str) -> dict[str, str]:
         "topic": "orders",
         **extra,
     }
+
+
+# ---------------------------------------------------------------------- a peer's answer is hostile
+
+
+async def _serve_once(body: bytes) -> tuple[asyncio.AbstractServer, int]:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_peer_answer_is_read_over_http1_and_bounded_in_size() -> None:
+    from tidescale._http1 import BodyTooLarge
+    from tidescale.agent import PEER_ANSWER_LIMIT, _PeerHttp
+
+    small, small_port = await _serve_once(b'{"triggers": [{"value": 3}]}')
+    huge, huge_port = await _serve_once(b"x" * (PEER_ANSWER_LIMIT + 1))
+    async with small, huge:
+        http = _PeerHttp(timeout=5.0)
+        answer = await http.get(f"http://127.0.0.1:{small_port}/v1/lag")
+        assert answer.content == b'{"triggers": [{"value": 3}]}'
+        with pytest.raises(BodyTooLarge):
+            await http.get(f"http://127.0.0.1:{huge_port}/v1/lag")
+
+
+@pytest.mark.parametrize(
+    "content", [b"[1, 2]", b'{"triggers": 7}', b'{"triggers": [1, {"value": 2}]}', b"not json"]
+)
+async def test_a_peer_answer_of_the_wrong_shape_is_a_gap_not_a_failed_tick(content: bytes) -> None:
+    lead, _ = leadership(PlainSource(), 1)
+
+    class Shaped(Http):
+        async def get(self, url: str) -> Any:
+            answer = await super().get(url)
+            answer.content = content
+            return answer
+
+    http = Shaped()
+    lead._peer_http = http
+    await lead._maybe_refresh_peers((group_reading(12),))
+    assert len(http.asked) == 1
+    assert lead.agent._peer_lag == {"orders-0001": None}
